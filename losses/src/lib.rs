@@ -1,0 +1,1 @@
+//! Distances, miners, reducers and metric-learning losses for burn.

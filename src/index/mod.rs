@@ -1,0 +1,1 @@
+//! HNSW index over the joint embedding space.

@@ -1,0 +1,259 @@
+//! Files siam writes: every one goes to a temporary name in the same folder and is renamed into
+//! place, so a crash never leaves a half-written checkpoint, index or embedding file. Also the
+//! `.npy` format (NumPy's `format.rst`, version 1.0) for embeddings that numpy reads.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Errors reading or writing siam's files.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    /// The operating system refused a read or write.
+    #[error("{path}: {source}")]
+    Os {
+        /// The file involved.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// A `.npy` file that is not a little-endian f32 2-D array.
+    #[error("{path}: not a 2-D little-endian float32 .npy file ({why})")]
+    BadNpy {
+        /// The file involved.
+        path: PathBuf,
+        /// What was wrong.
+        why: String,
+    },
+}
+
+/// Result alias for this module.
+pub type Result<T> = std::result::Result<T, IoError>;
+
+fn os(path: &Path) -> impl FnOnce(io::Error) -> IoError + '_ {
+    move |source| IoError::Os {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The temporary sibling a file or folder is written under before the rename.
+pub fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Writes `path` atomically: `write` fills a temporary file, which is flushed to disk and renamed
+/// over `path`. On any error the temporary file is removed and `path` is untouched.
+pub fn atomic_write(
+    path: &Path,
+    write: impl FnOnce(&mut io::BufWriter<fs::File>) -> io::Result<()>,
+) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(os(dir))?;
+    }
+    let tmp = temp_sibling(path);
+    let result = (|| {
+        let file = fs::File::create(&tmp)?;
+        let mut w = io::BufWriter::new(file);
+        write(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(IoError::Os {
+            path: path.to_path_buf(),
+            source: e,
+        });
+    }
+    Ok(())
+}
+
+/// Writes bytes atomically.
+pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomic_write(path, |w| w.write_all(bytes))
+}
+
+/// Builds a folder under a temporary name and renames it to `path` once `fill` succeeded,
+/// replacing an older folder of that name. On error the temporary folder is removed.
+pub fn atomic_dir<T>(
+    path: &Path,
+    fill: impl FnOnce(&Path) -> std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>,
+) -> std::result::Result<T, Box<dyn std::error::Error + Send + Sync>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(os(dir))?;
+    }
+    let tmp = temp_sibling(path);
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).map_err(os(&tmp))?;
+    match fill(&tmp) {
+        Ok(v) => {
+            let old = path.with_file_name(format!(
+                ".{}.old.{}",
+                path.file_name().unwrap_or_default().to_string_lossy(),
+                std::process::id()
+            ));
+            let had_old = path.exists();
+            if had_old {
+                fs::rename(path, &old).map_err(os(path))?;
+            }
+            if let Err(e) = fs::rename(&tmp, path) {
+                if had_old {
+                    let _ = fs::rename(&old, path);
+                }
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(os(path)(e).into());
+            }
+            if had_old {
+                let _ = fs::remove_dir_all(&old);
+            }
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// The `.npy` v1.0 header for a C-order little-endian f32 array of `shape`, padded so the data
+/// starts at a multiple of 64 bytes.
+fn npy_header(shape: &[usize]) -> Vec<u8> {
+    let dims = match shape {
+        [n] => format!("({n},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
+    let unpadded = 10 + dict.len() + 1;
+    let pad = (64 - unpadded % 64) % 64;
+    let mut h = Vec::with_capacity(unpadded + pad);
+    h.extend_from_slice(b"\x93NUMPY\x01\x00");
+    h.extend_from_slice(&((dict.len() + pad + 1) as u16).to_le_bytes());
+    h.extend_from_slice(dict.as_bytes());
+    h.extend(std::iter::repeat_n(b' ', pad));
+    h.push(b'\n');
+    h
+}
+
+/// Writes a `rows x cols` f32 matrix (row-major) as `.npy`, atomically.
+///
+/// # Panics
+/// If `data.len() != rows * cols`.
+pub fn write_npy(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<()> {
+    assert_eq!(data.len(), rows * cols, "npy data does not match its shape");
+    atomic_write(path, |w| {
+        w.write_all(&npy_header(&[rows, cols]))?;
+        for v in data {
+            w.write_all(&v.to_le_bytes())?;
+        }
+        Ok(())
+    })
+}
+
+/// Reads a 2-D little-endian f32 `.npy` file into `(data, rows, cols)`.
+pub fn read_npy(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
+    let bytes = fs::read(path).map_err(os(path))?;
+    let bad = |why: &str| IoError::BadNpy {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+    };
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("missing the \\x93NUMPY magic"));
+    }
+    let (hlen, hstart) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        _ => return Err(bad("unsupported format version")),
+    };
+    let header = bytes
+        .get(hstart..hstart + hlen)
+        .ok_or_else(|| bad("header runs past the end"))?;
+    let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?;
+    if !header.contains("'descr': '<f4'") {
+        return Err(bad("dtype is not '<f4'"));
+    }
+    if header.contains("'fortran_order': True") {
+        return Err(bad("fortran order"));
+    }
+    let shape_src = header
+        .split("'shape':")
+        .nth(1)
+        .and_then(|s| s.split('(').nth(1))
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("no shape"))?;
+    let dims: Vec<usize> = shape_src
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| bad("shape is not integers")))
+        .collect::<Result<_>>()?;
+    let (rows, cols) = match dims.as_slice() {
+        [r, c] => (*r, *c),
+        [r] => (*r, 1),
+        _ => return Err(bad("not 2-D")),
+    };
+    let data = &bytes[hstart + hlen..];
+    if data.len() != rows * cols * 4 {
+        return Err(bad("data length does not match the shape (truncated?)"));
+    }
+    let out = data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((out, rows, cols))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_round_trip_and_alignment() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.npy");
+        let data: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+        write_npy(&p, &data, 3, 4).unwrap();
+        let raw = fs::read(&p).unwrap();
+        assert_eq!((raw.len() - 12 * 4) % 64, 0);
+        assert_eq!(read_npy(&p).unwrap(), (data, 3, 4));
+    }
+
+    #[test]
+    fn truncated_npy_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.npy");
+        write_npy(&p, &[1.0; 8], 2, 4).unwrap();
+        let raw = fs::read(&p).unwrap();
+        fs::write(&p, &raw[..raw.len() - 3]).unwrap();
+        assert!(read_npy(&p).unwrap_err().to_string().contains("truncated"));
+    }
+
+    #[test]
+    fn failed_write_leaves_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        atomic_write_bytes(&p, b"old").unwrap();
+        let r = atomic_write(&p, |w| {
+            w.write_all(b"half")?;
+            Err(io::Error::other("disk full"))
+        });
+        assert!(r.is_err());
+        assert_eq!(fs::read(&p).unwrap(), b"old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,12 @@
+//! siam: adapt CLIP to your own images and label texts, the metric-learning way.
+//!
+//! The crate holds the CLIP towers and their weight import ([`clip`]), the feature cache and
+//! training loop ([`train`]), the HNSW index ([`index`]) and the retrieval metrics ([`eval`]).
+//! The `siam` binary only parses arguments and calls into these modules.
+
+pub mod clip;
+pub mod device;
+pub mod eval;
+pub mod index;
+pub mod io;
+pub mod train;

@@ -1,0 +1,1 @@
+//! The training loop: towers, heads, feature cache, optimiser, checkpoints.
