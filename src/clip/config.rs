@@ -1,1 +1,751 @@
-//! (in progress)
+//! CLIP architectures as data: presets, open_clip model-config JSON and Hugging Face
+//! `config.json` all resolve to one [`ClipConfig`].
+//!
+//! Presets mirror open_clip's `src/open_clip/model_configs/*.json` (open_clip_torch 3.3.0) and
+//! the Hugging Face configs published with `openai/clip-vit-*`; each constructor cites its file.
+//! OpenAI's weights were trained with QuickGELU (`x * sigmoid(1.702 x)`), while open_clip's plain
+//! names (`ViT-B-32`, ...) use exact GELU and its `-quickgelu` names use QuickGELU; the preset
+//! names here follow open_clip exactly, and OpenAI's own spellings (`ViT-B/32`, `RN50` through
+//! `clip.load`) mean the QuickGELU models.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Errors resolving an architecture.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The name is neither a known preset nor an existing JSON file.
+    #[error("unknown architecture {name:?}: expected a preset ({known}) or an open_clip model-config JSON file")]
+    UnknownPreset {
+        /// What the user asked for.
+        name: String,
+        /// The preset names this build knows.
+        known: String,
+    },
+    /// The config file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The config file is not the JSON we expect.
+    #[error("{path}: not a valid {what}: {why}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Which kind of config was expected.
+        what: &'static str,
+        /// The parser's message.
+        why: String,
+    },
+    /// The config asks for a feature these towers do not implement.
+    #[error("{path}: unsupported setting {key} = {value} (siam implements the standard CLIP towers only)")]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// The setting.
+        key: String,
+        /// Its value in the file.
+        value: String,
+    },
+    /// Sizes that cannot build a model (e.g. a width not divisible by the heads).
+    #[error("{source_name}: inconsistent architecture: {why}")]
+    Invalid {
+        /// Where the config came from.
+        source_name: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// Result alias for config resolution.
+pub type Result<T> = std::result::Result<T, ConfigError>;
+
+/// The transformer MLP activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x * sigmoid(1.702 x)`, OpenAI's original CLIP (`clip/model.py` `QuickGELU`).
+    QuickGelu,
+    /// Exact GELU `x * Phi(x)` (erf form), PyTorch's `nn.GELU()` default.
+    Gelu,
+}
+
+/// A Vision Transformer image tower (Dosovitskiy et al. 2021, as in OpenAI `clip/model.py`
+/// `VisionTransformer`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VitConfig {
+    /// Input side in pixels (square images).
+    pub image_size: usize,
+    /// Patch side in pixels; `image_size` must be a multiple of it.
+    pub patch_size: usize,
+    /// Transformer width.
+    pub width: usize,
+    /// Number of residual attention blocks.
+    pub layers: usize,
+    /// Attention heads (open_clip: `width / head_width`, head_width 64).
+    pub heads: usize,
+    /// Hidden size of the MLP (open_clip: `width * mlp_ratio`, mlp_ratio 4).
+    pub mlp_width: usize,
+    /// MLP activation.
+    pub activation: Activation,
+}
+
+/// OpenAI's ModifiedResNet image tower (RN50 family): three-conv stem, anti-aliased
+/// bottlenecks and attention pooling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResNetVisionConfig {
+    /// Input side in pixels.
+    pub image_size: usize,
+    /// Bottleneck blocks per stage.
+    pub layers: [usize; 4],
+    /// Stem width (64 for RN50).
+    pub width: usize,
+    /// Heads of the attention pool (open_clip: `width * 32 / head_width`).
+    pub heads: usize,
+}
+
+/// Which image tower.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum VisionConfig {
+    /// Vision Transformer.
+    Vit(VitConfig),
+    /// ModifiedResNet.
+    #[serde(rename = "resnet")]
+    ResNet(ResNetVisionConfig),
+}
+
+/// The text transformer (causal, pooled at the end-of-text token).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextConfig {
+    /// Maximum sequence length, including start and end tokens.
+    pub context_length: usize,
+    /// Token vocabulary size.
+    pub vocab_size: usize,
+    /// Transformer width.
+    pub width: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Number of residual attention blocks.
+    pub layers: usize,
+    /// Hidden size of the MLP.
+    pub mlp_width: usize,
+    /// MLP activation.
+    pub activation: Activation,
+}
+
+/// A whole CLIP: both towers and the shared embedding size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipConfig {
+    /// Size of the joint image-text embedding.
+    pub embed_dim: usize,
+    /// Image tower.
+    pub vision: VisionConfig,
+    /// Text tower.
+    pub text: TextConfig,
+    /// LayerNorm epsilon in both towers (1e-5 in OpenAI, open_clip and Hugging Face).
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+const OPENAI_TEXT: fn(Activation) -> TextConfig = |activation| TextConfig {
+    context_length: 77,
+    vocab_size: 49408,
+    width: 512,
+    heads: 8,
+    layers: 12,
+    mlp_width: 2048,
+    activation,
+};
+
+fn vit(
+    image_size: usize,
+    patch_size: usize,
+    width: usize,
+    layers: usize,
+    activation: Activation,
+) -> VisionConfig {
+    VisionConfig::Vit(VitConfig {
+        image_size,
+        patch_size,
+        width,
+        layers,
+        heads: width / 64,
+        mlp_width: width * 4,
+        activation,
+    })
+}
+
+/// Preset names accepted by [`ClipConfig::from_preset`].
+pub const PRESETS: &[&str] = &[
+    "ViT-B-32",
+    "ViT-B-32-quickgelu",
+    "ViT-B-16",
+    "ViT-B-16-quickgelu",
+    "ViT-L-14",
+    "ViT-L-14-quickgelu",
+    "RN50",
+    "RN50-quickgelu",
+    "ViT-B/32",
+    "ViT-B/16",
+    "ViT-L/14",
+    "tiny",
+];
+
+impl ClipConfig {
+    /// OpenAI's ViT-B/32 (QuickGELU): open_clip `model_configs/ViT-B-32-quickgelu.json`
+    /// (embed 512; vision 224 px, patch 32, width 768, 12 layers; text 77 x 49408, width 512,
+    /// 8 heads, 12 layers) and Hugging Face `openai/clip-vit-base-patch32/config.json`.
+    pub fn vit_b_32() -> Self {
+        Self::from_parts(512, vit(224, 32, 768, 12, Activation::QuickGelu), Activation::QuickGelu)
+    }
+
+    /// OpenAI's ViT-B/16 (QuickGELU): open_clip `model_configs/ViT-B-16-quickgelu.json`
+    /// (as ViT-B/32 with patch 16) and `openai/clip-vit-base-patch16/config.json`.
+    pub fn vit_b_16() -> Self {
+        Self::from_parts(512, vit(224, 16, 768, 12, Activation::QuickGelu), Activation::QuickGelu)
+    }
+
+    /// OpenAI's ViT-L/14 (QuickGELU): open_clip `model_configs/ViT-L-14-quickgelu.json`
+    /// (embed 768; vision width 1024, 24 layers, patch 14; text width 768, 12 heads) and
+    /// `openai/clip-vit-large-patch14/config.json`.
+    pub fn vit_l_14() -> Self {
+        let mut c = Self::from_parts(
+            768,
+            vit(224, 14, 1024, 24, Activation::QuickGelu),
+            Activation::QuickGelu,
+        );
+        c.text.width = 768;
+        c.text.heads = 12;
+        c.text.mlp_width = 3072;
+        c
+    }
+
+    /// OpenAI's RN50 (QuickGELU text tower): open_clip `model_configs/RN50-quickgelu.json`
+    /// (embed 1024; layers [3, 4, 6, 3], width 64, 224 px; attention-pool heads
+    /// `width * 32 / 64` = 32, as `_build_vision_tower` computes them).
+    pub fn rn50() -> Self {
+        Self::from_parts(
+            1024,
+            VisionConfig::ResNet(ResNetVisionConfig {
+                image_size: 224,
+                layers: [3, 4, 6, 3],
+                width: 64,
+                heads: 32,
+            }),
+            Activation::QuickGelu,
+        )
+    }
+
+    /// A tiny CLIP for demos and tests with random weights: ViT 64 px, patch 8, width 64,
+    /// 2 layers, 2 heads; text width 64, 2 layers, 2 heads, context 77, the CLIP vocabulary
+    /// (49,408); embed 64. Not from any published model.
+    pub fn tiny() -> Self {
+        Self {
+            embed_dim: 64,
+            vision: VisionConfig::Vit(VitConfig {
+                image_size: 64,
+                patch_size: 8,
+                width: 64,
+                layers: 2,
+                heads: 2,
+                mlp_width: 256,
+                activation: Activation::QuickGelu,
+            }),
+            text: TextConfig {
+                context_length: 77,
+                vocab_size: 49408,
+                width: 64,
+                heads: 2,
+                layers: 2,
+                mlp_width: 256,
+                activation: Activation::QuickGelu,
+            },
+            layer_norm_eps: 1e-5,
+        }
+    }
+
+    fn from_parts(embed_dim: usize, vision: VisionConfig, text_act: Activation) -> Self {
+        Self {
+            embed_dim,
+            vision,
+            text: OPENAI_TEXT(text_act),
+            layer_norm_eps: 1e-5,
+        }
+    }
+
+    /// Sets the activation of every transformer MLP (open_clip's single `quick_gelu` flag).
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        if let VisionConfig::Vit(v) = &mut self.vision {
+            v.activation = activation;
+        }
+        self.text.activation = activation;
+        self
+    }
+
+    /// A preset by name. open_clip's names keep open_clip's meaning: `ViT-B-32` uses exact GELU
+    /// (`model_configs/ViT-B-32.json`, for LAION/DataComp weights) and `ViT-B-32-quickgelu`
+    /// QuickGELU (OpenAI weights). OpenAI's spellings `ViT-B/32`, `ViT-B/16`, `ViT-L/14` name
+    /// the OpenAI (QuickGELU) models. `tiny` is [`ClipConfig::tiny`].
+    pub fn from_preset(name: &str) -> Result<Self> {
+        let c = match name {
+            "ViT-B-32-quickgelu" | "ViT-B/32" => Self::vit_b_32(),
+            "ViT-B-16-quickgelu" | "ViT-B/16" => Self::vit_b_16(),
+            "ViT-L-14-quickgelu" | "ViT-L/14" => Self::vit_l_14(),
+            "RN50-quickgelu" => Self::rn50(),
+            "ViT-B-32" => Self::vit_b_32().with_activation(Activation::Gelu),
+            "ViT-B-16" => Self::vit_b_16().with_activation(Activation::Gelu),
+            "ViT-L-14" => Self::vit_l_14().with_activation(Activation::Gelu),
+            "RN50" => Self::rn50().with_activation(Activation::Gelu),
+            "tiny" => Self::tiny(),
+            _ => {
+                return Err(ConfigError::UnknownPreset {
+                    name: name.to_string(),
+                    known: PRESETS.join(", "),
+                })
+            }
+        };
+        Ok(c)
+    }
+
+    /// Resolves `--arch`: a preset name, or a path to an open_clip model-config JSON file.
+    pub fn from_arch(arch: &str) -> Result<Self> {
+        match Self::from_preset(arch) {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                let p = Path::new(arch);
+                if p.is_file() {
+                    Self::from_open_clip_json(p)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// The input image side in pixels.
+    pub fn image_size(&self) -> usize {
+        match &self.vision {
+            VisionConfig::Vit(v) => v.image_size,
+            VisionConfig::ResNet(r) => r.image_size,
+        }
+    }
+
+    /// The text context length (longest token sequence).
+    pub fn context_length(&self) -> usize {
+        self.text.context_length
+    }
+
+    /// Reads a config saved by [`ClipConfig::to_json`] (siam's own `siam.json`).
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text = read(path)?;
+        let c: Self = serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            what: "siam model config",
+            why: e.to_string(),
+        })?;
+        c.validate(&path.display().to_string())?;
+        Ok(c)
+    }
+
+    /// This config as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a ClipConfig always serialises")
+    }
+
+    /// Parses an open_clip model-config JSON (`embed_dim`, `quick_gelu`, `vision_cfg`,
+    /// `text_cfg`), applying the defaults of open_clip's `CLIPVisionCfg`/`CLIPTextCfg`
+    /// (`model.py`: head_width 64, mlp_ratio 4.0, patch_size 16, image_size 224, context 77,
+    /// vocab 49408, width 512, heads 8, layers 12). Settings that change the architecture
+    /// beyond the standard towers (timm or HF towers, layer scale, attentional pooling, ...)
+    /// are refused by name.
+    pub fn from_open_clip_json(path: &Path) -> Result<Self> {
+        let text = read(path)?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            what: "open_clip model config",
+            why: e.to_string(),
+        })?;
+        Self::from_open_clip_value(&v, path)
+    }
+
+    /// [`ClipConfig::from_open_clip_json`] on an already parsed value; `path` names it in errors.
+    pub fn from_open_clip_value(v: &serde_json::Value, path: &Path) -> Result<Self> {
+        let parse_err = |why: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            what: "open_clip model config",
+            why,
+        };
+        let unsupported = |key: &str, value: &serde_json::Value| ConfigError::Unsupported {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            value: value.to_string(),
+        };
+        let obj = v.as_object().ok_or_else(|| parse_err("not a JSON object".into()))?;
+        let embed_dim = get_usize(obj, "embed_dim", None).map_err(parse_err)?;
+        let quick = obj.get("quick_gelu").and_then(|q| q.as_bool()).unwrap_or(false);
+        let act = if quick { Activation::QuickGelu } else { Activation::Gelu };
+        let empty = serde_json::Map::new();
+        let vc = obj
+            .get("vision_cfg")
+            .and_then(|x| x.as_object())
+            .ok_or_else(|| parse_err("missing object vision_cfg".into()))?;
+        let tc = obj
+            .get("text_cfg")
+            .and_then(|x| x.as_object())
+            .unwrap_or(&empty);
+
+        // Keys whose non-default values change the architecture we would build.
+        let check_default = |cfg: &serde_json::Map<String, serde_json::Value>,
+                             prefix: &str,
+                             key: &str,
+                             ok: &dyn Fn(&serde_json::Value) -> bool|
+         -> Result<()> {
+            match cfg.get(key) {
+                Some(val) if !ok(val) => Err(unsupported(&format!("{prefix}.{key}"), val)),
+                _ => Ok(()),
+            }
+        };
+        let is_null = |x: &serde_json::Value| x.is_null();
+        let is_false = |x: &serde_json::Value| x.as_bool() == Some(false) || x.is_null();
+        let is_zero = |x: &serde_json::Value| x.as_f64() == Some(0.0) || x.is_null();
+        for key in ["timm_model_name", "ls_init_value", "act_kwargs", "norm_kwargs"] {
+            check_default(vc, "vision_cfg", key, &is_null)?;
+        }
+        for key in [
+            "attentional_pool",
+            "no_ln_pre",
+            "final_ln_after_pool",
+            "qk_norm",
+            "scaled_cosine_attn",
+            "scale_heads",
+            "scale_attn_inner",
+            "scale_attn",
+            "scale_fc",
+        ] {
+            check_default(vc, "vision_cfg", key, &is_false)?;
+        }
+        check_default(vc, "vision_cfg", "pool_type", &|x| x.as_str() == Some("tok"))?;
+        check_default(vc, "vision_cfg", "pos_embed_type", &|x| {
+            x.as_str() == Some("learnable")
+        })?;
+        check_default(vc, "vision_cfg", "patch_dropout", &is_zero)?;
+        for key in ["hf_model_name", "ls_init_value", "act_kwargs", "norm_kwargs"] {
+            check_default(tc, "text_cfg", key, &is_null)?;
+        }
+        for key in [
+            "embed_cls",
+            "no_causal_mask",
+            "final_ln_after_pool",
+            "proj_bias",
+            "qk_norm",
+            "scaled_cosine_attn",
+            "scale_heads",
+            "scale_attn_inner",
+            "scale_attn",
+            "scale_fc",
+        ] {
+            check_default(tc, "text_cfg", key, &is_false)?;
+        }
+        check_default(tc, "text_cfg", "pool_type", &|x| x.as_str() == Some("argmax"))?;
+        check_default(tc, "text_cfg", "proj_type", &|x| x.as_str() == Some("linear"))?;
+
+        let head_width = get_usize(vc, "head_width", Some(64)).map_err(parse_err)?;
+        let image_size = match vc.get("image_size") {
+            Some(serde_json::Value::Array(a)) => {
+                let sides: Vec<_> = a.iter().filter_map(|x| x.as_u64()).collect();
+                if sides.len() != 2 || sides[0] != sides[1] {
+                    return Err(unsupported("vision_cfg.image_size", &vc["image_size"]));
+                }
+                sides[0] as usize
+            }
+            _ => get_usize(vc, "image_size", Some(224)).map_err(parse_err)?,
+        };
+        let width = get_usize(vc, "width", Some(768)).map_err(parse_err)?;
+        let vision = match vc.get("layers") {
+            Some(serde_json::Value::Array(a)) => {
+                let l: Vec<usize> = a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect();
+                if l.len() != 4 {
+                    return Err(parse_err("vision_cfg.layers must hold 4 stage depths".into()));
+                }
+                VisionConfig::ResNet(ResNetVisionConfig {
+                    image_size,
+                    layers: [l[0], l[1], l[2], l[3]],
+                    width,
+                    heads: width * 32 / head_width,
+                })
+            }
+            _ => {
+                let mlp_ratio = get_f64(vc, "mlp_ratio", 4.0).map_err(parse_err)?;
+                VisionConfig::Vit(VitConfig {
+                    image_size,
+                    patch_size: get_usize(vc, "patch_size", Some(16)).map_err(parse_err)?,
+                    width,
+                    layers: get_usize(vc, "layers", Some(12)).map_err(parse_err)?,
+                    heads: width / head_width,
+                    mlp_width: (width as f64 * mlp_ratio) as usize,
+                    activation: act,
+                })
+            }
+        };
+        let t_width = get_usize(tc, "width", Some(512)).map_err(parse_err)?;
+        let t_ratio = get_f64(tc, "mlp_ratio", 4.0).map_err(parse_err)?;
+        let text = TextConfig {
+            context_length: get_usize(tc, "context_length", Some(77)).map_err(parse_err)?,
+            vocab_size: get_usize(tc, "vocab_size", Some(49408)).map_err(parse_err)?,
+            width: t_width,
+            heads: get_usize(tc, "heads", Some(8)).map_err(parse_err)?,
+            layers: get_usize(tc, "layers", Some(12)).map_err(parse_err)?,
+            mlp_width: (t_width as f64 * t_ratio) as usize,
+            activation: act,
+        };
+        let c = Self {
+            embed_dim,
+            vision,
+            text,
+            layer_norm_eps: 1e-5,
+        };
+        c.validate(&path.display().to_string())?;
+        Ok(c)
+    }
+
+    /// Parses a Hugging Face `CLIPConfig` `config.json` (`projection_dim`, `text_config`,
+    /// `vision_config`, each with `hidden_size`, `intermediate_size`, `num_attention_heads`,
+    /// `num_hidden_layers`, `hidden_act`, ...), with the defaults of transformers'
+    /// `models/clip/configuration_clip.py` for absent fields.
+    pub fn from_hf_config(path: &Path) -> Result<Self> {
+        let text = read(path)?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            what: "Hugging Face CLIP config.json",
+            why: e.to_string(),
+        })?;
+        let parse_err = |why: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            what: "Hugging Face CLIP config.json",
+            why,
+        };
+        let obj = v.as_object().ok_or_else(|| parse_err("not a JSON object".into()))?;
+        if let Some(mt) = obj.get("model_type").and_then(|m| m.as_str()) {
+            if mt != "clip" {
+                return Err(parse_err(format!("model_type is {mt:?}, not \"clip\"")));
+            }
+        }
+        let empty = serde_json::Map::new();
+        let tc = obj.get("text_config").and_then(|x| x.as_object()).unwrap_or(&empty);
+        let vc = obj.get("vision_config").and_then(|x| x.as_object()).unwrap_or(&empty);
+        let act = |cfg: &serde_json::Map<String, serde_json::Value>, key: &str| -> Result<Activation> {
+            match cfg.get("hidden_act").and_then(|a| a.as_str()).unwrap_or("quick_gelu") {
+                "quick_gelu" => Ok(Activation::QuickGelu),
+                "gelu" => Ok(Activation::Gelu),
+                other => Err(ConfigError::Unsupported {
+                    path: path.to_path_buf(),
+                    key: format!("{key}.hidden_act"),
+                    value: format!("{other:?}"),
+                }),
+            }
+        };
+        let eps = get_f64(tc, "layer_norm_eps", 1e-5).map_err(parse_err)?;
+        let veps = get_f64(vc, "layer_norm_eps", 1e-5).map_err(parse_err)?;
+        if (eps - veps).abs() > 0.0 {
+            return Err(ConfigError::Unsupported {
+                path: path.to_path_buf(),
+                key: "vision_config.layer_norm_eps".into(),
+                value: format!("{veps} (text tower has {eps})"),
+            });
+        }
+        let channels = get_usize(vc, "num_channels", Some(3)).map_err(parse_err)?;
+        if channels != 3 {
+            return Err(ConfigError::Unsupported {
+                path: path.to_path_buf(),
+                key: "vision_config.num_channels".into(),
+                value: channels.to_string(),
+            });
+        }
+        let c = Self {
+            embed_dim: get_usize(obj, "projection_dim", Some(512)).map_err(parse_err)?,
+            vision: VisionConfig::Vit(VitConfig {
+                image_size: get_usize(vc, "image_size", Some(224)).map_err(parse_err)?,
+                patch_size: get_usize(vc, "patch_size", Some(32)).map_err(parse_err)?,
+                width: get_usize(vc, "hidden_size", Some(768)).map_err(parse_err)?,
+                layers: get_usize(vc, "num_hidden_layers", Some(12)).map_err(parse_err)?,
+                heads: get_usize(vc, "num_attention_heads", Some(12)).map_err(parse_err)?,
+                mlp_width: get_usize(vc, "intermediate_size", Some(3072)).map_err(parse_err)?,
+                activation: act(vc, "vision_config")?,
+            }),
+            text: TextConfig {
+                context_length: get_usize(tc, "max_position_embeddings", Some(77))
+                    .map_err(parse_err)?,
+                vocab_size: get_usize(tc, "vocab_size", Some(49408)).map_err(parse_err)?,
+                width: get_usize(tc, "hidden_size", Some(512)).map_err(parse_err)?,
+                heads: get_usize(tc, "num_attention_heads", Some(8)).map_err(parse_err)?,
+                layers: get_usize(tc, "num_hidden_layers", Some(12)).map_err(parse_err)?,
+                mlp_width: get_usize(tc, "intermediate_size", Some(2048)).map_err(parse_err)?,
+                activation: act(tc, "text_config")?,
+            },
+            layer_norm_eps: eps,
+        };
+        c.validate(&path.display().to_string())?;
+        Ok(c)
+    }
+
+    /// Checks that the sizes can build a model.
+    pub fn validate(&self, source_name: &str) -> Result<()> {
+        let bad = |why: String| {
+            Err(ConfigError::Invalid {
+                source_name: source_name.to_string(),
+                why,
+            })
+        };
+        if self.embed_dim == 0 {
+            return bad("embed_dim is 0".into());
+        }
+        match &self.vision {
+            VisionConfig::Vit(v) => {
+                if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+                    return bad(format!(
+                        "image_size {} is not a multiple of patch_size {}",
+                        v.image_size, v.patch_size
+                    ));
+                }
+                if v.heads == 0 || v.width % v.heads != 0 {
+                    return bad(format!("vision width {} not divisible by {} heads", v.width, v.heads));
+                }
+            }
+            VisionConfig::ResNet(r) => {
+                if r.image_size % 32 != 0 {
+                    return bad(format!("ResNet image_size {} is not a multiple of 32", r.image_size));
+                }
+                let d = r.width * 32;
+                if r.heads == 0 || d % r.heads != 0 {
+                    return bad(format!("attention-pool width {d} not divisible by {} heads", r.heads));
+                }
+            }
+        }
+        let t = &self.text;
+        if t.heads == 0 || t.width % t.heads != 0 {
+            return bad(format!("text width {} not divisible by {} heads", t.width, t.heads));
+        }
+        if t.context_length == 0 || t.vocab_size == 0 {
+            return bad("text context_length and vocab_size must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn get_usize(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    default: Option<usize>,
+) -> std::result::Result<usize, String> {
+    match obj.get(key) {
+        Some(v) if !v.is_null() => v
+            .as_u64()
+            .map(|x| x as usize)
+            .ok_or_else(|| format!("{key} is {v}, expected a non-negative integer")),
+        _ => default.ok_or_else(|| format!("missing {key}")),
+    }
+}
+
+fn get_f64(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    default: f64,
+) -> std::result::Result<f64, String> {
+    match obj.get(key) {
+        Some(v) if !v.is_null() => v.as_f64().ok_or_else(|| format!("{key} is {v}, expected a number")),
+        _ => Ok(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn open_clip_json_matches_preset() {
+        let dir = tempfile::tempdir().unwrap();
+        // Verbatim open_clip 3.3.0 model_configs/ViT-B-32-quickgelu.json.
+        let p = write(
+            dir.path(),
+            "ViT-B-32-quickgelu.json",
+            r#"{"embed_dim": 512, "quick_gelu": true,
+                "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32},
+                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}}"#,
+        );
+        assert_eq!(ClipConfig::from_open_clip_json(&p).unwrap(), ClipConfig::vit_b_32());
+        // Verbatim RN50.json (no quick_gelu: exact GELU in the text tower).
+        let p = write(
+            dir.path(),
+            "RN50.json",
+            r#"{"embed_dim": 1024, "vision_cfg": {"image_size": 224, "layers": [3,4,6,3], "width": 64, "patch_size": null},
+                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}}"#,
+        );
+        assert_eq!(
+            ClipConfig::from_open_clip_json(&p).unwrap(),
+            ClipConfig::from_preset("RN50").unwrap()
+        );
+    }
+
+    #[test]
+    fn unsupported_open_clip_setting_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "x.json",
+            r#"{"embed_dim": 512, "vision_cfg": {"timm_model_name": "convnext_base"}, "text_cfg": {}}"#,
+        );
+        let e = ClipConfig::from_open_clip_json(&p).unwrap_err().to_string();
+        assert!(e.contains("vision_cfg.timm_model_name"), "{e}");
+    }
+
+    #[test]
+    fn hf_config_defaults_and_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "config.json",
+            r#"{"model_type": "clip", "projection_dim": 512,
+                "text_config": {"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8,
+                                "num_hidden_layers": 12, "hidden_act": "quick_gelu"},
+                "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+                                  "num_hidden_layers": 12, "patch_size": 32, "image_size": 224}}"#,
+        );
+        assert_eq!(ClipConfig::from_hf_config(&p).unwrap(), ClipConfig::vit_b_32());
+        let p = write(dir.path(), "bert.json", r#"{"model_type": "bert"}"#);
+        assert!(ClipConfig::from_hf_config(&p).unwrap_err().to_string().contains("bert"));
+    }
+
+    #[test]
+    fn presets_round_trip_through_json() {
+        for name in PRESETS {
+            let c = ClipConfig::from_preset(name).unwrap();
+            c.validate(name).unwrap();
+            let back: ClipConfig = serde_json::from_str(&c.to_json()).unwrap();
+            assert_eq!(back, c);
+        }
+        assert_eq!(ClipConfig::rn50().image_size(), 224);
+        assert_eq!(ClipConfig::vit_l_14().context_length(), 77);
+        assert!(ClipConfig::from_preset("ViT-H-14").is_err());
+    }
+}

@@ -1,1 +1,260 @@
-//! (in progress)
+//! The pre-norm transformer both CLIP towers share, named after OpenAI's `clip/model.py`
+//! (`ResidualAttentionBlock`, `Transformer`) so its parameters carry the checkpoint's key names:
+//! `resblocks.N.{ln_1, attn.in_proj, attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}`.
+
+use super::config::Activation;
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Tensor};
+
+/// Applies the MLP activation.
+///
+/// QuickGELU is `x * sigmoid(1.702 x)` (OpenAI `clip/model.py` `QuickGELU`); GELU is the exact
+/// erf form `x * Phi(x)` (PyTorch `nn.GELU()`).
+pub fn activate<const D: usize>(x: Tensor<D>, act: Activation) -> Tensor<D> {
+    match act {
+        Activation::QuickGelu => x.clone() * sigmoid(x.mul_scalar(1.702)),
+        Activation::Gelu => gelu(x),
+    }
+}
+
+/// A `Linear` initialised from N(0, std) with a zero bias, as open_clip's
+/// `TextTransformer.init_parameters` initialises its projections.
+pub(crate) fn linear(d_in: usize, d_out: usize, std: f64, device: &Device) -> Linear {
+    let mut l = LinearConfig::new(d_in, d_out)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device);
+    l.bias = Some(Initializer::Zeros.init([d_out], device));
+    l
+}
+
+/// A LayerNorm with weight 1 and bias 0.
+pub(crate) fn layer_norm(d: usize, eps: f64, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(d).with_epsilon(eps).init(device)
+}
+
+/// A parameter drawn from N(0, std).
+pub(crate) fn normal_param<const D: usize>(shape: [usize; D], std: f64, device: &Device) -> Param<Tensor<D>> {
+    Initializer::Normal { mean: 0.0, std }.init(shape, device)
+}
+
+/// Multi-head self-attention with a fused input projection, as PyTorch's
+/// `nn.MultiheadAttention` stores it (`in_proj_weight` [3d, d], `in_proj_bias` [3d]).
+///
+/// `softmax(Q K^T / sqrt(d_head)) V` per head (Vaswani et al. 2017), then `out_proj`.
+/// Here `in_proj` holds the transpose ([d, 3d], burn's `Linear` layout): one matmul computes
+/// Q, K and V together.
+#[derive(Module, Debug)]
+pub struct SelfAttention {
+    /// Fused Q/K/V projection, output columns `[q | k | v]`.
+    pub in_proj: Linear,
+    /// Output projection.
+    pub out_proj: Linear,
+    /// Number of heads.
+    pub heads: usize,
+}
+
+impl SelfAttention {
+    /// `width` split into `heads`; initialised as open_clip's text tower does
+    /// (in_proj N(0, width^-1/2), out_proj N(0, proj_std), zero biases).
+    pub fn new(width: usize, heads: usize, proj_std: f64, device: &Device) -> Self {
+        Self {
+            in_proj: linear(width, 3 * width, (width as f64).powf(-0.5), device),
+            out_proj: linear(width, width, proj_std, device),
+            heads,
+        }
+    }
+
+    /// `x` [B, L, D] to [B, L, D]; `causal` masks keys after each query.
+    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+        let [b, l, d] = x.dims();
+        let h = self.heads;
+        let dh = d / h;
+        // [B, L, 3D] -> [3, B, H, L, Dh]: one copy lays q, k and v out head-major.
+        let qkv = self
+            .in_proj
+            .forward(x)
+            .reshape([b, l, 3, h, dh])
+            .permute([2, 0, 3, 1, 4]);
+        let mut parts = qkv.chunk(3, 0).into_iter().map(|t| t.reshape([b, h, l, dh]));
+        let (q, k, v) = (
+            parts.next().expect("3 chunks"),
+            parts.next().expect("3 chunks"),
+            parts.next().expect("3 chunks"),
+        );
+        let o = attention(
+            q,
+            k,
+            v,
+            None,
+            None,
+            AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: causal,
+            },
+        );
+        let o = o.swap_dims(1, 2).reshape([b, l, d]);
+        self.out_proj.forward(o)
+    }
+}
+
+/// The transformer MLP: `c_proj(act(c_fc(x)))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// Expansion `width -> mlp_width`.
+    pub c_fc: Linear,
+    /// Contraction `mlp_width -> width`.
+    pub c_proj: Linear,
+    /// Activation between them.
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl Mlp {
+    /// Forward on `[..., width]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.c_proj.forward(activate(self.c_fc.forward(x), self.activation))
+    }
+}
+
+/// Pre-norm residual block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+#[derive(Module, Debug)]
+pub struct ResidualAttentionBlock {
+    /// Norm before attention.
+    pub ln_1: LayerNorm,
+    /// Self-attention.
+    pub attn: SelfAttention,
+    /// Norm before the MLP.
+    pub ln_2: LayerNorm,
+    /// The MLP.
+    pub mlp: Mlp,
+}
+
+impl ResidualAttentionBlock {
+    /// Forward on `[B, L, D]`.
+    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), causal);
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    }
+}
+
+/// Sizes of a [`Transformer`].
+#[derive(Debug, Clone, Copy)]
+pub struct TransformerSpec {
+    /// Model width.
+    pub width: usize,
+    /// Number of blocks.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// MLP hidden size.
+    pub mlp_width: usize,
+    /// MLP activation.
+    pub activation: Activation,
+    /// LayerNorm epsilon.
+    pub eps: f64,
+}
+
+/// A stack of [`ResidualAttentionBlock`]s (`transformer.resblocks.N`).
+#[derive(Module, Debug)]
+pub struct Transformer {
+    /// The blocks, in order.
+    pub resblocks: Vec<ResidualAttentionBlock>,
+}
+
+impl Transformer {
+    /// Random init following open_clip `TextTransformer.init_parameters`: attention
+    /// N(0, width^-1/2), output projections N(0, width^-1/2 (2 layers)^-1/2), MLP expansion
+    /// N(0, (2 width)^-1/2), zero biases, unit LayerNorms.
+    pub fn new(spec: TransformerSpec, device: &Device) -> Self {
+        let w = spec.width as f64;
+        let proj_std = w.powf(-0.5) * ((2 * spec.layers.max(1)) as f64).powf(-0.5);
+        let fc_std = (2.0 * w).powf(-0.5);
+        let resblocks = (0..spec.layers)
+            .map(|_| ResidualAttentionBlock {
+                ln_1: layer_norm(spec.width, spec.eps, device),
+                attn: SelfAttention::new(spec.width, spec.heads, proj_std, device),
+                ln_2: layer_norm(spec.width, spec.eps, device),
+                mlp: Mlp {
+                    c_fc: linear(spec.width, spec.mlp_width, fc_std, device),
+                    c_proj: linear(spec.mlp_width, spec.width, proj_std, device),
+                    activation: spec.activation,
+                },
+            })
+            .collect();
+        Self { resblocks }
+    }
+
+    /// Number of blocks.
+    pub fn len(&self) -> usize {
+        self.resblocks.len()
+    }
+
+    /// Whether there are no blocks.
+    pub fn is_empty(&self) -> bool {
+        self.resblocks.is_empty()
+    }
+
+    /// Runs blocks `from..to` (clamped to the stack) on `[B, L, D]`.
+    pub fn forward_range(&self, mut x: Tensor<3>, from: usize, to: usize, causal: bool) -> Tensor<3> {
+        let to = to.min(self.resblocks.len());
+        for block in self.resblocks.iter().take(to).skip(from) {
+            x = block.forward(x, causal);
+        }
+        x
+    }
+
+    /// Runs every block.
+    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+        self.forward_range(x, 0, self.resblocks.len(), causal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{TensorData, Tolerance};
+
+    #[test]
+    fn quick_gelu_and_gelu_by_hand() {
+        let d = Device::flex();
+        let x = Tensor::<1>::from_data(TensorData::from([-1.0f32, 0.0, 2.0]), &d);
+        // x * sigmoid(1.702 x): -1/(1+e^1.702) = -0.154176; 2/(1+e^-3.404) = 1.935541.
+        activate(x.clone(), Activation::QuickGelu)
+            .into_data()
+            .assert_approx_eq::<f32>(&TensorData::from([-0.154176f32, 0.0, 1.935541]), Tolerance::absolute(1e-5));
+        // x * Phi(x): Phi(-1) = 0.158655, Phi(2) = 0.977250.
+        activate(x, Activation::Gelu)
+            .into_data()
+            .assert_approx_eq::<f32>(&TensorData::from([-0.158655f32, 0.0, 1.954500]), Tolerance::absolute(1e-5));
+    }
+
+    /// With identity projections and one head, attention over two tokens is checkable by
+    /// hand: under the causal mask the first token only sees itself.
+    #[test]
+    fn causal_attention_by_hand() {
+        let d = Device::flex();
+        let mut attn = SelfAttention::new(2, 1, 0.02, &d);
+        let eye3 = TensorData::from([[1.0f32, 0.0, 1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]]);
+        attn.in_proj.weight = Param::from_tensor(Tensor::from_data(eye3, &d));
+        attn.out_proj.weight = Param::from_tensor(Tensor::from_data(TensorData::from([[1.0f32, 0.0], [0.0, 1.0]]), &d));
+        let x = Tensor::<3>::from_data(TensorData::from([[[1.0f32, 0.0], [0.0, 1.0]]]), &d);
+        let y = attn.forward(x.clone(), true).into_data();
+        // Token 1 attends to both: scores q.k / sqrt(2) = [0, 1/sqrt 2]; weights
+        // softmax = [0.330249, 0.669751]; output = weights mixed over the one-hot values.
+        y.assert_approx_eq::<f32>(
+            &TensorData::from([[[1.0f32, 0.0], [0.330249, 0.669751]]]),
+            Tolerance::absolute(1e-5),
+        );
+        let y = attn.forward(x, false).into_data();
+        // Token 0 without the mask: scores [1/sqrt 2, 0] -> [0.669751, 0.330249].
+        y.assert_approx_eq::<f32>(
+            &TensorData::from([[[0.669751f32, 0.330249], [0.330249, 0.669751]]]),
+            Tolerance::absolute(1e-5),
+        );
+    }
+}

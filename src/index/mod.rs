@@ -1,1 +1,3 @@
 //! HNSW index over the joint embedding space.
+
+pub mod dot;

@@ -1,1 +1,3 @@
 //! The training loop: towers, heads, feature cache, optimiser, checkpoints.
+
+pub mod schedule;

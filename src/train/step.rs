@@ -1,0 +1,296 @@
+//! One optimiser step: embed both sides, mine and score in both directions, back-propagate,
+//! clip the global gradient norm, and apply AdamW at the scheduled learning rate.
+//!
+//! The loss of a batch is the mean of the two directions (the symmetric form of CLIP's loss,
+//! open_clip `loss.py` `ClipLoss`):
+//!
+//! ```text
+//! loss = 0.5 * ( L(images -> texts) + L(texts -> images) )
+//! ```
+//!
+//! where `L(a -> r)` mines tuples with anchors `a` and references `r` (pytorch-metric-learning's
+//! `ref_emb`) and scores them.
+//!
+//! Gradient accumulation ([`Stepper::step_accumulated`]) follows open_clip's `accum_freq`
+//! (`src/open_clip_train/train.py`): the embeddings of every micro-batch are first computed
+//! without gradients; then each micro-batch is embedded again with gradients and its live rows
+//! replace its detached rows in the full batch, so every micro-step sees (and mines among) the
+//! negatives of the whole accumulated batch. Summing the micro-steps' gradients gives exactly
+//! the full batch's gradient, since each row's contribution `dL/de_i * de_i/dtheta` is
+//! back-propagated once, in its own micro-step.
+
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::Tensor;
+
+use super::optim::clip_grad_norm;
+use super::schedule::CosineSchedule;
+use super::twin::{ImageInput, TextInput, TwinTowers};
+
+/// What one direction's loss reports besides its value.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DirectionStats {
+    /// Fraction of mined tuples with a non-zero loss.
+    pub active_fraction: f64,
+    /// Number of tuples (or pairs) the miner kept.
+    pub mined: usize,
+}
+
+/// A metric-learning loss with its miner, applied to anchors of one modality against references
+/// of the other.
+pub trait Objective {
+    /// Loss `[1]` of `anchors` (`[A, d]`, labels `anchor_labels`) against `refs` (`[R, d]`).
+    /// `logit_scale` is the model's `log(1/temperature)` parameter `[1]`.
+    fn directional(
+        &self,
+        anchors: Tensor<2>,
+        anchor_labels: &[usize],
+        refs: Tensor<2>,
+        ref_labels: &[usize],
+        logit_scale: Tensor<1>,
+    ) -> Result<(Tensor<1>, DirectionStats), String>;
+
+    /// Whether the loss uses the logit scale (so the scale should train).
+    fn uses_logit_scale(&self) -> bool;
+}
+
+/// One batch as the model sees it.
+#[derive(Debug, Clone)]
+pub struct TrainBatch {
+    /// The images (pixels, cached hidden states or cached tower outputs).
+    pub images: ImageInput,
+    /// Label (mining class) of every image.
+    pub image_labels: Vec<usize>,
+    /// The reference texts.
+    pub texts: TextInput,
+    /// Label of every text.
+    pub text_labels: Vec<usize>,
+}
+
+impl TrainBatch {
+    /// Anchor-reference comparisons in both directions: `2 * images * texts`.
+    pub fn pairs(&self) -> u64 {
+        2 * self.image_labels.len() as u64 * self.text_labels.len() as u64
+    }
+}
+
+/// Errors of a training step.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The loss is NaN or infinite; the parameters were not updated.
+    #[error("the loss became {value} at step {step}; the parameters of step {step} were not applied")]
+    NonFinite {
+        /// 1-based step.
+        step: usize,
+        /// The loss value.
+        value: f64,
+    },
+    /// The loss refused its inputs (e.g. no valid tuple in a batch).
+    #[error("step {step}: {why}")]
+    Loss {
+        /// 1-based step.
+        step: usize,
+        /// The loss's message.
+        why: String,
+    },
+    /// Accumulation got no micro-batch.
+    #[error("gradient accumulation needs at least one micro-batch")]
+    Empty,
+}
+
+/// What a step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    /// Mean loss of both directions.
+    pub loss: f64,
+    /// Image-anchor loss.
+    pub loss_i2t: f64,
+    /// Text-anchor loss.
+    pub loss_t2i: f64,
+    /// Mean active fraction of both directions.
+    pub active_fraction: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate applied.
+    pub lr: f64,
+    /// Anchor-reference comparisons.
+    pub pairs: u64,
+}
+
+/// The optimiser, its schedule and the step counter.
+pub struct Stepper {
+    /// AdamW with its parameter groups.
+    pub optim: ModuleOptimizer,
+    /// Learning rate per step.
+    pub schedule: CosineSchedule,
+    /// Global-norm clipping threshold (`None`: no clipping).
+    pub max_grad_norm: Option<f64>,
+    /// Optimiser steps done.
+    pub step: usize,
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_data()
+        .convert::<f64>()
+        .as_slice::<f64>()
+        .map(|s| s[0])
+        .unwrap_or(f64::NAN)
+}
+
+struct Scored {
+    loss: Tensor<1>,
+    i2t: f64,
+    t2i: f64,
+    active: f64,
+}
+
+fn score(
+    objective: &dyn Objective,
+    img: Tensor<2>,
+    img_labels: &[usize],
+    txt: Tensor<2>,
+    txt_labels: &[usize],
+    scale: Tensor<1>,
+    step: usize,
+) -> Result<Scored, StepError> {
+    let lerr = |why| StepError::Loss { step, why };
+    let (l1, s1) = objective
+        .directional(img.clone(), img_labels, txt.clone(), txt_labels, scale.clone())
+        .map_err(lerr)?;
+    let (l2, s2) = objective
+        .directional(txt, txt_labels, img, img_labels, scale)
+        .map_err(lerr)?;
+    let i2t = scalar(l1.clone().detach());
+    let t2i = scalar(l2.clone().detach());
+    Ok(Scored {
+        loss: (l1 + l2).mul_scalar(0.5),
+        i2t,
+        t2i,
+        active: 0.5 * (s1.active_fraction + s2.active_fraction),
+    })
+}
+
+impl Stepper {
+    fn finish(
+        &mut self,
+        model: TwinTowers,
+        mut grads: GradientsParams,
+        scored: (f64, f64, f64),
+        pairs: u64,
+    ) -> (TwinTowers, StepOutcome) {
+        let grad_norm = match self.max_grad_norm {
+            Some(m) => clip_grad_norm(&mut grads, &model, m),
+            None => super::optim::grad_norm(&grads, &model),
+        };
+        let lr = self.schedule.lr(self.step);
+        let model = self.optim.step(lr, model, grads);
+        self.step += 1;
+        let (i2t, t2i, active) = scored;
+        (
+            model,
+            StepOutcome {
+                loss: 0.5 * (i2t + t2i),
+                loss_i2t: i2t,
+                loss_t2i: t2i,
+                active_fraction: active,
+                grad_norm,
+                lr,
+                pairs,
+            },
+        )
+    }
+
+    /// One step on one batch. On a non-finite loss the model is returned unchanged with
+    /// [`StepError::NonFinite`].
+    pub fn step(
+        &mut self,
+        model: TwinTowers,
+        batch: TrainBatch,
+        objective: &dyn Objective,
+    ) -> Result<(TwinTowers, StepOutcome), (TwinTowers, StepError)> {
+        let pairs = batch.pairs();
+        let n = self.step + 1;
+        let img = model.embed_images(batch.images);
+        let txt = model.embed_texts(batch.texts);
+        let s = match score(
+            objective,
+            img,
+            &batch.image_labels,
+            txt,
+            &batch.text_labels,
+            model.logit_scale(),
+            n,
+        ) {
+            Ok(s) => s,
+            Err(e) => return Err((model, e)),
+        };
+        let total = 0.5 * (s.i2t + s.t2i);
+        if !total.is_finite() {
+            return Err((model, StepError::NonFinite { step: n, value: total }));
+        }
+        let grads = GradientsParams::from_grads(s.loss.backward(), &model);
+        Ok(self.finish(model, grads, (s.i2t, s.t2i, s.active), pairs))
+    }
+
+    /// One step over several micro-batches that together form one batch, keeping the negatives
+    /// of the whole batch (see the module documentation).
+    pub fn step_accumulated(
+        &mut self,
+        model: TwinTowers,
+        micro: Vec<TrainBatch>,
+        objective: &dyn Objective,
+    ) -> Result<(TwinTowers, StepOutcome), (TwinTowers, StepError)> {
+        if micro.is_empty() {
+            return Err((model, StepError::Empty));
+        }
+        if micro.len() == 1 {
+            let b = micro.into_iter().next().expect("one micro-batch");
+            return self.step(model, b, objective);
+        }
+        let n = self.step + 1;
+        let img_labels: Vec<usize> = micro.iter().flat_map(|b| b.image_labels.clone()).collect();
+        let txt_labels: Vec<usize> = micro.iter().flat_map(|b| b.text_labels.clone()).collect();
+        let pairs = 2 * img_labels.len() as u64 * txt_labels.len() as u64;
+        // Pass 1: every micro-batch's embeddings without a graph.
+        let frozen = model.valid();
+        let mut img_fixed = Vec::with_capacity(micro.len());
+        let mut txt_fixed = Vec::with_capacity(micro.len());
+        for b in &micro {
+            img_fixed.push(frozen.embed_images(b.images.clone()).autodiff());
+            txt_fixed.push(frozen.embed_texts(b.texts.clone()).autodiff());
+        }
+        drop(frozen);
+        // Pass 2: each micro-batch live, the others fixed.
+        let mut acc = GradientsAccumulator::<TwinTowers>::new();
+        let mut first: Option<(f64, f64, f64)> = None;
+        for (j, b) in micro.into_iter().enumerate() {
+            let live_img = model.embed_images(b.images);
+            let live_txt = model.embed_texts(b.texts);
+            let mut imgs = img_fixed.clone();
+            imgs[j] = live_img;
+            let mut txts = txt_fixed.clone();
+            txts[j] = live_txt;
+            let s = match score(
+                objective,
+                Tensor::cat(imgs, 0),
+                &img_labels,
+                Tensor::cat(txts, 0),
+                &txt_labels,
+                model.logit_scale(),
+                n,
+            ) {
+                Ok(s) => s,
+                Err(e) => return Err((model, e)),
+            };
+            let total = 0.5 * (s.i2t + s.t2i);
+            if !total.is_finite() {
+                return Err((model, StepError::NonFinite { step: n, value: total }));
+            }
+            first.get_or_insert((s.i2t, s.t2i, s.active));
+            let grads = GradientsParams::from_grads(s.loss.backward(), &model);
+            acc.accumulate(&model, grads);
+        }
+        let grads = acc.grads();
+        Ok(self.finish(model, grads, first.expect("at least two micro-batches"), pairs))
+    }
+}
