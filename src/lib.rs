@@ -4,8 +4,10 @@
 //! training loop ([`train`]), the HNSW index ([`index`]) and the retrieval metrics ([`eval`]).
 //! The `siam` binary only parses arguments and calls into these modules.
 
+pub mod cli;
 pub mod clip;
 pub mod device;
+pub mod embed;
 pub mod eval;
 pub mod index;
 pub mod io;

@@ -1,1 +1,49 @@
-fn main() {}
+//! The `siam` command line: parses arguments and calls the library.
+
+use clap::{Parser, Subcommand};
+use siam::cli;
+
+/// Adapt CLIP to your own images and label texts, the metric-learning way.
+#[derive(Parser, Debug)]
+#[command(name = "siam", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train twin towers (image and label-text) with contrastive, pairwise or triplet losses.
+    Train(cli::train::TrainArgs),
+    /// Embed images or texts into the joint space (.npy).
+    Embed(cli::embed::EmbedArgs),
+    /// Zero-shot classification of images against label texts.
+    Classify(cli::classify::ClassifyArgs),
+    /// Write the synthetic demo set as an image folder and a captions table.
+    DemoData(cli::demo_data::DemoDataArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => cli::train::run(a),
+        Command::Embed(a) => cli::embed::run(a),
+        Command::Classify(a) => cli::classify::run(a),
+        Command::DemoData(a) => cli::demo_data::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined, no backtrace.
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            let mut line = msg.join(": ");
+            // `thiserror` messages often already include their source; drop exact repeats.
+            for m in msg.iter().skip(1) {
+                let twice = format!("{m}: {m}");
+                line = line.replace(&twice, m);
+            }
+            eprintln!("siam: error: {line}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -17,11 +17,24 @@ fn fixtures() -> PathBuf {
 /// Reads a little-endian float32 .npy file (numpy format 1.0, C order) as (shape, values).
 fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}: not a .npy file", path.display());
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
+        "{}: not a .npy file",
+        path.display()
+    );
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-    assert!(header.contains("'descr': '<f4'"), "{}: expected <f4, header {header}", path.display());
-    assert!(header.contains("'fortran_order': False"), "{}: fortran order", path.display());
+    assert!(
+        header.contains("'descr': '<f4'"),
+        "{}: expected <f4, header {header}",
+        path.display()
+    );
+    assert!(
+        header.contains("'fortran_order': False"),
+        "{}: fortran order",
+        path.display()
+    );
     let open = header.find("'shape': (").unwrap() + "'shape': (".len();
     let close = open + header[open..].find(')').unwrap();
     let shape: Vec<usize> = header[open..close]
@@ -34,7 +47,12 @@ fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    assert_eq!(values.len(), shape.iter().product::<usize>(), "{}: size", path.display());
+    assert_eq!(
+        values.len(),
+        shape.iter().product::<usize>(),
+        "{}: size",
+        path.display()
+    );
     (shape, values)
 }
 
@@ -68,7 +86,14 @@ fn check_parity(file: &str) {
     let (model, report) = load_open_clip_resnet(model, &fixtures().join(file), "visual.")
         .unwrap_or_else(|e| panic!("{e}"));
     // The BatchNorms' num_batches_tracked counters are the only leftovers.
-    assert!(report.unused.iter().all(|k| k.ends_with("num_batches_tracked")), "{:?}", report.unused);
+    assert!(
+        report
+            .unused
+            .iter()
+            .all(|k| k.ends_with("num_batches_tracked")),
+        "{:?}",
+        report.unused
+    );
     assert!(report.missing.is_empty());
 
     let (shape, pixels) = read_npy_f32(&fixtures().join("pixel_values.npy"));
@@ -79,7 +104,11 @@ fn check_parity(file: &str) {
     let (eshape, expected) = read_npy_f32(&fixtures().join("image_embeds.npy"));
     let out = model.forward(images);
     assert_eq!(out.dims(), [eshape[0], eshape[1]]);
-    let got = out.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let got = out
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
     let max_diff = got
         .iter()
         .zip(&expected)
@@ -114,7 +143,12 @@ fn every_tower_tensor_is_loaded() {
     // (layer1.0 changes channels, layer2..4.0 stride 2): BNs = 3 stem + 3*6 + 4 = 25.
     // Convs = 3 + 3*6 + 4 = 25. Attention pool: positional embedding + 4 Linear (w, b) = 9.
     let bns = 25;
-    assert_eq!(report.applied.len(), 4 * bns + 25 + 9, "{:?}", report.applied);
+    assert_eq!(
+        report.applied.len(),
+        4 * bns + 25 + 9,
+        "{:?}",
+        report.applied
+    );
     assert_eq!(report.unused.len(), bns);
 }
 
@@ -123,8 +157,12 @@ fn a_wrong_config_is_an_error_naming_the_file() {
     let device = siam::device::from_env();
     let mut cfg = tiny_config();
     cfg.width = 8;
-    let err = load_open_clip_resnet(cfg.init(&device), &fixtures().join("model.safetensors"), "visual.")
-        .unwrap_err();
+    let err = load_open_clip_resnet(
+        cfg.init(&device),
+        &fixtures().join("model.safetensors"),
+        "visual.",
+    )
+    .unwrap_err();
     assert!(matches!(err, ResnetImportError::Mismatch { .. }), "{err}");
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 
@@ -140,14 +178,24 @@ fn a_wrong_config_is_an_error_naming_the_file() {
         .unwrap_err();
     assert!(matches!(err, ResnetImportError::Unused { .. }), "{err}");
 
-    let err = load_open_clip_resnet(tiny_config().init(&device), &fixtures().join("model.pt"), "vision.")
-        .unwrap_err();
-    assert!(matches!(err, ResnetImportError::NoTensorsUnderPrefix { .. }), "{err}");
+    let err = load_open_clip_resnet(
+        tiny_config().init(&device),
+        &fixtures().join("model.pt"),
+        "vision.",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, ResnetImportError::NoTensorsUnderPrefix { .. }),
+        "{err}"
+    );
     let err = load_open_clip_resnet(
         tiny_config().init(&device),
         &fixtures().join("open_clip_config.json"),
         "visual.",
     )
     .unwrap_err();
-    assert!(matches!(err, ResnetImportError::UnknownFormat { .. }), "{err}");
+    assert!(
+        matches!(err, ResnetImportError::UnknownFormat { .. }),
+        "{err}"
+    );
 }

@@ -16,10 +16,14 @@ pub mod distance;
 pub mod error;
 pub mod matrix;
 pub mod miner;
+pub mod loss;
+pub mod reducer;
 
 pub use distance::Distance;
 pub use error::{LossError, Result};
 pub use matrix::PairMatrix;
+pub use loss::{ContrastiveLoss, HostLoss, Loss, LossOutput, LossStats, MultiSimilarityLoss, PairwiseLoss, Positives, TripletLoss, MAX_LOGIT_SCALE};
+pub use reducer::Reducer;
 pub use miner::{HardnessSchedule, Miner, MinerKind, TripletKind, Tuples};
 
 use burn::tensor::Device;

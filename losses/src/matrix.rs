@@ -49,6 +49,8 @@ impl<'a> PairMatrix<'a> {
             let col_bad = (0..rows).all(|r| !raw[r * cols + j].is_finite());
             return Err(if row_bad || !col_bad {
                 LossError::NonFinite { side: "anchor", row: i }
+            } else if same_set {
+                LossError::NonFinite { side: "anchor", row: j }
             } else {
                 LossError::NonFinite { side: "reference", row: j }
             });

@@ -321,7 +321,7 @@ impl ClipConfig {
             Ok(c) => Ok(c),
             Err(e) => {
                 let p = Path::new(arch);
-                if p.is_file() {
+                if p.is_file() || arch.ends_with(".json") {
                     Self::from_open_clip_json(p)
                 } else {
                     Err(e)

@@ -223,10 +223,10 @@ mod tests {
     fn quick_gelu_and_gelu_by_hand() {
         let d = Device::flex();
         let x = Tensor::<1>::from_data(TensorData::from([-1.0f32, 0.0, 2.0]), &d);
-        // x * sigmoid(1.702 x): -1/(1+e^1.702) = -0.154176; 2/(1+e^-3.404) = 1.935541.
+        // x * sigmoid(1.702 x): -1/(1+e^1.702) = -0.154204; 2/(1+e^-3.404) = 1.935659.
         activate(x.clone(), Activation::QuickGelu)
             .into_data()
-            .assert_approx_eq::<f32>(&TensorData::from([-0.154176f32, 0.0, 1.935541]), Tolerance::absolute(1e-5));
+            .assert_approx_eq::<f32>(&TensorData::from([-0.154204f32, 0.0, 1.935659]), Tolerance::absolute(1e-5));
         // x * Phi(x): Phi(-1) = 0.158655, Phi(2) = 0.977250.
         activate(x, Activation::Gelu)
             .into_data()
@@ -245,15 +245,15 @@ mod tests {
         let x = Tensor::<3>::from_data(TensorData::from([[[1.0f32, 0.0], [0.0, 1.0]]]), &d);
         let y = attn.forward(x.clone(), true).into_data();
         // Token 1 attends to both: scores q.k / sqrt(2) = [0, 1/sqrt 2]; weights
-        // softmax = [0.330249, 0.669751]; output = weights mixed over the one-hot values.
+        // softmax = [1/(1+e^(1/sqrt 2)), ...] = [0.330238, 0.669762]; output = weights mixed over the one-hot values.
         y.assert_approx_eq::<f32>(
-            &TensorData::from([[[1.0f32, 0.0], [0.330249, 0.669751]]]),
+            &TensorData::from([[[1.0f32, 0.0], [0.330238, 0.669762]]]),
             Tolerance::absolute(1e-5),
         );
         let y = attn.forward(x, false).into_data();
-        // Token 0 without the mask: scores [1/sqrt 2, 0] -> [0.669751, 0.330249].
+        // Token 0 without the mask: scores [1/sqrt 2, 0] -> [0.669762, 0.330238].
         y.assert_approx_eq::<f32>(
-            &TensorData::from([[[0.669751f32, 0.330249], [0.330249, 0.669751]]]),
+            &TensorData::from([[[0.669762f32, 0.330238], [0.330238, 0.669762]]]),
             Tolerance::absolute(1e-5),
         );
     }

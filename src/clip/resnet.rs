@@ -144,7 +144,12 @@ impl ModifiedResNetConfig {
 fn conv(cin: usize, cout: usize, kernel: usize, stride: usize, device: &Device) -> Conv2d {
     Conv2dConfig::new([cin, cout], [kernel, kernel])
         .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(kernel / 2, kernel / 2, kernel / 2, kernel / 2))
+        .with_padding(PaddingConfig2d::Explicit(
+            kernel / 2,
+            kernel / 2,
+            kernel / 2,
+            kernel / 2,
+        ))
         .with_bias(false)
         .init(device)
 }
@@ -320,7 +325,11 @@ pub struct Downsample {
 impl Downsample {
     /// Applies the shortcut.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = if self.stride > 1 { avg_pool(x, self.stride) } else { x };
+        let x = if self.stride > 1 {
+            avg_pool(x, self.stride)
+        } else {
+            x
+        };
         self.bn.forward(self.conv.forward(x))
     }
 }
@@ -349,7 +358,13 @@ pub struct AttentionPool2d {
 }
 
 impl AttentionPool2d {
-    fn new(spacial_dim: usize, embed_dim: usize, heads: usize, output_dim: usize, device: &Device) -> Self {
+    fn new(
+        spacial_dim: usize,
+        embed_dim: usize,
+        heads: usize,
+        output_dim: usize,
+        device: &Device,
+    ) -> Self {
         let std = (embed_dim as f64).powf(-0.5);
         let normal = Initializer::Normal { mean: 0.0, std };
         let linear = |d_out: usize| {
@@ -477,7 +492,10 @@ pub enum ResnetImportError {
 /// used as well; `num_batches_tracked` has no counterpart and is left unused.
 pub fn open_clip_key_rules() -> Vec<(String, String)> {
     vec![
-        (r"(^|\.)downsample\.0\.".into(), "${1}downsample.conv.".into()),
+        (
+            r"(^|\.)downsample\.0\.".into(),
+            "${1}downsample.conv.".into(),
+        ),
         (r"(^|\.)downsample\.1\.".into(), "${1}downsample.bn.".into()),
     ]
 }
@@ -519,18 +537,22 @@ pub fn load_open_clip_resnet(
     let all: Vec<PackTensor> = match ext.as_str() {
         "safetensors" => {
             let mut store = SafetensorsStore::from_file(path);
-            let map = store.get_all_tensors().map_err(|source| ResnetImportError::Safetensors {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            let map = store
+                .get_all_tensors()
+                .map_err(|source| ResnetImportError::Safetensors {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             map.values().cloned().collect()
         }
         "pt" | "pth" | "bin" => {
             let mut store = PytorchStore::from_file(path);
-            let map = store.get_all_tensors().map_err(|source| ResnetImportError::Pytorch {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            let map = store
+                .get_all_tensors()
+                .map_err(|source| ResnetImportError::Pytorch {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             map.values().cloned().collect()
         }
         _ => {
@@ -539,7 +561,10 @@ pub fn load_open_clip_resnet(
             })
         }
     };
-    let tensors: Vec<PackTensor> = all.into_iter().filter(|t| t.name.starts_with(prefix)).collect();
+    let tensors: Vec<PackTensor> = all
+        .into_iter()
+        .filter(|t| t.name.starts_with(prefix))
+        .collect();
     if tensors.is_empty() {
         return Err(ResnetImportError::NoTensorsUnderPrefix {
             path: path.to_path_buf(),
@@ -548,7 +573,8 @@ pub fn load_open_clip_resnet(
     }
     let mut rules = vec![(format!("^{}", regex_literal(prefix)), String::new())];
     rules.extend(open_clip_key_rules());
-    let remapper = KeyRemapper::from_patterns(rules).expect("the remapping rules are valid regexes");
+    let remapper =
+        KeyRemapper::from_patterns(rules).expect("the remapping rules are valid regexes");
     let (tensors, _) = remapper.remap(tensors);
 
     let adapter: Box<dyn ModuleAdapter> =
@@ -581,4 +607,188 @@ pub fn load_open_clip_resnet(
         });
     }
     Ok((model, result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    fn linear(weight_in_out: Vec<f32>, bias: Vec<f32>, d: usize, device: &Device) -> Linear {
+        let mut l = LinearConfig::new(d, d).init(device);
+        l.weight = Param::from_data(TensorData::new(weight_in_out, [d, d]), device);
+        l.bias = Some(Param::from_data(TensorData::new(bias, [d]), device));
+        l
+    }
+
+    fn values(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    /// A 1x2 grid with zero q/k projections attends uniformly to the 3 tokens
+    /// (mean, a, b), so with identity v/c projections the output is mean(mean, a, b) = mean(a, b)
+    /// plus the biases: a = (1, 0), b = (3, 2) -> (2, 1) + (0.5, -0.5).
+    #[test]
+    fn attention_pool_with_uniform_attention_averages_the_tokens() {
+        let device = Device::flex();
+        let zero = vec![0.0; 4];
+        let eye = vec![1.0, 0.0, 0.0, 1.0];
+        let pool = AttentionPool2d {
+            positional_embedding: Param::from_data(
+                TensorData::new(vec![0.0f32; 6], [3, 2]),
+                &device,
+            ),
+            k_proj: linear(zero.clone(), vec![0.0; 2], 2, &device),
+            q_proj: linear(zero, vec![0.0; 2], 2, &device),
+            v_proj: linear(eye.clone(), vec![0.0; 2], 2, &device),
+            c_proj: linear(eye, vec![0.5, -0.5], 2, &device),
+            num_heads: 1,
+        };
+        // [B=1, C=2, h=1, w=2]: channel 0 = (1, 3), channel 1 = (0, 2)
+        let x = Tensor::<4>::from_data(
+            TensorData::new(vec![1.0f32, 3.0, 0.0, 2.0], [1, 2, 1, 2]),
+            &device,
+        );
+        assert_eq!(values(pool.forward(x)), vec![2.5, 0.5]);
+    }
+
+    /// With 2 heads of width 1, q = k = x and a huge positional offset on the mean token only for
+    /// channel 0, head 0 attends (softmax of 1e3-scale logits) almost only to the mean token and
+    /// head 1 sees equal logits; checks that heads split channels in order.
+    #[test]
+    fn attention_pool_splits_heads_by_channel_blocks() {
+        let device = Device::flex();
+        let eye = vec![1.0, 0.0, 0.0, 1.0];
+        let pool = AttentionPool2d {
+            // token 0 (mean) gets +30 on channel 0
+            positional_embedding: Param::from_data(
+                TensorData::new(vec![30.0f32, 0.0, 0.0, 0.0], [2, 2]),
+                &device,
+            ),
+            k_proj: linear(eye.clone(), vec![0.0; 2], 2, &device),
+            q_proj: linear(eye.clone(), vec![0.0; 2], 2, &device),
+            v_proj: linear(eye.clone(), vec![0.0; 2], 2, &device),
+            c_proj: linear(eye, vec![0.0; 2], 2, &device),
+            num_heads: 2,
+        };
+        // 1x1 grid, pixel (1, 4): tokens (31, 4) and (1, 4).
+        let x = Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 4.0], [1, 2, 1, 1]), &device);
+        let out = values(pool.forward(x));
+        // head 0: logits 31*31 vs 31*1 -> all weight on 31; head 1: logits 16, 16 -> (4 + 4) / 2.
+        assert!((out[0] - 31.0).abs() < 1e-4, "{out:?}");
+        assert!((out[1] - 4.0).abs() < 1e-5, "{out:?}");
+    }
+
+    #[test]
+    fn tiny_tower_maps_images_to_output_dim() {
+        let device = Device::flex();
+        let cfg = ModifiedResNetConfig::new([1, 2, 1, 1], 4, 16, 2, 64);
+        let model = cfg.init(&device);
+        assert_eq!(model.output_dim(), 16);
+        assert_eq!(model.image_size(), 64);
+        assert!(
+            model.layer1[0].downsample.is_some(),
+            "channels change 4 -> 16"
+        );
+        assert!(model.layer2[1].downsample.is_none());
+        assert_eq!(model.layer3[0].stride, 2);
+        let images =
+            Tensor::<4>::random([2, 3, 64, 64], burn::tensor::Distribution::Default, &device);
+        assert_eq!(
+            model.forward_features(images.clone()).dims(),
+            [2, 128, 2, 2]
+        );
+        assert_eq!(model.forward(images).dims(), [2, 16]);
+    }
+
+    /// open_clip 3.3.0, `CLIP(embed_dim=1024, vision_cfg=dict(layers=[3,4,6,3], width=64,
+    /// image_size=224), ...)`: `sum(p.numel() for p in model.visual.parameters())` = 38,316,896
+    /// and `sum(b.numel() for b in model.visual.buffers())` = 53,303, of which 55 are the
+    /// `num_batches_tracked` counters of its 55 BatchNorms. burn's `num_params` also counts the
+    /// running means and variances (53,248), so the tower must hold 38,316,896 + 53,248.
+    #[test]
+    fn rn50_preset_has_open_clips_parameter_count() {
+        let model = ModifiedResNetConfig::rn50().init(&Device::flex());
+        assert_eq!(model.num_params(), 38_316_896 + 53_248);
+        assert_eq!(model.output_dim(), 1024);
+        assert_eq!(model.image_size(), 224);
+        assert_eq!(model.attnpool.num_heads, 32);
+        let depths = [
+            model.layer1.len(),
+            model.layer2.len(),
+            model.layer3.len(),
+            model.layer4.len(),
+        ];
+        assert_eq!(depths, [3, 4, 6, 3]);
+    }
+
+    #[test]
+    fn key_rules_rename_the_shortcut_and_nothing_else() {
+        let remapper = KeyRemapper::from_patterns(open_clip_key_rules()).unwrap();
+        let apply = |key: &str| {
+            let mut s = key.to_string();
+            for (re, to) in remapper.to_regex_pairs() {
+                s = re.replace_all(&s, to.as_str()).into_owned();
+            }
+            s
+        };
+        assert_eq!(
+            apply("visual.layer2.0.downsample.0.weight"),
+            "visual.layer2.0.downsample.conv.weight"
+        );
+        assert_eq!(
+            apply("layer1.0.downsample.1.running_var"),
+            "layer1.0.downsample.bn.running_var"
+        );
+        assert_eq!(apply("downsample.1.bias"), "downsample.bn.bias");
+        for key in [
+            "visual.layer1.0.conv1.weight",
+            "visual.attnpool.q_proj.bias",
+            "transformer.resblocks.0.ln_1.weight",
+        ] {
+            assert_eq!(apply(key), key);
+        }
+    }
+
+    #[test]
+    fn regex_literal_escapes_the_prefix() {
+        let re = KeyRemapper::from_patterns(vec![(
+            format!("^{}", regex_literal("visual.")),
+            String::new(),
+        )])
+        .unwrap()
+        .to_regex_pairs()
+        .remove(0)
+        .0;
+        assert!(re.is_match("visual.conv1.weight"));
+        assert!(!re.is_match("visualXconv1.weight"));
+    }
+
+    /// After `freeze_batch_norm`, BatchNorm on an autodiff device normalises with the running
+    /// statistics, so the output equals the inference (`valid()`) output; unfrozen, it uses
+    /// batch statistics and differs.
+    #[test]
+    fn frozen_batch_norm_uses_running_statistics_on_an_autodiff_device() {
+        let ad = Device::flex().autodiff();
+        let cfg = ModifiedResNetConfig::new([1, 1, 1, 1], 4, 8, 1, 32);
+        let mut model = cfg.init(&ad);
+        model.bn1.running_mean =
+            burn::module::RunningState::new(Tensor::from_data([0.3f32, -0.2], &ad));
+        let images = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &ad);
+        assert!(images.device().is_autodiff());
+        let inference = values(model.valid().forward(images.clone().inner()));
+        let frozen_out = values(model.clone().freeze_batch_norm().forward(images.clone()));
+        let trained_out = values(model.forward(images));
+        let max = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
+        };
+        assert!(max(&frozen_out, &inference) < 1e-5);
+        assert!(
+            max(&trained_out, &inference) > 1e-3,
+            "batch statistics should differ"
+        );
+    }
 }

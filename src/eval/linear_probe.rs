@@ -177,7 +177,6 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 /// Minimises `f` by L-BFGS from `theta`; returns (iterations, converged).
 fn lbfgs(p: &Problem, theta: &mut [f64], max_iter: usize, tol: f64) -> (usize, bool) {
     const MEMORY: usize = 10;
-    const FTOL: f64 = 64.0 * f64::EPSILON;
     let dim = theta.len();
     let mut g = vec![0f64; dim];
     let mut f = p.eval(theta, &mut g);
@@ -253,11 +252,7 @@ fn lbfgs(p: &Problem, theta: &mut [f64], max_iter: usize, tol: f64) -> (usize, b
         }
         theta.copy_from_slice(&new_theta);
         g.copy_from_slice(&new_g);
-        let decrease = (f - new_f) / f.abs().max(new_f.abs()).max(1.0);
         f = new_f;
-        if decrease <= FTOL {
-            return (iter + 1, true);
-        }
     }
     (max_iter, max_abs(&g) <= tol)
 }

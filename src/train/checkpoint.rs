@@ -251,7 +251,7 @@ mod tests {
     }
 
     fn values(m: &Linear) -> Vec<f32> {
-        m.weight.val().into_data().convert::<f32>().to_vec().unwrap()
+        m.weight.val().into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
     }
 
     /// Training 2 steps, checkpointing, then 2 more must equal training 2 steps, reloading

@@ -203,6 +203,6 @@ pub fn token_tensor(ids: &[u32], rows: usize, len: usize, device: &Device) -> Te
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
-        .to_vec::<f32>()
+        .try_into_vec::<f32>()
         .expect("f32 data after convert")
 }

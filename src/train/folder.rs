@@ -14,7 +14,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use super::heads::{HeadConfig, HeadKind, ProjectionHead};
+use super::heads::{HeadConfig, HeadKind};
 use super::twin::TwinTowers;
 use crate::clip::config::ClipConfig;
 use crate::clip::model::Clip;

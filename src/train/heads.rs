@@ -168,7 +168,7 @@ mod tests {
     use burn::tensor::TensorData;
 
     fn rows(t: Tensor<2>) -> Vec<f32> {
-        t.into_data().convert::<f32>().to_vec().unwrap()
+        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
     }
 
     #[test]

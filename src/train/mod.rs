@@ -1,3 +1,87 @@
 //! The training loop: towers, heads, feature cache, optimiser, checkpoints.
+//!
+//! - [`twin`]: [`twin::TwinTowers`] (CLIP towers + projection heads) and freeze policies;
+//! - [`heads`]: linear and CLIP-Adapter heads;
+//! - [`step`]: one optimiser step, with open_clip-style gradient accumulation;
+//! - [`optim`], [`schedule`]: AdamW with a no-decay group, global-norm clipping, warm-up + cosine;
+//! - [`checkpoint`], [`metrics`]: resumable checkpoints and the per-step JSONL log;
+//! - [`cache`]: locked towers' features on disk, memory-mapped;
+//! - [`folder`], [`encoder`]: the output model folder and the [`encoder::Encoder`] every
+//!   command uses to embed;
+//! - [`run`]: the whole run ([`run::train`]).
 
+pub mod cache;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod encoder;
+pub mod folder;
+pub mod heads;
+pub mod metrics;
+pub mod objective;
+pub mod optim;
+pub mod run;
 pub mod schedule;
+pub mod step;
+pub mod twin;
+
+pub use config::TrainConfig;
+pub use encoder::Encoder;
+pub use run::{train, Event, Observer, TrainReport};
+
+use std::path::PathBuf;
+
+/// Errors of a training run. Each names the file, the option or the step involved.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// An option or combination of options that cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// The dataset could not be opened.
+    #[error(transparent)]
+    Dataset(#[from] siam_data::dataset::DatasetError),
+    /// The batch sampler cannot serve this data.
+    #[error(transparent)]
+    Plan(#[from] data::PlanError),
+    /// An image could not be loaded.
+    #[error(transparent)]
+    Pipeline(#[from] siam_data::pipeline::PipelineError),
+    /// A text could not be tokenized.
+    #[error(transparent)]
+    Tokenizer(#[from] siam_data::tokenizer::TokenizerError),
+    /// The architecture could not be resolved.
+    #[error(transparent)]
+    Arch(#[from] crate::clip::config::ConfigError),
+    /// The starting checkpoint could not be imported.
+    #[error(transparent)]
+    Import(#[from] crate::clip::import::ImportError),
+    /// A model folder could not be read or written.
+    #[error(transparent)]
+    Folder(#[from] folder::FolderError),
+    /// A checkpoint could not be read or written, or belongs to another run.
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    /// The metrics log could not be written.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    /// The freeze policy does not fit the model.
+    #[error(transparent)]
+    Freeze(#[from] twin::TwinError),
+    /// Validation metrics or plots failed.
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
+    /// A cache file is unusable.
+    #[error("feature cache {0}: {1}")]
+    Cache(PathBuf, String),
+    /// A folder could not be created.
+    #[error("{0}: {1}")]
+    Io(PathBuf, String),
+    /// A training step failed (NaN loss, ...); names the last good checkpoint.
+    #[error("{source}; {}", match last_checkpoint { Some(p) => format!("the last good checkpoint is {} (resume with --resume)", p.display()), None => "no checkpoint was written yet".to_string() })]
+    Step {
+        /// What went wrong.
+        source: step::StepError,
+        /// The last checkpoint on disk.
+        last_checkpoint: Option<PathBuf>,
+    },
+}

@@ -267,7 +267,6 @@ fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
 /// Everything a step or an evaluation needs about the data.
 struct DataCtx {
     ds: Arc<Dataset>,
-    mode: TextMode,
     pre: Preprocessor,
     tokenizer: ClipTokenizer,
     context: usize,
@@ -501,13 +500,13 @@ pub fn train(
         schedule: st.schedule,
         max_grad_norm: cfg.max_grad_norm,
         step: st.step,
+        epoch: st.epoch,
     };
 
     // Data: pixels through the loader, or the feature cache for locked towers.
     let pre = Preprocessor::clip(card.image_size as u32);
     let mut ctx = DataCtx {
         ds: Arc::clone(&ds),
-        mode,
         pre,
         tokenizer: tokenizer.clone(),
         context: card.context_length,
@@ -570,6 +569,7 @@ pub fn train(
     let mut interrupted = false;
     'epochs: while st.epoch < cfg.epochs {
         let epoch = st.epoch;
+        stepper.epoch = epoch;
         let all_batches = batches.epoch(epoch as u64);
         let usable = steps_per_epoch * micro;
         // Records of each micro-batch, already trained ones left empty so batch numbers (and

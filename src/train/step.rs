@@ -27,31 +27,40 @@ use super::optim::clip_grad_norm;
 use super::schedule::CosineSchedule;
 use super::twin::{ImageInput, TextInput, TwinTowers};
 
-/// What one direction's loss reports besides its value.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct DirectionStats {
+/// The batch loss of both directions, as an [`Objective`] computes it.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// The loss to back-propagate, `[1]`.
+    pub loss: Tensor<1>,
+    /// Image-anchor loss value.
+    pub i2t: f64,
+    /// Text-anchor loss value.
+    pub t2i: f64,
     /// Fraction of mined tuples with a non-zero loss.
-    pub active_fraction: f64,
-    /// Number of tuples (or pairs) the miner kept.
-    pub mined: usize,
+    pub active: f64,
 }
 
-/// A metric-learning loss with its miner, applied to anchors of one modality against references
-/// of the other.
+/// A metric-learning loss with its miner, applied with image anchors against text references
+/// and text anchors against image references.
 pub trait Objective {
-    /// Loss `[1]` of `anchors` (`[A, d]`, labels `anchor_labels`) against `refs` (`[R, d]`).
-    /// `logit_scale` is the model's `log(1/temperature)` parameter `[1]`.
-    fn directional(
+    /// The loss of a batch: image embeddings `img` (`[B, d]`, labels `img_labels`) and text
+    /// embeddings `txt` (`[T, d]`). `logit_scale` is the model's `log(1/temperature)` `[1]`;
+    /// `epoch` (0-based) picks the miner of a hardness schedule.
+    fn score(
         &self,
-        anchors: Tensor<2>,
-        anchor_labels: &[usize],
-        refs: Tensor<2>,
-        ref_labels: &[usize],
+        img: Tensor<2>,
+        img_labels: &[usize],
+        txt: Tensor<2>,
+        txt_labels: &[usize],
         logit_scale: Tensor<1>,
-    ) -> Result<(Tensor<1>, DirectionStats), String>;
+        epoch: usize,
+    ) -> Result<Scored, String>;
 
     /// Whether the loss uses the logit scale (so the scale should train).
     fn uses_logit_scale(&self) -> bool;
+
+    /// A short description for the log (`triplet (margin 0.2), miner hard`).
+    fn describe(&self) -> String;
 }
 
 /// One batch as the model sees it.
@@ -78,14 +87,14 @@ impl TrainBatch {
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
     /// The loss is NaN or infinite; the parameters were not updated.
-    #[error("the loss became {value} at step {step}; the parameters of step {step} were not applied")]
+    #[error("the loss became {value} at step {step}; the update of step {step} was not applied")]
     NonFinite {
         /// 1-based step.
         step: usize,
         /// The loss value.
         value: f64,
     },
-    /// The loss refused its inputs (e.g. no valid tuple in a batch).
+    /// The loss refused its inputs (e.g. non-finite embeddings).
     #[error("step {step}: {why}")]
     Loss {
         /// 1-based step.
@@ -127,47 +136,8 @@ pub struct Stepper {
     pub max_grad_norm: Option<f64>,
     /// Optimiser steps done.
     pub step: usize,
-}
-
-fn scalar(t: Tensor<1>) -> f64 {
-    t.into_data()
-        .convert::<f64>()
-        .as_slice::<f64>()
-        .map(|s| s[0])
-        .unwrap_or(f64::NAN)
-}
-
-struct Scored {
-    loss: Tensor<1>,
-    i2t: f64,
-    t2i: f64,
-    active: f64,
-}
-
-fn score(
-    objective: &dyn Objective,
-    img: Tensor<2>,
-    img_labels: &[usize],
-    txt: Tensor<2>,
-    txt_labels: &[usize],
-    scale: Tensor<1>,
-    step: usize,
-) -> Result<Scored, StepError> {
-    let lerr = |why| StepError::Loss { step, why };
-    let (l1, s1) = objective
-        .directional(img.clone(), img_labels, txt.clone(), txt_labels, scale.clone())
-        .map_err(lerr)?;
-    let (l2, s2) = objective
-        .directional(txt, txt_labels, img, img_labels, scale)
-        .map_err(lerr)?;
-    let i2t = scalar(l1.clone().detach());
-    let t2i = scalar(l2.clone().detach());
-    Ok(Scored {
-        loss: (l1 + l2).mul_scalar(0.5),
-        i2t,
-        t2i,
-        active: 0.5 * (s1.active_fraction + s2.active_fraction),
-    })
+    /// 0-based epoch (selects the miner of a hardness schedule).
+    pub epoch: usize,
 }
 
 impl Stepper {
@@ -212,17 +182,16 @@ impl Stepper {
         let n = self.step + 1;
         let img = model.embed_images(batch.images);
         let txt = model.embed_texts(batch.texts);
-        let s = match score(
-            objective,
+        let s = match objective.score(
             img,
             &batch.image_labels,
             txt,
             &batch.text_labels,
             model.logit_scale(),
-            n,
+            self.epoch,
         ) {
             Ok(s) => s,
-            Err(e) => return Err((model, e)),
+            Err(why) => return Err((model, StepError::Loss { step: n, why })),
         };
         let total = 0.5 * (s.i2t + s.t2i);
         if !total.is_finite() {
@@ -270,17 +239,16 @@ impl Stepper {
             imgs[j] = live_img;
             let mut txts = txt_fixed.clone();
             txts[j] = live_txt;
-            let s = match score(
-                objective,
+            let s = match objective.score(
                 Tensor::cat(imgs, 0),
                 &img_labels,
                 Tensor::cat(txts, 0),
                 &txt_labels,
                 model.logit_scale(),
-                n,
+                self.epoch,
             ) {
                 Ok(s) => s,
-                Err(e) => return Err((model, e)),
+                Err(why) => return Err((model, StepError::Loss { step: n, why })),
             };
             let total = 0.5 * (s.i2t + s.t2i);
             if !total.is_finite() {

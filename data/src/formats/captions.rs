@@ -18,6 +18,9 @@ const TEXT_KEYS: &[&str] = &["text", "caption", "captions", "title", "sentence",
 const LABEL_KEYS: &[&str] = &["label", "class"];
 const SPLIT_KEYS: &[&str] = &["split"];
 
+/// Rows of a delimited table: (1-based line where the row starts, fields).
+pub(crate) type Table = Vec<(usize, Vec<String>)>;
+
 /// One parsed row: its 1-based line, the image entry, texts, label and split.
 struct Row {
     line: usize,
@@ -48,16 +51,25 @@ pub(super) fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
     let mut split_of: Vec<Option<Split>> = Vec::new();
     for row in rows {
         let file = resolve_under(&root, &row.image, path, row.line)?;
-        let label = row.label.as_deref().map(|l| b.label(l));
         let split = match &row.split {
             Some(s) => Some(s.parse::<Split>().map_err(|m| DatasetError::malformed(path, row.line, m))?),
             None => None,
         };
+        let known = match seen.get(&file) {
+            Some(None) => continue,
+            Some(Some(k)) => Some(*k),
+            None if !file.is_file() => {
+                b.add_missing(file.clone());
+                seen.insert(file, None);
+                continue;
+            }
+            None => None,
+        };
+        // Texts and labels of missing images are not interned: every text has an image.
+        let label = row.label.as_deref().map(|l| b.label(l));
         let texts: Vec<usize> = row.texts.iter().map(|t| b.text(t)).collect();
-        match seen.get(&file) {
-            Some(None) => {}
-            Some(Some((rec, first_line))) => {
-                let (rec, first_line) = (*rec, *first_line);
+        match known {
+            Some((rec, first_line)) => {
                 let r = b.record_mut(rec);
                 if r.label != label {
                     return Err(DatasetError::malformed(path, row.line, format!("image {:?} has another label on line {first_line}", row.image)));
@@ -72,11 +84,6 @@ pub(super) fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
                 }
             }
             None => {
-                if !file.is_file() {
-                    b.add_missing(file.clone());
-                    seen.insert(file, None);
-                    continue;
-                }
                 seen.insert(file.clone(), Some((b.len(), row.line)));
                 split_of.push(split);
                 b.push(ImageSource::File(file), texts, label, split, row.image.clone());
@@ -91,7 +98,7 @@ fn find_col(header: &[String], keys: &[&str]) -> Option<usize> {
 }
 
 /// Rows of a CSV/TSV table (list of (line, fields)), header detected by column names.
-fn rows_from_table(path: &Path, table: Vec<(usize, Vec<String>)>) -> Result<(Vec<Row>, bool)> {
+fn rows_from_table(path: &Path, table: Table) -> Result<(Vec<Row>, bool)> {
     let mut it = table.into_iter().filter(|(_, f)| !(f.len() == 1 && f[0].trim().is_empty()));
     let Some((line0, first)) = it.next() else {
         return Err(DatasetError::Empty(path.to_path_buf()));
@@ -208,7 +215,7 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<(Vec<Row>, bool)> {
 }
 
 /// TSV as CC3M writes it: one row per line, fields split at tabs, no quoting.
-fn split_tsv(text: &str) -> Vec<(usize, Vec<String>)> {
+fn split_tsv(text: &str) -> Table {
     text.lines()
         .enumerate()
         .map(|(i, l)| (i + 1, l.trim_end_matches('\r').split('\t').map(str::to_string).collect()))
@@ -218,7 +225,7 @@ fn split_tsv(text: &str) -> Vec<(usize, Vec<String>)> {
 /// RFC 4180 CSV: fields separated by `delim`, optionally double-quoted, `""` inside quotes is a
 /// quote, quoted fields may span lines. Returns (first line of the row, fields) per row, or
 /// (line, message) for an unterminated quote or text after a closing quote.
-pub(crate) fn parse_csv(text: &str, delim: u8) -> std::result::Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+pub(crate) fn parse_csv(text: &str, delim: u8) -> std::result::Result<Table, (usize, String)> {
     let b = text.as_bytes();
     let take = |f: &mut Vec<u8>| String::from_utf8(std::mem::take(f)).expect("split at ASCII bytes of valid UTF-8");
     let (mut rows, mut fields, mut field) = (Vec::new(), Vec::new(), Vec::<u8>::new());
@@ -308,6 +315,24 @@ mod tests {
         assert_eq!(r[2], (3, v(&["b.jpg", "say \"hi\"\nover two lines"])));
         assert_eq!(r[3], (5, v(&["c.jpg", ""])));
         assert_eq!(r.len(), 4);
+    }
+
+    #[test]
+    fn csv_round_trips_random_fields() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        let alphabet = ['a', 'b', ',', '"', '\n', '\r', ' ', 'é', '\t'];
+        for _ in 0..500 {
+            let rows: Vec<Vec<String>> = (0..rng.random_range(1..5))
+                .map(|_| (0..3).map(|_| (0..rng.random_range(1..6)).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect()).collect())
+                .collect();
+            let text: String = rows
+                .iter()
+                .map(|r| r.iter().map(|f| format!("\"{}\"", f.replace('"', "\"\""))).collect::<Vec<_>>().join(",") + "\n")
+                .collect();
+            let parsed: Vec<Vec<String>> = parse_csv(&text, b',').unwrap().into_iter().map(|(_, f)| f).collect();
+            assert_eq!(parsed, rows, "{text:?}");
+        }
     }
 
     #[test]

@@ -32,20 +32,35 @@ pub(super) fn open(root: &Path, opts: &OpenOptions) -> Result<Dataset> {
     let mut b = DatasetBuilder::new(super::dataset_name(root), root, DatasetKind::Labels);
     let groups: Vec<(Option<Split>, PathBuf)> =
         if by_split { split_dirs.into_iter().map(|(s, d)| (Some(s), d)).collect() } else { vec![(None, root.to_path_buf())] };
+    // Walk first, then register labels in sorted folder order, whatever the split folders.
+    let mut found: Vec<(Option<Split>, String, Vec<PathBuf>)> = Vec::new();
     for (split, dir) in groups {
         for label_dir in read_dir_sorted(&dir)?.into_iter().filter(|p| p.is_dir()) {
             let folder = label_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let text = mapping.get(&folder).cloned().unwrap_or_else(|| folder.replace('_', " "));
             let mut files = Vec::new();
             collect_images(&label_dir, &mut files, 0)?;
-            if files.is_empty() {
-                continue;
+            if !files.is_empty() {
+                found.push((split, folder, files));
             }
-            let label = b.label(&text);
-            for f in files {
-                let key = f.strip_prefix(root).unwrap_or(&f).to_string_lossy().into_owned();
-                b.push(ImageSource::File(f), Vec::new(), Some(label), split, key);
-            }
+        }
+    }
+    let mut folders: Vec<&String> = found.iter().map(|(_, f, _)| f).collect();
+    folders.sort();
+    folders.dedup();
+    let ids: HashMap<String, usize> = folders
+        .into_iter()
+        .map(|f| {
+            let text = mapping.get(f).cloned().unwrap_or_else(|| f.replace('_', " "));
+            (f.clone(), b.label(&text))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect();
+    for (split, folder, files) in found {
+        let label = ids[&folder];
+        for f in files {
+            let key = f.strip_prefix(root).unwrap_or(&f).to_string_lossy().into_owned();
+            b.push(ImageSource::File(f), Vec::new(), Some(label), split, key);
         }
     }
     b.finish(root, opts)

@@ -3,7 +3,7 @@
 //! Generating Image Descriptions", used by most image-text retrieval papers:
 //! `{"images": [{"filepath"?, "filename", "split": "train|val|test|restval",
 //! "sentences": [{"raw", "tokens"}]}], "dataset"}`. `restval` counts as train, as in
-//! VSE++ and CLIP's retrieval evaluations. Captions are the `raw` sentences (or the tokens
+//! VSE++ (Faghri et al. 2018). Captions are the `raw` sentences (or the tokens
 //! joined by spaces where `raw` is absent).
 
 use super::resolve_under;
@@ -70,7 +70,7 @@ pub(super) fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
         if img.sentences.is_empty() {
             return Err(at("no sentences".into()));
         }
-        let mut texts = Vec::with_capacity(img.sentences.len());
+        let mut raw = Vec::with_capacity(img.sentences.len());
         for s in &img.sentences {
             let t = match &s.raw {
                 Some(r) => r.trim().to_string(),
@@ -79,14 +79,18 @@ pub(super) fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
             if t.is_empty() {
                 return Err(at("an empty sentence".into()));
             }
-            let id = b.text(&t);
-            if !texts.contains(&id) {
-                texts.push(id);
-            }
+            raw.push(t);
         }
         if !file_path.is_file() {
             b.add_missing(file_path);
             continue;
+        }
+        let mut texts = Vec::with_capacity(raw.len());
+        for t in &raw {
+            let id = b.text(t);
+            if !texts.contains(&id) {
+                texts.push(id);
+            }
         }
         b.push(ImageSource::File(file_path), texts, None, Some(split), rel);
     }

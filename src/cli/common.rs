@@ -1,0 +1,89 @@
+//! Arguments and helpers shared by the subcommands: device and model selection, progress bars.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::device::{self, Backend, DeviceSpec};
+use crate::train::encoder::Encoder;
+
+/// `--device` and `--backend`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Where to compute: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Backend: flex (pure Rust, CPU), tch (libtorch; feature `tch`) or cuda (burn's CUDA
+    /// backend; feature `cuda`). Default: flex on the CPU, the compiled-in GPU backend on cuda.
+    #[arg(long)]
+    pub backend: Option<String>,
+}
+
+impl DeviceArgs {
+    /// Opens the device, or a one-line error naming the fix.
+    pub fn open(&self) -> anyhow::Result<Device> {
+        let spec: DeviceSpec = self.device.parse()?;
+        let backend: Option<Backend> = self.backend.as_deref().map(str::parse).transpose()?;
+        Ok(device::open(spec, backend)?)
+    }
+}
+
+/// `--model`, `--arch`, `--tokenizer`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A model folder (Hugging Face CLIP layout, or written by `siam train`), or an
+    /// OpenAI/open_clip checkpoint file (.safetensors, .bin, .pt) together with --arch.
+    #[arg(long, short = 'm')]
+    pub model: PathBuf,
+    /// Architecture of a checkpoint file: a preset (ViT-B-32, ViT-B-16, ViT-L-14, RN50, tiny)
+    /// or an open_clip model-config JSON file.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// A tokenizer.json to use instead of the model's own or the built-in CLIP tokenizer.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// Loads the model onto `device`.
+    pub fn load(&self, device: &Device) -> anyhow::Result<Encoder> {
+        let mut enc = Encoder::load(&self.model, self.arch.as_deref(), device)?;
+        if let Some(t) = &self.tokenizer {
+            enc.tokenizer = siam_data::tokenizer::ClipTokenizer::from_file(t)?;
+        }
+        Ok(enc)
+    }
+}
+
+/// A progress bar on stderr with rate and ETA, hidden for short jobs and when stderr is not a
+/// terminal-like sink the user asked to keep quiet.
+pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
+    let pb = if len < 64 {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(len as u64)
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:>10} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Reads one text per line (blank lines skipped), naming the file on error.
+pub fn read_lines(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let s = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let v: Vec<String> = s
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    anyhow::ensure!(!v.is_empty(), "{}: no text lines", path.display());
+    Ok(v)
+}

@@ -1,0 +1,8 @@
+//! Command-line front ends: one module per `siam` subcommand, each a `clap::Args` struct and a
+//! `run` function that calls the library. `src/main.rs` only dispatches.
+
+pub mod classify;
+pub mod common;
+pub mod demo_data;
+pub mod embed;
+pub mod train;

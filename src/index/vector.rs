@@ -1,0 +1,466 @@
+//! [`VectorIndex`]: one HNSW graph over unit vectors, with exact search beside it.
+
+use std::fs;
+use std::mem::ManuallyDrop;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use hnsw_rs::prelude::{AnnT, Hnsw, HnswIo};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::dot::{dot_kernel, UnitDot};
+use super::{IndexError, Result};
+
+/// hnsw_rs's maximum number of layers. `file_dump` fails for graphs created with fewer
+/// (FACTS.md), and hnsw_rs caps larger values at 16 anyway.
+const MAX_LAYER: usize = 16;
+/// Base name of hnsw_rs's dump files: `graph.hnsw.graph` and `graph.hnsw.data`.
+const DUMP_BASENAME: &str = "graph";
+const META: &str = "hnsw.json";
+const VECTORS: &str = "vectors.npy";
+/// Largest allowed deviation of a vector's L2 norm from 1.
+const NORM_TOLERANCE: f32 = 1e-3;
+
+/// HNSW build and search parameters (Malkov & Yashunin 2018, "Efficient and robust approximate
+/// nearest neighbor search using Hierarchical Navigable Small World graphs").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HnswParams {
+    /// Neighbours kept per node and layer (`M`; hnsw_rs's `max_nb_connection`), 2..=256.
+    pub m: usize,
+    /// Candidate list size while inserting (`ef_construction`), >= 1.
+    pub ef_construction: usize,
+    /// Default candidate list size while searching (`ef`), >= 1; raised to `k` when smaller.
+    pub ef_search: usize,
+    /// Threads used to insert in parallel while building, >= 1.
+    pub build_threads: usize,
+}
+
+impl Default for HnswParams {
+    /// hnswlib's common setting: M = 16, ef_construction = 200; ef = 64; 2 build threads.
+    fn default() -> Self {
+        HnswParams {
+            m: 16,
+            ef_construction: 200,
+            ef_search: 64,
+            build_threads: 2,
+        }
+    }
+}
+
+impl HnswParams {
+    fn validate(&self) -> Result<()> {
+        let bad = |what, value, must| Err(IndexError::BadParams { what, value, must });
+        if !(2..=256).contains(&self.m) {
+            return bad("m", self.m, "must be between 2 and 256");
+        }
+        if self.ef_construction == 0 {
+            return bad("ef_construction", 0, "must be at least 1");
+        }
+        if self.ef_search == 0 {
+            return bad("ef_search", 0, "must be at least 1");
+        }
+        if self.build_threads == 0 {
+            return bad("build_threads", 0, "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What `hnsw.json` records about a saved graph.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VectorMeta {
+    dim: usize,
+    count: usize,
+    params: HnswParams,
+    /// SHA-256 (hex) of `graph.hnsw.graph` and `graph.hnsw.data`, checked before hnsw_rs reads
+    /// them: hnsw_rs exits the process or panics on a truncated or altered dump.
+    graph_sha256: Option<String>,
+    data_sha256: Option<String>,
+}
+
+/// A reloaded graph that owns its loader. hnsw_rs's `HnswIo::load_hnsw(&'a mut self)` returns a
+/// `Hnsw<'b, ..>` with `'a: 'b`, so the loader must outlive the graph. The loader lives in a
+/// heap allocation we own through a raw pointer (never moved, never touched again); the graph,
+/// with its lifetime erased, is dropped strictly before the loader in `Drop`.
+struct LoadedGraph {
+    hnsw: ManuallyDrop<Hnsw<'static, f32, UnitDot>>,
+    loader: NonNull<HnswIo>,
+}
+
+// SAFETY: the loader is only kept alive, never accessed after loading; `HnswIo` and `Hnsw` are
+// Send + Sync themselves (checked by `assert_send_sync` below), so sharing the owner is sound.
+unsafe impl Send for LoadedGraph {}
+unsafe impl Sync for LoadedGraph {}
+
+#[allow(dead_code)]
+fn assert_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<HnswIo>();
+    check::<Hnsw<'static, f32, UnitDot>>();
+}
+
+impl Drop for LoadedGraph {
+    fn drop(&mut self) {
+        // SAFETY: `hnsw` is dropped exactly once, here, before the loader it borrows from; the
+        // loader came from `Box::into_raw` in `load_graph` and is freed exactly once.
+        unsafe {
+            ManuallyDrop::drop(&mut self.hnsw);
+            drop(Box::from_raw(self.loader.as_ptr()));
+        }
+    }
+}
+
+enum Graph {
+    Built(Hnsw<'static, f32, UnitDot>),
+    Loaded(LoadedGraph),
+}
+
+impl Graph {
+    fn hnsw(&self) -> &Hnsw<'static, f32, UnitDot> {
+        match self {
+            Graph::Built(h) => h,
+            Graph::Loaded(l) => &l.hnsw,
+        }
+    }
+}
+
+/// An HNSW index over L2-normalised vectors, searched by cosine similarity.
+///
+/// Row `i` of the vectors given to [`VectorIndex::build`] has id `i`. The vectors are also kept
+/// contiguously for [`VectorIndex::search_exact`] and to report exact cosine scores.
+pub struct VectorIndex {
+    dim: usize,
+    vectors: Vec<f32>,
+    params: HnswParams,
+    /// `None` for an empty index (hnsw_rs cannot dump a graph without an entry point).
+    graph: Option<Graph>,
+}
+
+impl std::fmt::Debug for VectorIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VectorIndex")
+            .field("dim", &self.dim)
+            .field("len", &self.len())
+            .field("params", &self.params)
+            .finish()
+    }
+}
+
+/// Checks a flat `rows x dim` buffer of finite unit vectors; returns `rows`.
+pub(crate) fn check_unit_rows(what: &'static str, data: &[f32], dim: usize) -> Result<usize> {
+    if dim == 0 {
+        return Err(IndexError::ZeroDim);
+    }
+    if data.len() % dim != 0 {
+        return Err(IndexError::Shape {
+            what,
+            len: data.len(),
+            dim,
+        });
+    }
+    let dot = dot_kernel();
+    for (row, v) in data.chunks_exact(dim).enumerate() {
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(IndexError::NonFinite { what, row });
+        }
+        let norm = dot(v, v).sqrt();
+        if (norm - 1.0).abs() > NORM_TOLERANCE {
+            return Err(IndexError::NotUnit { what, row, norm });
+        }
+    }
+    Ok(data.len() / dim)
+}
+
+fn hnsw_error(path: &Path, why: impl Into<String>) -> IndexError {
+    IndexError::Hnsw {
+        path: path.to_path_buf(),
+        why: why.into(),
+    }
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = fs::File::open(path).map_err(|source| crate::io::IoError::Os {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|source| crate::io::IoError::Os {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+impl VectorIndex {
+    /// Builds an index over `vectors` (`n x dim`, row-major, each row L2-normalised to within
+    /// 1e-3), inserting in parallel on `params.build_threads` threads. `n = 0` gives an empty
+    /// index.
+    pub fn build(vectors: &[f32], dim: usize, params: HnswParams) -> Result<Self> {
+        params.validate()?;
+        let n = check_unit_rows("vectors", vectors, dim)?;
+        let graph = if n == 0 {
+            None
+        } else {
+            let hnsw = Hnsw::<f32, UnitDot>::new(
+                params.m,
+                n,
+                MAX_LAYER,
+                params.ef_construction,
+                UnitDot::default(),
+            );
+            let items: Vec<(&[f32], usize)> = vectors.chunks_exact(dim).zip(0..n).collect();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(params.build_threads)
+                .build()
+                .map_err(|e| hnsw_error(Path::new("."), format!("thread pool: {e}")))?;
+            pool.install(|| hnsw.parallel_insert_slice(&items));
+            let mut hnsw = hnsw;
+            hnsw.set_searching_mode(true);
+            // SAFETY-free: a freshly built graph owns its points (no borrowed data), so its
+            // lifetime parameter can be 'static; `Hnsw::new` returns any lifetime we ask for.
+            Some(Graph::Built(hnsw))
+        };
+        Ok(VectorIndex {
+            dim,
+            vectors: vectors.to_vec(),
+            params,
+            graph,
+        })
+    }
+
+    /// Number of indexed vectors.
+    pub fn len(&self) -> usize {
+        self.vectors.len() / self.dim
+    }
+
+    /// Whether the index holds no vector.
+    pub fn is_empty(&self) -> bool {
+        self.vectors.is_empty()
+    }
+
+    /// Vector dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Build and search parameters.
+    pub fn params(&self) -> &HnswParams {
+        &self.params
+    }
+
+    /// The indexed vectors, `len() x dim()` row-major.
+    pub fn vectors(&self) -> &[f32] {
+        &self.vectors
+    }
+
+    fn check_query(&self, query: &[f32], k: usize) -> Result<()> {
+        if query.len() != self.dim {
+            return Err(IndexError::QueryDim {
+                expected: self.dim,
+                got: query.len(),
+            });
+        }
+        check_unit_rows("query", query, self.dim)?;
+        if k == 0 || k > self.len() {
+            return Err(IndexError::BadK { k, len: self.len() });
+        }
+        Ok(())
+    }
+
+    /// The `k` approximate nearest neighbours of `query` (a unit vector) as `(id, cosine)`,
+    /// best first (ties: lower id first), searching with candidate list size
+    /// `max(ef, k)`. Scores are exact dot products with the stored vectors.
+    ///
+    /// Errors when `k` is 0 or larger than [`VectorIndex::len`], or on a bad query.
+    pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<(usize, f32)>> {
+        self.check_query(query, k)?;
+        let Some(graph) = &self.graph else {
+            return Err(IndexError::BadK { k, len: 0 });
+        };
+        let found = graph.hnsw().search(query, k, ef.max(k));
+        let dot = dot_kernel();
+        let mut hits: Vec<(usize, f32)> = found
+            .iter()
+            .map(|n| (n.d_id, dot(query, self.row(n.d_id))))
+            .collect();
+        sort_hits(&mut hits);
+        hits.truncate(k);
+        Ok(hits)
+    }
+
+    /// The exact `k` nearest neighbours by brute force, same output as [`VectorIndex::search`].
+    pub fn search_exact(&self, query: &[f32], k: usize) -> Result<Vec<(usize, f32)>> {
+        self.check_query(query, k)?;
+        let dot = dot_kernel();
+        let scores: Vec<f32> = self.vectors.chunks_exact(self.dim).map(|v| dot(query, v)).collect();
+        Ok(crate::eval::scores::top_k(&scores, k, None)
+            .into_iter()
+            .map(|i| (i, scores[i]))
+            .collect())
+    }
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.vectors[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Writes the index to folder `dir` (atomically: built under a temporary name, then
+    /// renamed): `hnsw.json`, `vectors.npy` and hnsw_rs's `graph.hnsw.graph` / `graph.hnsw.data`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        crate::io::atomic_dir(dir, |tmp| self.write_into(tmp).map_err(Into::into))
+            .map_err(|e| match e.downcast::<IndexError>() {
+                Ok(e) => *e,
+                Err(e) => hnsw_error(dir, e.to_string()),
+            })
+    }
+
+    /// Writes the files into an existing folder.
+    pub(crate) fn write_into(&self, dir: &Path) -> Result<()> {
+        crate::io::write_npy(&dir.join(VECTORS), &self.vectors, self.len(), self.dim)?;
+        let (mut graph_sha256, mut data_sha256) = (None, None);
+        if let Some(graph) = &self.graph {
+            let hnsw = graph.hnsw();
+            let dumped = catch_unwind(AssertUnwindSafe(|| hnsw.file_dump(dir, DUMP_BASENAME)))
+                .map_err(|p| hnsw_error(dir, panic_text(p)))?
+                .map_err(|e| hnsw_error(dir, e.to_string()))?;
+            if dumped != DUMP_BASENAME {
+                return Err(hnsw_error(dir, format!("dumped under unexpected name {dumped}")));
+            }
+            graph_sha256 = Some(sha256_file(&dump_path(dir, "graph"))?);
+            data_sha256 = Some(sha256_file(&dump_path(dir, "data"))?);
+        }
+        let meta = VectorMeta {
+            dim: self.dim,
+            count: self.len(),
+            params: self.params,
+            graph_sha256,
+            data_sha256,
+        };
+        let json = serde_json::to_vec_pretty(&meta).expect("meta serialises");
+        crate::io::atomic_write_bytes(&dir.join(META), &json)?;
+        Ok(())
+    }
+
+    /// Loads an index written by [`VectorIndex::save`]. Missing, truncated or altered files are
+    /// errors, never a panic or an exit: the dump files are checked against the SHA-256 recorded
+    /// at save time before hnsw_rs reads them.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let meta_path = dir.join(META);
+        if !meta_path.is_file() {
+            return Err(IndexError::Missing { path: meta_path });
+        }
+        let corrupt = |path: &Path, why: String| IndexError::Corrupt {
+            path: path.to_path_buf(),
+            why,
+        };
+        let bytes = fs::read(&meta_path).map_err(|source| crate::io::IoError::Os {
+            path: meta_path.clone(),
+            source,
+        })?;
+        let meta: VectorMeta =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(&meta_path, e.to_string()))?;
+        meta.params
+            .validate()
+            .map_err(|e| corrupt(&meta_path, e.to_string()))?;
+        let vec_path = dir.join(VECTORS);
+        if !vec_path.is_file() {
+            return Err(IndexError::Missing { path: vec_path });
+        }
+        let (vectors, rows, cols) = crate::io::read_npy(&vec_path)
+            .map_err(|e| corrupt(&vec_path, e.to_string()))?;
+        if rows != meta.count || cols != meta.dim || meta.dim == 0 {
+            return Err(corrupt(
+                &vec_path,
+                format!("holds {rows} x {cols}, hnsw.json says {} x {}", meta.count, meta.dim),
+            ));
+        }
+        let graph = if meta.count == 0 {
+            None
+        } else {
+            let hnsw = load_graph(dir, &meta)?;
+            Some(Graph::Loaded(hnsw))
+        };
+        Ok(VectorIndex {
+            dim: meta.dim,
+            vectors,
+            params: meta.params,
+            graph,
+        })
+    }
+}
+
+fn dump_path(dir: &Path, kind: &str) -> PathBuf {
+    dir.join(format!("{DUMP_BASENAME}.hnsw.{kind}"))
+}
+
+fn load_graph(dir: &Path, meta: &VectorMeta) -> Result<LoadedGraph> {
+    for (kind, want) in [("graph", &meta.graph_sha256), ("data", &meta.data_sha256)] {
+        let path = dump_path(dir, kind);
+        if !path.is_file() {
+            return Err(IndexError::Missing { path });
+        }
+        let want = want.as_deref().ok_or_else(|| IndexError::Corrupt {
+            path: dir.join(META),
+            why: format!("no checksum recorded for {}", path.display()),
+        })?;
+        if sha256_file(&path)? != want {
+            return Err(IndexError::Corrupt {
+                path,
+                why: "content differs from what was saved (truncated or altered)".into(),
+            });
+        }
+    }
+    let loader = Box::into_raw(Box::new(HnswIo::new(dir, DUMP_BASENAME)));
+    // SAFETY: `loader` is a valid, uniquely owned allocation that stays at this address until
+    // `LoadedGraph::drop` frees it after dropping the graph, so extending the borrow to 'static
+    // never lets the graph outlive it. On error paths below it is freed right away.
+    let loaded = catch_unwind(AssertUnwindSafe(|| unsafe {
+        (*loader).load_hnsw::<f32, UnitDot>()
+    }));
+    let free = || unsafe { drop(Box::from_raw(loader)) };
+    let hnsw: Hnsw<'static, f32, UnitDot> = match loaded {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            free();
+            return Err(hnsw_error(dir, e.to_string()));
+        }
+        Err(p) => {
+            free();
+            return Err(hnsw_error(dir, panic_text(p)));
+        }
+    };
+    let graph = LoadedGraph {
+        hnsw: ManuallyDrop::new(hnsw),
+        // SAFETY: `Box::into_raw` never returns null.
+        loader: unsafe { NonNull::new_unchecked(loader) },
+    };
+    let (points, hdim) = (
+        graph.hnsw.get_nb_point(),
+        graph.hnsw.get_point_indexation().get_data_dimension(),
+    );
+    if points != meta.count || hdim != meta.dim {
+        return Err(IndexError::Corrupt {
+            path: dump_path(dir, "graph"),
+            why: format!(
+                "graph holds {points} points of dimension {hdim}, hnsw.json says {} x {}",
+                meta.count, meta.dim
+            ),
+        });
+    }
+    let mut graph = graph;
+    graph.hnsw.set_searching_mode(true);
+    Ok(graph)
+}
+
+/// Sorts `(id, score)` best first, lower id first among equal scores.
+pub(crate) fn sort_hits(hits: &mut [(usize, f32)]) {
+    hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+}
