@@ -9,6 +9,7 @@ pub mod clip;
 pub mod device;
 pub mod embed;
 pub mod eval;
+pub mod fingerprint;
 pub mod index;
 pub mod io;
 pub mod train;

@@ -19,6 +19,12 @@ enum Command {
     Embed(cli::embed::EmbedArgs),
     /// Zero-shot classification of images against label texts.
     Classify(cli::classify::ClassifyArgs),
+    /// Build HNSW indexes over a dataset's images and texts.
+    Index(cli::index::IndexArgs),
+    /// Query an index with images (answers: label texts) or --text (answers: images).
+    Query(cli::query::QueryArgs),
+    /// Retrieval recall@k, zero-shot, MAP@R and linear-probe accuracy on a dataset.
+    Eval(cli::eval::EvalArgs),
     /// Write the synthetic demo set as an image folder and a captions table.
     DemoData(cli::demo_data::DemoDataArgs),
 }
@@ -29,6 +35,9 @@ fn main() -> std::process::ExitCode {
         Command::Train(a) => cli::train::run(a),
         Command::Embed(a) => cli::embed::run(a),
         Command::Classify(a) => cli::classify::run(a),
+        Command::Index(a) => cli::index::run(a),
+        Command::Query(a) => cli::query::run(a),
+        Command::Eval(a) => cli::eval::run(a),
         Command::DemoData(a) => cli::demo_data::run(a),
     };
     match result {

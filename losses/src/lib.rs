@@ -11,20 +11,45 @@
 //!    flows back through the matrix into the embeddings (and the logit scale).
 //!
 //! Memory is `O(B·R)` for every loss and miner.
+//!
+//! ```no_run
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use siam_losses::{HardnessSchedule, Loss, Miner};
+//!
+//! let dev = Device::flex().autodiff();
+//! let images = Tensor::<2>::random([8, 16], Distribution::Default, &dev).require_grad();
+//! let texts = Tensor::<2>::random([8, 16], Distribution::Default, &dev).require_grad();
+//! let labels = [0, 0, 1, 1, 2, 2, 3, 3];
+//!
+//! // CLIP-style, label-aware symmetric InfoNCE with a fixed temperature.
+//! let clip: Loss = "contrastive".parse().unwrap();
+//! let out = clip.forward(images.clone(), &labels, texts.clone(), &labels, &Miner::none(), None).unwrap();
+//!
+//! // Triplet loss, semi-hard for two epochs then batch-hard, both directions.
+//! let triplet: Loss = "triplet".parse().unwrap();
+//! let schedule: HardnessSchedule = "semihard:2,hard".parse().unwrap();
+//! let miner = schedule.miner_for_epoch(0);
+//! let i2t = triplet.forward(images.clone(), &labels, texts.clone(), &labels, miner, None).unwrap();
+//! let t2i = triplet.forward(texts, &labels, images, &labels, miner, None).unwrap();
+//! let grads = (i2t.loss + t2i.loss + out.loss).backward();
+//! ```
 
 pub mod distance;
 pub mod error;
+pub mod loss;
 pub mod matrix;
 pub mod miner;
-pub mod loss;
 pub mod reducer;
 
 pub use distance::Distance;
 pub use error::{LossError, Result};
+pub use loss::{
+    ContrastiveLoss, HostLoss, Loss, LossOutput, LossStats, MultiSimilarityLoss, PairwiseLoss, Positives, TripletLoss,
+    MAX_LOGIT_SCALE,
+};
 pub use matrix::PairMatrix;
-pub use loss::{ContrastiveLoss, HostLoss, Loss, LossOutput, LossStats, MultiSimilarityLoss, PairwiseLoss, Positives, TripletLoss, MAX_LOGIT_SCALE};
-pub use reducer::Reducer;
 pub use miner::{HardnessSchedule, Miner, MinerKind, TripletKind, Tuples};
+pub use reducer::Reducer;
 
 use burn::tensor::Device;
 

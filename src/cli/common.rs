@@ -87,3 +87,50 @@ pub fn read_lines(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     anyhow::ensure!(!v.is_empty(), "{}: no text lines", path.display());
     Ok(v)
 }
+
+/// `--data` and how to open it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataArgs {
+    /// A dataset: image folder, captions table (.csv/.tsv/.jsonl), Karpathy split JSON, CIFAR
+    /// batches folder, or webdataset .tar shard(s).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Prompt templates for label texts: a preset (photo, imagenet7, cifar) or a file with one
+    /// template per line, each with {} for the label.
+    #[arg(long, default_value = "photo")]
+    pub templates: String,
+    /// Seed of the train/val/test split for datasets whose files carry none.
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+    /// What to do with an unreadable image: skip (counted and named) or fail.
+    #[arg(long, default_value = "skip")]
+    pub on_bad_image: siam_data::dataset::OnBadImage,
+}
+
+impl DataArgs {
+    /// Opens the dataset.
+    pub fn open(&self) -> anyhow::Result<siam_data::dataset::Dataset> {
+        let opts = siam_data::dataset::OpenOptions {
+            seed: self.split_seed,
+            templates: siam_data::templates::Templates::from_name_or_file(&self.templates)?,
+            on_bad_image: self.on_bad_image,
+            ..Default::default()
+        };
+        Ok(siam_data::dataset::Dataset::open(&self.data, &opts)?)
+    }
+}
+
+/// Prints the bad-image summary of a run, if any image was skipped.
+pub fn report_skipped(s: &siam_data::pipeline::BadImageSummary) {
+    if s.count > 0 {
+        eprintln!(
+            "skipped {} unreadable image(s), first: {}",
+            s.count,
+            s.first
+                .iter()
+                .map(|(n, why)| format!("{n} ({why})"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+}

@@ -5,4 +5,7 @@ pub mod classify;
 pub mod common;
 pub mod demo_data;
 pub mod embed;
+pub mod eval;
+pub mod index;
+pub mod query;
 pub mod train;

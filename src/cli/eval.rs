@@ -1,0 +1,312 @@
+//! `siam eval`: retrieval recall@k both ways (CLIP_benchmark's definition), and for label
+//! datasets zero-shot accuracy, precision@1 / R-precision / MAP@R (pytorch-metric-learning's
+//! AccuracyCalculator) and linear-probe accuracy (the CLIP paper's logistic regression on frozen
+//! image features). `--compare M1 M2` puts two models side by side; a PNG of the recall@k curves
+//! comes with the JSON.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+use siam_data::dataset::{Dataset, DatasetKind, Split};
+
+use super::common::{progress_bar, report_skipped, DataArgs, DeviceArgs, ModelArgs};
+use super::index::{dataset_texts, split_records};
+use crate::embed::embed_records;
+use crate::eval::classification::{neighbour_metrics, zero_shot, NeighbourReport, ZeroShotReport};
+use crate::eval::linear_probe::{linear_probe, LinearProbeConfig, LinearProbeReport};
+use crate::eval::plot::recall_curves;
+use crate::eval::retrieval::{retrieval_report, Positives, RetrievalReport};
+use crate::index::{HnswParams, VectorIndex};
+use crate::train::encoder::Encoder;
+
+/// Evaluate one model (or compare two) on a dataset split.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// The model (folder, or checkpoint with --arch).
+    #[arg(long, short = 'm', required_unless_present = "compare")]
+    pub model: Option<PathBuf>,
+    /// Architecture for a bare checkpoint.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Two models to compare side by side (e.g. CLIP before and after training).
+    #[arg(long, num_args = 2, value_names = ["M1", "M2"], conflicts_with = "model")]
+    pub compare: Vec<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// The split to evaluate: test, val, train or all.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Write the report as JSON here (and the recall@k curves as a PNG beside it).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also rank through an HNSW index and report its recall@10 against exact ranking.
+    #[arg(long)]
+    pub ann: bool,
+    /// Skip the linear probe (it embeds the train split too).
+    #[arg(long)]
+    pub no_linear_probe: bool,
+    /// Inverse regularisation C of the linear probe.
+    #[arg(long, default_value_t = 1.0)]
+    pub probe_c: f64,
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Decoding threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+/// Everything `siam eval` measures for one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// The model.
+    pub model: String,
+    /// The dataset and split.
+    pub data: String,
+    /// The split.
+    pub split: String,
+    /// Images evaluated.
+    pub images: usize,
+    /// Texts ranked (class texts or captions).
+    pub texts: usize,
+    /// Retrieval in both directions.
+    pub retrieval: RetrievalReport,
+    /// Zero-shot classification (label datasets).
+    pub zero_shot: Option<ZeroShotReport>,
+    /// precision@1, R-precision, MAP@R of image embeddings (label datasets).
+    pub neighbours: Option<NeighbourReport>,
+    /// Linear probe (label datasets with a train split).
+    pub linear_probe: Option<LinearProbeReport>,
+    /// HNSW recall@10 against exact search, per direction (with --ann).
+    pub ann_recall_at_10: Option<AnnRecall>,
+}
+
+/// HNSW recall@10 against exact ranking.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnnRecall {
+    /// Image queries against the text index.
+    pub image_to_text: f64,
+    /// Text queries against the image index.
+    pub text_to_image: f64,
+}
+
+/// Runs `siam eval`.
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let ds = Arc::new(args.data.open()?);
+    let records = split_records(&ds, &args.split)?;
+    let device = args.device.open()?;
+    let models: Vec<PathBuf> = match &args.model {
+        Some(m) => vec![m.clone()],
+        None => args.compare.clone(),
+    };
+    let mut reports = Vec::new();
+    for m in &models {
+        let enc = ModelArgs {
+            model: m.clone(),
+            arch: args.arch.clone(),
+            tokenizer: None,
+        }
+        .load(&device)?;
+        reports.push(evaluate(&enc, m, &ds, &records, &args)?);
+    }
+    print_reports(&reports);
+    if let Some(json) = &args.json {
+        let value = if reports.len() == 1 {
+            serde_json::to_value(&reports[0])?
+        } else {
+            serde_json::to_value(&reports)?
+        };
+        crate::io::atomic_write_bytes(json, &serde_json::to_vec_pretty(&value)?)?;
+        let png = json.with_extension("png");
+        let named: Vec<(&str, &RetrievalReport)> =
+            reports.iter().map(|r| (r.model.as_str(), &r.retrieval)).collect();
+        recall_curves(&named, 10, &png)?;
+        eprintln!("wrote {} and {}", json.display(), png.display());
+    }
+    Ok(())
+}
+
+/// Embeds the split with `enc` and computes every metric that applies to the dataset.
+pub fn evaluate(
+    enc: &Encoder,
+    model: &Path,
+    ds: &Arc<Dataset>,
+    records: &[usize],
+    args: &EvalArgs,
+) -> anyhow::Result<EvalReport> {
+    let d = enc.dim();
+    let pb = progress_bar(records.len(), "images");
+    let img = embed_records(
+        enc,
+        Arc::clone(ds),
+        records,
+        args.batch_size,
+        args.threads,
+        args.data.on_bad_image,
+        &mut |n| pb.set_position(n as u64),
+    )?;
+    pb.finish_and_clear();
+    report_skipped(&img.skipped);
+    let kept: Vec<usize> = img.kept.iter().map(|&i| records[i]).collect();
+    let (texts, entries) = dataset_texts(enc, ds, &kept)?;
+    let (retrieval, zero, neighbours, probe) = match ds.kind {
+        DatasetKind::Labels => {
+            let labels: Vec<usize> = kept
+                .iter()
+                .map(|&r| ds.records[r].label.context("a label dataset record without a label"))
+                .collect::<anyhow::Result<_>>()?;
+            let class_ids: Vec<usize> = entries.iter().map(|e| e.label.unwrap_or(usize::MAX)).collect();
+            let retrieval = retrieval_report(
+                &img.data,
+                &texts,
+                d,
+                Positives::Labels {
+                    image_labels: &labels,
+                    text_labels: &class_ids,
+                },
+            )?;
+            let zero = zero_shot(&img.data, &texts, d, &labels)?;
+            let neighbours = if kept.len() > 1 {
+                Some(neighbour_metrics(&img.data, d, &labels)?)
+            } else {
+                None
+            };
+            let probe = if args.no_linear_probe {
+                None
+            } else {
+                linear_probe_on_train(enc, ds, &img.data, &labels, args)?
+            };
+            (retrieval, Some(zero), neighbours, probe)
+        }
+        DatasetKind::Captions => {
+            let owners: Vec<usize> = entries.iter().map(|e| e.image.unwrap_or(usize::MAX)).collect();
+            let r = retrieval_report(&img.data, &texts, d, Positives::Captions { text_to_image: &owners })?;
+            (r, None, None, None)
+        }
+    };
+    let ann = if args.ann {
+        Some(ann_recall(&img.data, &texts, d)?)
+    } else {
+        None
+    };
+    Ok(EvalReport {
+        model: model.display().to_string(),
+        data: ds.root.display().to_string(),
+        split: args.split.clone(),
+        images: kept.len(),
+        texts: entries.len(),
+        retrieval,
+        zero_shot: zero,
+        neighbours,
+        linear_probe: probe,
+        ann_recall_at_10: ann,
+    })
+}
+
+/// The CLIP paper's linear probe: logistic regression on frozen image features of the train
+/// split, scored on the evaluated images. `None` when there is no train split to fit on.
+fn linear_probe_on_train(
+    enc: &Encoder,
+    ds: &Arc<Dataset>,
+    test_x: &[f32],
+    test_y: &[usize],
+    args: &EvalArgs,
+) -> anyhow::Result<Option<LinearProbeReport>> {
+    if args.split == "train" || args.split == "all" {
+        return Ok(None);
+    }
+    let train = ds.indices_of(Split::Train);
+    if train.is_empty() {
+        return Ok(None);
+    }
+    let pb = progress_bar(train.len(), "probe");
+    let e = embed_records(
+        enc,
+        Arc::clone(ds),
+        &train,
+        args.batch_size,
+        args.threads,
+        args.data.on_bad_image,
+        &mut |n| pb.set_position(n as u64),
+    )?;
+    pb.finish_and_clear();
+    let y: Vec<usize> = e.kept.iter().filter_map(|&i| ds.records[train[i]].label).collect();
+    let distinct: std::collections::BTreeSet<usize> = y.iter().copied().collect();
+    if distinct.len() < 2 {
+        return Ok(None);
+    }
+    let config = LinearProbeConfig {
+        c: args.probe_c,
+        ..LinearProbeConfig::default()
+    };
+    Ok(Some(linear_probe(&e.data, &y, test_x, test_y, e.dim, &config)?))
+}
+
+/// Recall@10 of HNSW search against exact search, both directions.
+fn ann_recall(images: &[f32], texts: &[f32], d: usize) -> anyhow::Result<AnnRecall> {
+    let params = HnswParams::default();
+    let one = |queries: &[f32], base: &[f32]| -> anyhow::Result<f64> {
+        let idx = VectorIndex::build(base, d, params)?;
+        let k = 10.min(idx.len());
+        if k == 0 {
+            return Ok(f64::NAN);
+        }
+        let (mut hit, mut total) = (0usize, 0usize);
+        for q in queries.chunks(d) {
+            let exact: std::collections::HashSet<usize> =
+                idx.search_exact(q, k)?.into_iter().map(|(i, _)| i).collect();
+            hit += idx.search(q, k, params.ef_search)?.iter().filter(|(i, _)| exact.contains(i)).count();
+            total += k;
+        }
+        Ok(hit as f64 / total.max(1) as f64)
+    };
+    Ok(AnnRecall {
+        image_to_text: one(images, texts)?,
+        text_to_image: one(texts, images)?,
+    })
+}
+
+fn print_reports(reports: &[EvalReport]) {
+    let pct = |v: f64| format!("{:6.2}", 100.0 * v);
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut add = |name: &str, f: &dyn Fn(&EvalReport) -> Option<String>| {
+        let vals: Vec<String> = reports.iter().map(|r| f(r).unwrap_or_else(|| "     -".into())).collect();
+        rows.push((name.to_string(), vals));
+    };
+    for (k, name) in [(1, "image->text R@1"), (5, "image->text R@5"), (10, "image->text R@10")] {
+        add(name, &|r| Some(pct(r.retrieval.image_to_text.recall_at(k))));
+    }
+    add("image->text mean rank", &|r| Some(format!("{:6.2}", r.retrieval.image_to_text.mean_rank)));
+    add("image->text median rank", &|r| Some(format!("{:6.1}", r.retrieval.image_to_text.median_rank)));
+    for (k, name) in [(1, "text->image R@1"), (5, "text->image R@5"), (10, "text->image R@10")] {
+        add(name, &|r| Some(pct(r.retrieval.text_to_image.recall_at(k))));
+    }
+    add("text->image mean rank", &|r| Some(format!("{:6.2}", r.retrieval.text_to_image.mean_rank)));
+    add("text->image median rank", &|r| Some(format!("{:6.1}", r.retrieval.text_to_image.median_rank)));
+    add("zero-shot top-1", &|r| r.zero_shot.as_ref().map(|z| pct(z.top1)));
+    add("zero-shot top-5", &|r| r.zero_shot.as_ref().map(|z| pct(z.top5)));
+    add("precision@1", &|r| r.neighbours.as_ref().map(|n| pct(n.precision_at_1)));
+    add("R-precision", &|r| r.neighbours.as_ref().map(|n| pct(n.r_precision)));
+    add("MAP@R", &|r| r.neighbours.as_ref().map(|n| pct(n.map_at_r)));
+    add("linear probe", &|r| r.linear_probe.as_ref().map(|p| pct(p.accuracy)));
+    add("HNSW recall@10 (i->t)", &|r| r.ann_recall_at_10.as_ref().map(|a| pct(a.image_to_text)));
+    add("HNSW recall@10 (t->i)", &|r| r.ann_recall_at_10.as_ref().map(|a| pct(a.text_to_image)));
+    let first = &reports[0];
+    println!(
+        "{} split of {}: {} images, {} texts (percent)",
+        first.split, first.data, first.images, first.texts
+    );
+    if reports.len() > 1 {
+        println!("{:<26} {}", "", reports.iter().enumerate().map(|(i, _)| format!("  M{}", i + 1)).collect::<Vec<_>>().join("    "));
+        for (i, r) in reports.iter().enumerate() {
+            println!("  M{} = {}", i + 1, r.model);
+        }
+    }
+    for (name, vals) in rows {
+        println!("{name:<26} {}", vals.join("  "));
+    }
+}

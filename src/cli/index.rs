@@ -1,0 +1,199 @@
+//! `siam index`: embeds a dataset's images and its label texts (or captions) with a model and
+//! builds HNSW indexes over both.
+//!
+//! ```text
+//! INDEX/model.json   which model built it: path, --arch, fingerprint
+//! INDEX/hnsw/        the JointIndex (manifest, embeddings, ids, graphs)
+//! ```
+//! The folder is built under a temporary name and renamed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use siam_data::dataset::{Dataset, DatasetKind, Split};
+
+use super::common::{progress_bar, report_skipped, DataArgs, DeviceArgs, ModelArgs};
+use crate::embed::{embed_records, embed_texts, normalize};
+use crate::index::{HnswParams, JointIndex, TextEntry};
+use crate::train::encoder::Encoder;
+
+/// Build an HNSW index over a dataset's images and texts.
+#[derive(clap::Args, Debug)]
+pub struct IndexArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Output index folder.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// Which records to index: all, train, val or test.
+    #[arg(long, default_value = "all")]
+    pub split: String,
+    /// HNSW neighbours per node (M).
+    #[arg(long, default_value_t = 16)]
+    pub m: usize,
+    /// HNSW candidate list while building.
+    #[arg(long, default_value_t = 200)]
+    pub ef_construction: usize,
+    /// HNSW candidate list while searching.
+    #[arg(long, default_value_t = 64)]
+    pub ef: usize,
+    /// Batch size for embedding.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Decoding threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+/// `INDEX/model.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexModel {
+    /// The model path as an absolute path.
+    pub path: PathBuf,
+    /// `--arch` given with it.
+    pub arch: Option<String>,
+    /// Its fingerprint.
+    pub fingerprint: String,
+}
+
+/// The JointIndex folder inside an index folder.
+pub fn hnsw_dir(index: &Path) -> PathBuf {
+    index.join("hnsw")
+}
+
+/// Records of a split (`all` for every record); an error if the split is empty.
+pub fn split_records(ds: &Dataset, split: &str) -> anyhow::Result<Vec<usize>> {
+    if split == "all" {
+        return Ok((0..ds.len()).collect());
+    }
+    let s: Split = split.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let idx = ds.indices_of(s);
+    if idx.is_empty() {
+        let (tr, va, te) = ds.split_counts();
+        anyhow::bail!(
+            "{}: the dataset has no {split} split (train {tr}, val {va}, test {te} images)",
+            ds.root.display()
+        );
+    }
+    Ok(idx)
+}
+
+/// Label datasets: one ensembled embedding per class (mean of its prompt-text embeddings,
+/// re-normalised). Caption datasets: one per caption of the indexed records.
+pub fn dataset_texts(
+    enc: &Encoder,
+    ds: &Dataset,
+    records: &[usize],
+) -> anyhow::Result<(Vec<f32>, Vec<TextEntry>)> {
+    let d = enc.dim();
+    match ds.kind {
+        DatasetKind::Labels => {
+            let mut out = Vec::with_capacity(ds.labels.len() * d);
+            let mut entries = Vec::new();
+            for (c, label) in ds.labels.iter().enumerate() {
+                let prompts: Vec<&str> = ds.label_texts[c].iter().map(|&t| ds.texts[t].as_str()).collect();
+                let e = embed_texts(enc, &prompts, 256, &mut |_| {})?;
+                let mut mean = vec![0f32; d];
+                for row in e.chunks(d) {
+                    mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+                }
+                normalize(&mut mean);
+                out.extend(mean);
+                entries.push(TextEntry { text: label.clone(), image: None, label: Some(c) });
+            }
+            Ok((out, entries))
+        }
+        DatasetKind::Captions => {
+            let mut entries = Vec::new();
+            for (pos, &r) in records.iter().enumerate() {
+                for &t in &ds.records[r].texts {
+                    entries.push(TextEntry { text: ds.texts[t].clone(), image: Some(pos), label: None });
+                }
+            }
+            let texts: Vec<&str> = entries.iter().map(|e| e.text.as_str()).collect();
+            let pb = progress_bar(texts.len(), "captions");
+            let out = embed_texts(enc, &texts, 256, &mut |n| pb.set_position(n as u64))?;
+            pb.finish_and_clear();
+            Ok((out, entries))
+        }
+    }
+}
+
+/// Embeds `records` of `ds` and their texts with `enc` and writes an index folder at `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn build_index(
+    enc: &Encoder,
+    model_path: &Path,
+    arch: Option<&str>,
+    ds: Arc<Dataset>,
+    records: &[usize],
+    out: &Path,
+    params: HnswParams,
+    batch_size: usize,
+    threads: usize,
+) -> anyhow::Result<(usize, usize)> {
+    let fingerprint = crate::fingerprint::model_fingerprint(model_path, arch)
+        .with_context(|| format!("{}: reading the model to fingerprint it", model_path.display()))?;
+    let pb = progress_bar(records.len(), "images");
+    let images = embed_records(
+        enc,
+        Arc::clone(&ds),
+        records,
+        batch_size,
+        threads,
+        siam_data::dataset::OnBadImage::Skip,
+        &mut |n| pb.set_position(n as u64),
+    )?;
+    pb.finish_and_clear();
+    report_skipped(&images.skipped);
+    let kept: Vec<usize> = images.kept.iter().map(|&i| records[i]).collect();
+    let image_ids: Vec<String> = kept.iter().map(|&r| ds.records[r].image.name()).collect();
+    let (texts, entries) = dataset_texts(enc, &ds, &kept)?;
+    let index = JointIndex::build(&fingerprint, enc.dim(), &images.data, image_ids, &texts, entries, params)?;
+    let model = IndexModel {
+        path: std::fs::canonicalize(model_path).unwrap_or_else(|_| model_path.to_path_buf()),
+        arch: arch.map(String::from),
+        fingerprint,
+    };
+    let counts = (index.manifest().images, index.manifest().texts);
+    crate::io::atomic_dir(out, |tmp| {
+        index.save(&hnsw_dir(tmp))?;
+        crate::io::atomic_write_bytes(&tmp.join("model.json"), &serde_json::to_vec_pretty(&model)?)?;
+        Ok(())
+    })
+    .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    Ok(counts)
+}
+
+/// Runs `siam index`.
+pub fn run(args: IndexArgs) -> anyhow::Result<()> {
+    let ds = Arc::new(args.data.open()?);
+    let records = split_records(&ds, &args.split)?;
+    let device = args.device.open()?;
+    let enc = args.model.load(&device)?;
+    let params = HnswParams {
+        m: args.m,
+        ef_construction: args.ef_construction,
+        ef_search: args.ef,
+        ..HnswParams::default()
+    };
+    let (ni, nt) = build_index(
+        &enc,
+        &args.model.model,
+        args.model.arch.as_deref(),
+        ds,
+        &records,
+        &args.out,
+        params,
+        args.batch_size,
+        args.threads,
+    )?;
+    eprintln!("indexed {ni} images and {nt} texts in {}", args.out.display());
+    Ok(())
+}
