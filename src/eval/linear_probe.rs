@@ -231,7 +231,8 @@ fn lbfgs(p: &Problem, theta: &mut [f64], max_iter: usize, tol: f64) -> (usize, b
                 new_theta[j] = theta[j] + step * dir[j];
             }
             new_f = p.eval(&new_theta, &mut new_g);
-            if new_f.is_finite() && new_f <= f + 1e-4 * step * slope {
+            // `new_f < f` as well: near the rounding floor `f + 1e-4 step slope` rounds to `f`.
+            if new_f.is_finite() && new_f <= f + 1e-4 * step * slope && new_f < f {
                 accepted = true;
                 break;
             }

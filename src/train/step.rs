@@ -17,7 +17,7 @@
 //! replace its detached rows in the full batch, so every micro-step sees (and mines among) the
 //! negatives of the whole accumulated batch. Summing the micro-steps' gradients gives exactly
 //! the full batch's gradient, since each row's contribution `dL/de_i * de_i/dtheta` is
-//! back-propagated once, in its own micro-step.
+//! back-propagated once, in its own micro-step (and the shared logit scale's once, in the first).
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
@@ -239,12 +239,20 @@ impl Stepper {
             imgs[j] = live_img;
             let mut txts = txt_fixed.clone();
             txts[j] = live_txt;
+            // The logit scale is shared by every micro-step: live in the first only, so its
+            // gradient is counted once (open_clip passes it live to every micro-step and so
+            // multiplies its gradient by accum_freq).
+            let scale = if j == 0 {
+                model.logit_scale()
+            } else {
+                model.logit_scale().detach()
+            };
             let s = match objective.score(
                 Tensor::cat(imgs, 0),
                 &img_labels,
                 Tensor::cat(txts, 0),
                 &txt_labels,
-                model.logit_scale(),
+                scale,
                 self.epoch,
             ) {
                 Ok(s) => s,
