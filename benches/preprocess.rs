@@ -59,7 +59,7 @@ fn photo(rng: &mut StdRng) -> RgbImage {
             }
         }
         let texture = 12.0 * ((xf * fx).sin() * (yf * fy).cos());
-        let noise: f32 = rng.random_range(-8.0..8.0);
+        let noise: f32 = rng.random_range(-18.0..18.0);
         Rgb([0, 1, 2].map(|c| (p[c] + texture + noise).clamp(0.0, 255.0) as u8))
     })
 }

@@ -2,7 +2,9 @@
 //!
 //! The fixtures in tests/fixtures/clip_rn/ come from tests/fixtures/make_resnet_fixtures.py: a tiny
 //! open_clip RN CLIP (random weights, randomised BatchNorm statistics, eval mode), its state dict
-//! as .safetensors and .pt, three normalised images and open_clip's `encode_image` outputs.
+//! as .safetensors and .pt in OpenAI's mixed precision (conv/linear fp16, BatchNorm and positional
+//! embedding fp32, so the f16 -> f32 cast is exercised), three normalised images and open_clip's
+//! `encode_image` outputs computed in fp32 from the fp16-rounded weights.
 //! Backend: `SIAM_TEST_DEVICE` (see `siam::device::from_env`).
 
 use std::path::{Path, PathBuf};

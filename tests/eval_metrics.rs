@@ -157,3 +157,22 @@ fn multiclass_linear_probe_matches_sklearn() {
 fn binary_linear_probe_matches_sklearn() {
     probe_case("probe_binary");
 }
+
+#[test]
+fn recall_curves_png_of_two_reports() {
+    let e = &expected()["captions"];
+    let (images, dim) = npy("captions_images.npy");
+    let (texts, _) = npy("captions_texts.npy");
+    let t2i = usizes(&e["caption_image"]);
+    let a = retrieval_report(&images, &texts, dim, Positives::Captions { text_to_image: &t2i }).unwrap();
+    // A second "model": the same texts against shuffled captions, to get a different curve.
+    let shuffled: Vec<usize> = t2i.iter().map(|&i| (i * 7 + 3) % 40).collect();
+    let b = retrieval_report(&images, &texts, dim, Positives::Captions { text_to_image: &shuffled }).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // SIAM_TEST_PLOT_DIR keeps the PNG for a look.
+    let out = std::env::var_os("SIAM_TEST_PLOT_DIR").map(PathBuf::from).unwrap_or(tmp.path().to_path_buf());
+    let path = out.join("recall_curves.png");
+    siam::eval::plot::recall_curves(&[("before", &a), ("after", &b)], 50, &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+}

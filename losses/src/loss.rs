@@ -293,7 +293,7 @@ impl TripletLoss {
             diff.resize(vals.len() + 1, 0i64);
             for &p in &pos {
                 let ap = row[p as usize];
-                let s = vals.partition_point(|&v| !(v - ap > lo));
+                let s = vals.partition_point(|&v| (v - ap).partial_cmp(&lo) != Some(std::cmp::Ordering::Greater));
                 let e = vals.partition_point(|&v| v - ap <= hi).max(s);
                 if e == s {
                     continue;

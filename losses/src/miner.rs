@@ -204,7 +204,7 @@ fn batch_hard(m: &PairMatrix<'_>) -> Tuples {
 }
 
 /// Negatives of row `a` sorted by oriented value (closest first).
-fn sorted_negatives(m: &PairMatrix<'_>, a: usize, neg: &mut Vec<u32>) {
+fn sorted_negatives(m: &PairMatrix<'_>, a: usize, neg: &mut [u32]) {
     let row = m.row(a);
     neg.sort_unstable_by(|&x, &y| row[x as usize].total_cmp(&row[y as usize]));
 }

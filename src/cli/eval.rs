@@ -271,7 +271,8 @@ fn ann_recall(images: &[f32], texts: &[f32], d: usize) -> anyhow::Result<AnnReca
 }
 
 fn print_reports(reports: &[EvalReport]) {
-    let pct = |v: f64| format!("{:6.2}", 100.0 * v);
+    // NaN (e.g. R-precision when every class has one image) prints as "n/a".
+    let pct = |v: f64| if v.is_nan() { "   n/a".to_string() } else { format!("{:6.2}", 100.0 * v) };
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     let mut add = |name: &str, f: &dyn Fn(&EvalReport) -> Option<String>| {
         let vals: Vec<String> = reports.iter().map(|r| f(r).unwrap_or_else(|| "     -".into())).collect();

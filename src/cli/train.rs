@@ -263,7 +263,7 @@ impl Observer for Console {
                 let what = if r.epoch == 0 {
                     "before training".to_string()
                 } else {
-                    format!("epoch {} (loss {:.4})", r.epoch, r.train_loss)
+                    format!("epoch {} (loss {:.4})", r.epoch, r.train_loss.unwrap_or(f64::NAN))
                 };
                 if !r.metrics.is_empty() {
                     self.line(&format!("{what}: {}", fmt_metrics(&r.metrics)));

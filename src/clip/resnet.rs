@@ -86,6 +86,7 @@ impl ModifiedResNetConfig {
     ///
     /// If `width` is odd or zero, `image_size` is not a positive multiple of 32, or `heads`
     /// does not divide `32 * width`.
+    #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; the workspace says 1.85
     pub fn init(&self, device: &Device) -> ModifiedResNet {
         assert!(
             self.width >= 2 && self.width % 2 == 0,

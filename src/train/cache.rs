@@ -124,13 +124,20 @@ impl FeatureSource {
     }
 }
 
+/// Hashes every parameter's shape and values in module order (not the record bytes, which
+/// carry per-process parameter ids).
 fn module_digest<M: Module>(m: &M, h: &mut Sha256) -> Result<(), TrainError> {
-    let bytes = m
-        .clone()
-        .into_record()
-        .into_bytes()
-        .map_err(|e| TrainError::Config(format!("fingerprinting the tower: {e:?}")))?;
-    h.update(&bytes[..]);
+    struct Hash<'a>(&'a mut Sha256);
+    impl burn::module::ModuleVisitor for Hash<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+            let t = p.val();
+            self.0.update(format!("{:?}", t.dims()).as_bytes());
+            for v in to_vec(t) {
+                self.0.update(v.to_le_bytes());
+            }
+        }
+    }
+    m.visit(&mut Hash(h));
     Ok(())
 }
 

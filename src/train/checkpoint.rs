@@ -68,8 +68,8 @@ pub struct EpochRecord {
     pub epoch: usize,
     /// Optimiser steps done at the end of this epoch.
     pub step: usize,
-    /// Mean training loss over the epoch (NaN for epoch 0).
-    pub train_loss: f64,
+    /// Mean training loss over the epoch (`None` for epoch 0).
+    pub train_loss: Option<f64>,
     /// Validation metrics by name (`i2t_r1`, `t2i_r5`, ...).
     pub metrics: std::collections::BTreeMap<String, f64>,
 }
@@ -103,6 +103,9 @@ pub struct TrainState {
     pub elapsed_s: f64,
     /// Pairs (anchor-reference comparisons) processed so far.
     pub pairs_seen: u64,
+    /// Images trained on so far.
+    #[serde(default)]
+    pub images_seen: u64,
     /// The resolved training configuration.
     pub config: serde_json::Value,
 }
@@ -239,6 +242,7 @@ mod tests {
             epochs_since_best: 0,
             elapsed_s: 1.5,
             pairs_seen: 99,
+            images_seen: 12,
             config: serde_json::json!({"loss": "triplet"}),
         }
     }

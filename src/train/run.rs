@@ -95,9 +95,9 @@ pub struct TrainReport {
     pub output: PathBuf,
     /// Validation history.
     pub history: Vec<EpochRecord>,
-    /// Trainable / frozen parameter counts.
+    /// Scalar values in trainable parameters.
     pub trainable_parameters: usize,
-    /// Frozen parameter counts.
+    /// Scalar values in frozen parameters.
     pub frozen_parameters: usize,
 }
 
@@ -121,7 +121,23 @@ fn head_configs(cfg: &TrainConfig, clip: &ClipConfig) -> (HeadConfig, HeadConfig
     (h, h, d)
 }
 
+/// Serialises seeding and random initialisation: burn's generator is per device and global, so
+/// two runs initialising at once in one process (tests) would interleave their draws.
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Initialises every lazily initialised parameter now, in module order.
+fn materialize<M: Module>(m: &M) {
+    struct Touch;
+    impl burn::module::ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+            let _ = p.val();
+        }
+    }
+    m.visit(&mut Touch);
+}
+
 fn prepare_model(cfg: &TrainConfig, device: &Device, obs: &mut dyn Observer) -> Result<Prepared, TrainError> {
+    let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     device.seed(cfg.seed);
     let (clip, clip_cfg, initial, tokenizer_src, heads) = match &cfg.model {
         Some(path) if folder::is_model_folder(path) && folder::read_card(path).is_ok() => {
@@ -183,6 +199,9 @@ fn prepare_model(cfg: &TrainConfig, device: &Device, obs: &mut dyn Observer) -> 
         Some(p) => ClipTokenizer::from_file(p)?,
         None => ClipTokenizer::builtin()?,
     };
+    materialize(&clip);
+    materialize(&image_head);
+    materialize(&text_head);
     let card = ModelCard {
         format: folder::FORMAT.into(),
         version: folder::VERSION,
@@ -389,7 +408,6 @@ pub fn train(
     obs: &mut dyn Observer,
 ) -> Result<TrainReport, TrainError> {
     validate(cfg)?;
-    let start_time = Instant::now();
     let device = device.clone().autodiff();
     let ds = match (cfg.data.as_ref(), demo) {
         (None, Some(d)) => {
@@ -492,6 +510,7 @@ pub fn train(
             epochs_since_best: 0,
             elapsed_s: 0.0,
             pairs_seen: 0,
+            images_seen: 0,
             config: serde_json::to_value(cfg).unwrap_or_default(),
         },
     };
@@ -555,7 +574,7 @@ pub fn train(
     let best_dir = cfg.out.join("best");
     if !cfg.resume && has_val {
         let r = ctx.evaluate(&model.valid(), &val_plan, &device)?;
-        let rec = EpochRecord { epoch: 0, step: 0, train_loss: f64::NAN, metrics: metric_map(&r) };
+        let rec = EpochRecord { epoch: 0, step: 0, train_loss: None, metrics: metric_map(&r) };
         obs.event(&Event::Epoch(rec.clone()));
         st.history.push(rec);
     }
@@ -661,6 +680,7 @@ pub fn train(
             };
             let dt = t0.elapsed().as_secs_f64().max(1e-9);
             st.pairs_seen += out.pairs;
+            st.images_seen += n_images as u64;
             st.batch_in_epoch = b;
             st.step = stepper.step;
             loss_sum += out.loss;
@@ -677,7 +697,6 @@ pub fn train(
                 pairs_per_s: out.pairs as f64 / dt,
                 time_s: elapsed_before + session_start.elapsed().as_secs_f64(),
             };
-            let _ = n_images;
             log.push(&m)?;
             obs.event(&Event::Step(m));
             steps_this_run += 1;
@@ -696,7 +715,7 @@ pub fn train(
         // End of epoch: validate, keep the best, checkpoint.
         st.epoch += 1;
         st.batch_in_epoch = 0;
-        let train_loss = if loss_n > 0 { loss_sum / loss_n as f64 } else { f64::NAN };
+        let train_loss = (loss_n > 0).then(|| loss_sum / loss_n as f64);
         let mut metrics = BTreeMap::new();
         if has_val {
             let r = ctx.evaluate(&model.valid(), &val_plan, &device)?;
@@ -759,8 +778,6 @@ pub fn train(
         write_curves(&cfg.out, &metrics_path, &st.history)?;
     }
     let train_seconds = st.elapsed_s.max(elapsed_before + session_start.elapsed().as_secs_f64());
-    let images = st.step as f64 * (cfg.classes_per_batch * cfg.per_class * cfg.accum_steps) as f64;
-    let _ = start_time;
     Ok(TrainReport {
         config: cfg.clone(),
         initial_weights: card.initial_weights.clone(),
@@ -772,7 +789,7 @@ pub fn train(
         early_stopped,
         train_seconds,
         pairs_per_second: st.pairs_seen as f64 / train_seconds.max(1e-9),
-        images_per_second: images / train_seconds.max(1e-9),
+        images_per_second: st.images_seen as f64 / train_seconds.max(1e-9),
         output: cfg.out.clone(),
         history: st.history.clone(),
         trainable_parameters: split.trainable_values,
