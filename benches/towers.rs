@@ -79,7 +79,7 @@ struct Row {
     items: usize,
 }
 
-#[allow(deprecated)]
+#[allow(deprecated, unused_mut)]
 fn devices() -> Vec<(&'static str, Device)> {
     let mut v = vec![("flex", Device::flex())];
     #[cfg(feature = "tch")]

@@ -51,6 +51,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbIma
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 
 /// CLIP's per-channel standard deviation of `[0, 1]` RGB pixels (`OPENAI_DATASET_STD`).
+#[allow(clippy::excessive_precision)] // digits as published by OpenAI, rounded to f32 here
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Input resolution of the ViT-B/32 and ViT-B/16 CLIP models.
@@ -158,7 +159,12 @@ impl Preprocessor {
     /// If `image_size` is 0.
     pub fn clip(image_size: u32) -> Self {
         assert!(image_size > 0, "image_size must be positive");
-        Self { image_size, mean: CLIP_MEAN, std: CLIP_STD, max_pixels: DEFAULT_MAX_PIXELS }
+        Self {
+            image_size,
+            mean: CLIP_MEAN,
+            std: CLIP_STD,
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
     }
 
     /// Number of floats one preprocessed image occupies: `3 * image_size^2`.
@@ -176,7 +182,12 @@ impl Preprocessor {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ImageError::NotFound { file })
             }
-            Err(e) => return Err(ImageError::Io { file, reason: one_line(&e.to_string()) }),
+            Err(e) => {
+                return Err(ImageError::Io {
+                    file,
+                    reason: one_line(&e.to_string()),
+                })
+            }
         };
         if meta.is_dir() {
             return Err(ImageError::IsDirectory { file });
@@ -184,8 +195,10 @@ impl Preprocessor {
         if meta.len() == 0 {
             return Err(ImageError::Empty { file });
         }
-        let bytes = std::fs::read(path)
-            .map_err(|e| ImageError::Io { file: file.clone(), reason: one_line(&e.to_string()) })?;
+        let bytes = std::fs::read(path).map_err(|e| ImageError::Io {
+            file: file.clone(),
+            reason: one_line(&e.to_string()),
+        })?;
         self.decode_bytes(&bytes, &file)
     }
 
@@ -218,10 +231,17 @@ impl Preprocessor {
         let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
         // The pixel limit below replaces image's default 512 MiB allocation cap.
         reader.limits(Limits::no_limits());
-        let mut decoder = reader.into_decoder().map_err(|e| map_image_error(e, name))?;
+        let mut decoder = reader
+            .into_decoder()
+            .map_err(|e| map_image_error(e, name))?;
         let (width, height) = decoder.dimensions();
         if u64::from(width) * u64::from(height) > self.max_pixels {
-            return Err(ImageError::TooLarge { file: file(), width, height, limit: self.max_pixels });
+            return Err(ImageError::TooLarge {
+                file: file(),
+                width,
+                height,
+                limit: self.max_pixels,
+            });
         }
         if width == 0 || height == 0 {
             return Err(ImageError::Corrupt {
@@ -230,7 +250,9 @@ impl Preprocessor {
             });
         }
         // A malformed EXIF block is not worth refusing the picture for: keep it unrotated.
-        let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+        let orientation = decoder
+            .orientation()
+            .unwrap_or(image::metadata::Orientation::NoTransforms);
         let mut img = DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(e, name))?;
         img.apply_orientation(orientation);
         Ok(img.into_rgb8())
@@ -256,9 +278,17 @@ impl Preprocessor {
     /// If `img` is not `image_size` x `image_size` or `out.len() != 3 * image_size^2`.
     pub fn normalize_into(&self, img: &RgbImage, out: &mut [f32]) {
         let s = self.image_size;
-        assert_eq!(img.dimensions(), (s, s), "normalize_into expects an image_size square image");
+        assert_eq!(
+            img.dimensions(),
+            (s, s),
+            "normalize_into expects an image_size square image"
+        );
         let plane = (s as usize) * (s as usize);
-        assert_eq!(out.len(), 3 * plane, "normalize_into: output must hold 3 * image_size^2 floats");
+        assert_eq!(
+            out.len(),
+            3 * plane,
+            "normalize_into: output must hold 3 * image_size^2 floats"
+        );
         // One table per channel: 768 divisions instead of 3 per pixel.
         let mut lut = [[0f32; 256]; 3];
         for (c, table) in lut.iter_mut().enumerate() {
@@ -299,13 +329,23 @@ impl Preprocessor {
         let img = self.decode_path(path)?;
         Ok(self.preprocess(&img))
     }
+
+    /// [`decode_bytes`](Self::decode_bytes) then [`preprocess`](Self::preprocess).
+    pub fn load_bytes(&self, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
+        let img = self.decode_bytes(bytes, name)?;
+        Ok(self.preprocess(&img))
+    }
 }
 
 /// Output size of "resize the shortest side to `size`" as `transformers`
 /// (`get_resize_output_image_size(default_to_square=False)`) and torchvision compute it:
 /// the long side becomes `int(size * long / short)` (truncated).
 pub fn shortest_side_size(width: u32, height: u32, size: u32) -> (u32, u32) {
-    let (short, long) = if width <= height { (width, height) } else { (height, width) };
+    let (short, long) = if width <= height {
+        (width, height)
+    } else {
+        (height, width)
+    };
     let new_long = ((f64::from(size) * f64::from(long)) / f64::from(short)) as u32;
     let new_long = new_long.max(size);
     if width <= height {
@@ -324,7 +364,10 @@ pub fn shortest_side_size(width: u32, height: u32, size: u32) -> (u32, u32) {
 /// # Panics
 /// If `width` or `height` is 0.
 pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
-    assert!(width > 0 && height > 0, "resize_bicubic: target size must be positive");
+    assert!(
+        width > 0 && height > 0,
+        "resize_bicubic: target size must be positive"
+    );
     resample_window(img, width, height, 0, 0, width, height)
 }
 
@@ -383,11 +426,19 @@ impl Taps {
             for x in 0..n {
                 let w = if ww != 0.0 { k[x] / ww } else { k[x] };
                 // normalize_coeffs_8bpc: round half away from zero.
-                row[x] = if w < 0.0 { (-0.5 + w * one) as i32 } else { (0.5 + w * one) as i32 };
+                row[x] = if w < 0.0 {
+                    (-0.5 + w * one) as i32
+                } else {
+                    (0.5 + w * one) as i32
+                };
             }
             bounds.push((xmin, n));
         }
-        Self { bounds, ksize, weights }
+        Self {
+            bounds,
+            ksize,
+            weights,
+        }
     }
 
     fn taps(&self, i: usize) -> (usize, &[i32]) {
@@ -430,7 +481,12 @@ impl RgbTaps {
                 expanded[i * stride + 3 * j..i * stride + 3 * j + 3].fill(w);
             }
         }
-        Self { taps, chunks, expanded, stride }
+        Self {
+            taps,
+            chunks,
+            expanded,
+            stride,
+        }
     }
 
     /// Output pixel `i` of the horizontal pass over one RGB row.
@@ -453,6 +509,9 @@ impl RgbTaps {
         let weights = &self.expanded[i * self.stride..i * self.stride + n * LANES];
         let mut acc = [0i32; LANES];
         for (p, w) in window.chunks_exact(LANES).zip(weights.chunks_exact(LANES)) {
+            // Fixed-size views: no bounds checks, one vector multiply-add per chunk.
+            let p: &[u8; LANES] = p.try_into().expect("chunk of LANES bytes");
+            let w: &[i32; LANES] = w.try_into().expect("chunk of LANES weights");
             for l in 0..LANES {
                 acc[l] += i32::from(p[l]) * w[l];
             }
@@ -638,7 +697,10 @@ mod tests {
             for i in 0..out as usize {
                 let (_, k) = t.taps(i);
                 let sum: i64 = k.iter().map(|&w| i64::from(w)).sum();
-                assert!((sum - (1 << PRECISION_BITS)).abs() <= k.len() as i64, "{inp}->{out} at {i}");
+                assert!(
+                    (sum - (1 << PRECISION_BITS)).abs() <= k.len() as i64,
+                    "{inp}->{out} at {i}"
+                );
             }
         }
     }
@@ -668,7 +730,10 @@ mod tests {
         });
         let full = resize_bicubic(&img, 22, 16);
         let win = resample_window(&img, 22, 16, 3, 0, 16, 16);
-        assert_eq!(win, image::imageops::crop_imm(&full, 3, 0, 16, 16).to_image());
+        assert_eq!(
+            win,
+            image::imageops::crop_imm(&full, 3, 0, 16, 16).to_image()
+        );
     }
 
     #[test]
@@ -716,7 +781,9 @@ mod tests {
     #[test]
     fn jpeg_completeness_check() {
         // SOI, APP0 (len 4), SOS (len 2), data, EOI.
-        let ok = [0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 1, 2, 0xFF, 0xDA, 0, 2, 9, 9, 0xFF, 0xD9];
+        let ok = [
+            0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 1, 2, 0xFF, 0xDA, 0, 2, 9, 9, 0xFF, 0xD9,
+        ];
         assert!(check_jpeg_complete(&ok).is_ok());
         assert!(check_jpeg_complete(&ok[..14]).is_err());
         assert!(check_jpeg_complete(&ok[..5]).is_err());

@@ -140,31 +140,50 @@ impl ClipTokenizer {
     /// Truncation and padding stored in the file are ignored; [`encode`](Self::encode) applies its own.
     pub fn from_file(path: &Path) -> Result<Self> {
         let file = path.display().to_string();
-        let bytes = std::fs::read(path)
-            .map_err(|e| TokenizerError::Read { file: file.clone(), reason: one_line(&e.to_string()) })?;
-        let inner = Tokenizer::from_bytes(&bytes)
-            .map_err(|e| TokenizerError::Invalid { file: file.clone(), reason: one_line(&e.to_string()) })?;
+        let bytes = std::fs::read(path).map_err(|e| TokenizerError::Read {
+            file: file.clone(),
+            reason: one_line(&e.to_string()),
+        })?;
+        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Invalid {
+            file: file.clone(),
+            reason: one_line(&e.to_string()),
+        })?;
         Self::validated(inner, &file)
     }
 
     fn validated(mut inner: Tokenizer, file: &str) -> Result<Self> {
-        let not_clip = |reason: String| TokenizerError::NotClip { file: file.to_string(), reason };
-        for (token, id) in [("<|startoftext|>", START_OF_TEXT), ("<|endoftext|>", END_OF_TEXT)] {
+        let not_clip = |reason: String| TokenizerError::NotClip {
+            file: file.to_string(),
+            reason,
+        };
+        for (token, id) in [
+            ("<|startoftext|>", START_OF_TEXT),
+            ("<|endoftext|>", END_OF_TEXT),
+        ] {
             match inner.token_to_id(token) {
                 Some(found) if found == id => {}
-                Some(found) => return Err(not_clip(format!("{token} has id {found}, CLIP's is {id}"))),
+                Some(found) => {
+                    return Err(not_clip(format!("{token} has id {found}, CLIP's is {id}")))
+                }
                 None => return Err(not_clip(format!("no {token} token (CLIP's is id {id})"))),
             }
         }
         let vocab = inner.get_vocab_size(true);
         if vocab != CLIP_VOCAB_SIZE {
-            return Err(not_clip(format!("{vocab} tokens, CLIP has {CLIP_VOCAB_SIZE}")));
+            return Err(not_clip(format!(
+                "{vocab} tokens, CLIP has {CLIP_VOCAB_SIZE}"
+            )));
         }
-        inner.with_truncation(None).map_err(|e| not_clip(one_line(&e.to_string())))?;
+        inner
+            .with_truncation(None)
+            .map_err(|e| not_clip(one_line(&e.to_string())))?;
         inner.with_padding(None);
-        let probe = inner
-            .encode(PROBE_TEXT, true)
-            .map_err(|e| not_clip(format!("cannot encode {PROBE_TEXT:?}: {}", one_line(&e.to_string()))))?;
+        let probe = inner.encode(PROBE_TEXT, true).map_err(|e| {
+            not_clip(format!(
+                "cannot encode {PROBE_TEXT:?}: {}",
+                one_line(&e.to_string())
+            ))
+        })?;
         if probe.get_ids() != PROBE_IDS {
             return Err(not_clip(format!(
                 "{PROBE_TEXT:?} encodes to {:?}, CLIP's ids are {PROBE_IDS:?}",
@@ -178,7 +197,10 @@ impl ClipTokenizer {
     /// `context_length` keeps its first `context_length - 1` ids and ends with 49407.
     pub fn encode(&self, text: &str, context_length: usize) -> Result<Vec<u32>> {
         check_context(context_length)?;
-        let enc = self.inner.encode(text, true).map_err(|e| encode_error(text, &e))?;
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| encode_error(text, &e))?;
         Ok(truncate(enc.get_ids(), context_length))
     }
 
@@ -206,10 +228,16 @@ impl ClipTokenizer {
         check_context(context_length)?;
         let encodings = self.inner.encode_batch(texts.to_vec(), true).map_err(|e| {
             // The batch call does not say which text failed: find it for the message.
-            let bad = texts.iter().find(|t| self.inner.encode(**t, true).is_err()).copied();
+            let bad = texts
+                .iter()
+                .find(|t| self.inner.encode(**t, true).is_err())
+                .copied();
             encode_error(bad.unwrap_or("<batch>"), &e)
         })?;
-        Ok(encodings.iter().map(|e| truncate(e.get_ids(), context_length)).collect())
+        Ok(encodings
+            .iter()
+            .map(|e| truncate(e.get_ids(), context_length))
+            .collect())
     }
 }
 
@@ -237,11 +265,19 @@ fn pad(seqs: Vec<Vec<u32>>, len: usize) -> TokenBatch {
         row[..seq.len()].copy_from_slice(seq);
         lengths.push(seq.len());
     }
-    TokenBatch { ids, rows, len, lengths }
+    TokenBatch {
+        ids,
+        rows,
+        len,
+        lengths,
+    }
 }
 
 fn encode_error(text: &str, e: &tokenizers::Error) -> TokenizerError {
-    TokenizerError::Encode { text: text.chars().take(60).collect(), reason: one_line(&e.to_string()) }
+    TokenizerError::Encode {
+        text: text.chars().take(60).collect(),
+        reason: one_line(&e.to_string()),
+    }
 }
 
 fn one_line(s: &str) -> String {
@@ -254,7 +290,10 @@ mod tests {
 
     #[test]
     fn truncation_keeps_end_token() {
-        let ids: Vec<u32> = std::iter::once(START_OF_TEXT).chain(1..=10).chain([END_OF_TEXT]).collect();
+        let ids: Vec<u32> = std::iter::once(START_OF_TEXT)
+            .chain(1..=10)
+            .chain([END_OF_TEXT])
+            .collect();
         assert_eq!(truncate(&ids, 5), vec![START_OF_TEXT, 1, 2, 3, END_OF_TEXT]);
         assert_eq!(truncate(&ids, 12), ids);
         assert_eq!(truncate(&ids, 100), ids);
@@ -272,8 +311,17 @@ mod tests {
     #[test]
     fn builtin_encodes_the_reference_sentence() {
         let tok = ClipTokenizer::builtin().unwrap();
-        assert_eq!(tok.encode("a photo of a cat", 77).unwrap(), PROBE_IDS.to_vec());
-        assert_eq!(tok.encode("", 77).unwrap(), vec![START_OF_TEXT, END_OF_TEXT]);
-        assert!(matches!(tok.encode("x", 1), Err(TokenizerError::ContextTooShort(1))));
+        assert_eq!(
+            tok.encode("a photo of a cat", 77).unwrap(),
+            PROBE_IDS.to_vec()
+        );
+        assert_eq!(
+            tok.encode("", 77).unwrap(),
+            vec![START_OF_TEXT, END_OF_TEXT]
+        );
+        assert!(matches!(
+            tok.encode("x", 1),
+            Err(TokenizerError::ContextTooShort(1))
+        ));
     }
 }

@@ -19,10 +19,13 @@
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
-use siam_data::preprocess::{resize_bicubic, ImageError, Preprocessor, CLIP_MEAN, CLIP_STD};
+use siam_data::preprocess::{resize_bicubic, ImageError, Preprocessor, CLIP_STD};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn images() -> PathBuf {
@@ -36,16 +39,37 @@ fn fixtures() -> PathBuf {
 /// A numpy `.npy` array (version 1/2, little-endian, C order) as raw bytes plus its shape.
 fn read_npy(path: &Path) -> (String, Vec<usize>, Vec<u8>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}: not a .npy file", path.display());
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
+        "{}: not a .npy file",
+        path.display()
+    );
     let (header_len, start) = if bytes[6] == 1 {
         (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
     } else {
-        (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        )
     };
     let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
     assert!(header.contains("'fortran_order': False"), "{header}");
-    let descr = header.split("'descr': '").nth(1).unwrap().split('\'').next().unwrap().to_string();
-    let shape_txt = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let descr = header
+        .split("'descr': '")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap()
+        .to_string();
+    let shape_txt = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
     let shape = shape_txt
         .split(',')
         .map(str::trim)
@@ -58,7 +82,12 @@ fn read_npy(path: &Path) -> (String, Vec<usize>, Vec<u8>) {
 fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let (descr, shape, data) = read_npy(path);
     assert_eq!(descr, "<f4", "{}", path.display());
-    (shape, data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    (
+        shape,
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -97,7 +126,12 @@ fn matches_clip_image_processor() {
         let pre = Preprocessor::clip(case.size);
         let ours = pre.load(&images().join(&case.image)).unwrap();
         let (shape, reference) = read_npy_f32(&fixtures().join(&case.file));
-        assert_eq!(shape, vec![3, case.size as usize, case.size as usize], "{}", case.file);
+        assert_eq!(
+            shape,
+            vec![3, case.size as usize, case.size as usize],
+            "{}",
+            case.file
+        );
         assert_eq!(ours.len(), reference.len());
         // Back to [0, 1] pixel units: x = v * std + mean.
         let plane = (case.size * case.size) as usize;
@@ -116,9 +150,17 @@ fn matches_clip_image_processor() {
             mean * 255.0,
             max * 255.0
         ));
-        assert!(mean <= 1.0 / 255.0, "{}: mean abs diff {mean} > 1/255", case.file);
+        assert!(
+            mean <= 1.0 / 255.0,
+            "{}: mean abs diff {mean} > 1/255",
+            case.file
+        );
         if case.lossless {
-            assert!(max < 1e-4, "{}: lossless input must match PIL exactly, max diff {max}", case.file);
+            assert!(
+                max < 1e-4,
+                "{}: lossless input must match PIL exactly, max diff {max}",
+                case.file
+            );
         }
     }
     eprintln!("{}", report.join("\n"));
@@ -127,12 +169,19 @@ fn matches_clip_image_processor() {
 #[test]
 fn resize_bicubic_equals_pil_bit_for_bit() {
     for case in manifest().resize {
-        let img = Preprocessor::clip(224).decode_path(&images().join(&case.image)).unwrap();
+        let img = Preprocessor::clip(224)
+            .decode_path(&images().join(&case.image))
+            .unwrap();
         let ours = resize_bicubic(&img, case.width, case.height);
         let (descr, shape, reference) = read_npy(&fixtures().join(&case.file));
         assert_eq!(descr, "|u1");
         assert_eq!(shape, vec![case.height as usize, case.width as usize, 3]);
-        let diff = ours.as_raw().iter().zip(&reference).filter(|(a, b)| a != b).count();
+        let diff = ours
+            .as_raw()
+            .iter()
+            .zip(&reference)
+            .filter(|(a, b)| a != b)
+            .count();
         assert_eq!(diff, 0, "{}: {diff} bytes differ from PIL", case.file);
     }
 }
@@ -140,7 +189,9 @@ fn resize_bicubic_equals_pil_bit_for_bit() {
 #[test]
 fn exif_orientation_is_applied() {
     // Stored 200x120 with orientation 6 (rotate 90 clockwise to display).
-    let img = Preprocessor::clip(224).decode_path(&images().join("exif_rot6.jpg")).unwrap();
+    let img = Preprocessor::clip(224)
+        .decode_path(&images().join("exif_rot6.jpg"))
+        .unwrap();
     assert_eq!(img.dimensions(), (120, 200));
 }
 
@@ -181,11 +232,16 @@ fn assert_one_line_naming(e: &ImageError, name: &str) {
 #[test]
 fn bad_inputs_give_one_line_errors_naming_the_file() {
     let pre = Preprocessor::clip(224);
-    let cases: [(&str, fn(&ImageError) -> bool); 4] = [
+    type IsExpected = fn(&ImageError) -> bool;
+    let cases: [(&str, IsExpected); 4] = [
         ("missing.jpg", |e| matches!(e, ImageError::NotFound { .. })),
         ("empty.jpg", |e| matches!(e, ImageError::Empty { .. })),
-        ("not_an_image.jpg", |e| matches!(e, ImageError::NotAnImage { .. })),
-        ("truncated.jpg", |e| matches!(e, ImageError::Truncated { .. })),
+        ("not_an_image.jpg", |e| {
+            matches!(e, ImageError::NotAnImage { .. })
+        }),
+        ("truncated.jpg", |e| {
+            matches!(e, ImageError::Truncated { .. })
+        }),
     ];
     for (name, is_expected) in cases {
         let e = err_of(pre.decode_path(&images().join(name)));
@@ -205,7 +261,12 @@ fn over_the_pixel_limit_is_refused_from_the_header() {
     pre.max_pixels = 320 * 240 - 1;
     let e = err_of(pre.decode_path(&images().join("cat_like.jpg")));
     match &e {
-        ImageError::TooLarge { width, height, limit, .. } => {
+        ImageError::TooLarge {
+            width,
+            height,
+            limit,
+            ..
+        } => {
             assert_eq!((*width, *height, *limit), (320, 240, 320 * 240 - 1));
         }
         other => panic!("expected TooLarge, got {other:?}"),
@@ -221,7 +282,9 @@ fn over_the_pixel_limit_is_refused_from_the_header() {
     let crc = crc32(&png[12..]);
     png.extend_from_slice(&crc.to_be_bytes());
     // One IDAT chunk holding a tiny zlib stream (5 stored zero bytes), then IEND.
-    let idat: &[u8] = &[0x78, 0x01, 0x01, 5, 0, 0xFA, 0xFF, 0, 0, 0, 0, 0, 0, 0x05, 0, 0x01];
+    let idat: &[u8] = &[
+        0x78, 0x01, 0x01, 5, 0, 0xFA, 0xFF, 0, 0, 0, 0, 0, 0, 0x05, 0, 0x01,
+    ];
     png.extend_from_slice(&(idat.len() as u32).to_be_bytes());
     let start = png.len();
     png.extend_from_slice(b"IDAT");
@@ -230,7 +293,17 @@ fn over_the_pixel_limit_is_refused_from_the_header() {
     png.extend_from_slice(&crc.to_be_bytes());
     png.extend_from_slice(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82]);
     let e = err_of(Preprocessor::clip(224).decode_bytes(&png, "huge.png"));
-    assert!(matches!(e, ImageError::TooLarge { width: 100_000, height: 100_000, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            ImageError::TooLarge {
+                width: 100_000,
+                height: 100_000,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert_one_line_naming(&e, "huge.png");
 }
 
@@ -240,7 +313,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -262,7 +339,19 @@ fn no_panic_on_arbitrary_bytes() {
         state
     };
     for source in [&good, &png, &gif, &webp] {
-        for cut in [1, 2, 3, 8, 16, 30, 64, 100, 500, source.len() / 3, source.len() - 1] {
+        for cut in [
+            1,
+            2,
+            3,
+            8,
+            16,
+            30,
+            64,
+            100,
+            500,
+            source.len() / 3,
+            source.len() - 1,
+        ] {
             let _ = pre.decode_bytes(&source[..cut.min(source.len())], "cut");
         }
         for _ in 0..60 {

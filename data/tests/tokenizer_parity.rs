@@ -69,18 +69,29 @@ fn padded_batch_equals_open_clip_except_recorded_cleaning_differences() {
     let reference = reference();
     let tok = ClipTokenizer::builtin().unwrap();
     let texts: Vec<&str> = reference.cases.iter().map(|c| c.text.as_str()).collect();
-    let batch = tok.encode_batch_padded(&texts, CLIP_CONTEXT_LENGTH, CLIP_CONTEXT_LENGTH).unwrap();
+    let batch = tok
+        .encode_batch_padded(&texts, CLIP_CONTEXT_LENGTH, CLIP_CONTEXT_LENGTH)
+        .unwrap();
     assert_eq!((batch.rows, batch.len), (texts.len(), CLIP_CONTEXT_LENGTH));
     let mut differing = Vec::new();
     for (i, case) in reference.cases.iter().enumerate() {
         if batch.row(i) != case.open_clip.as_slice() {
             differing.push(case.text.clone());
         }
-        assert_eq!(batch.row(i) != case.open_clip.as_slice(), case.differs, "text {:?}", case.text);
+        assert_eq!(
+            batch.row(i) != case.open_clip.as_slice(),
+            case.differs,
+            "text {:?}",
+            case.text
+        );
     }
     assert_eq!(differing, reference.differs_from_open_clip);
     // Strings over 77 tokens are among those that agree: truncation keeps the end token.
-    let long = reference.cases.iter().filter(|c| c.hf_fast.len() == CLIP_CONTEXT_LENGTH).count();
+    let long = reference
+        .cases
+        .iter()
+        .filter(|c| c.hf_fast.len() == CLIP_CONTEXT_LENGTH)
+        .count();
     assert!(long >= 5, "only {long} truncated cases");
 }
 
@@ -94,7 +105,10 @@ fn truncation_keeps_the_end_token() {
         assert_eq!(ids[0], START_OF_TEXT);
         assert_eq!(*ids.last().unwrap(), END_OF_TEXT);
     }
-    assert!(matches!(tok.encode(&text, 1), Err(TokenizerError::ContextTooShort(1))));
+    assert!(matches!(
+        tok.encode(&text, 1),
+        Err(TokenizerError::ContextTooShort(1))
+    ));
 }
 
 #[test]
@@ -104,10 +118,24 @@ fn batch_is_padded_to_the_longest_row_with_zero() {
     let batch = tok.encode_batch(&texts[..3], CLIP_CONTEXT_LENGTH).unwrap();
     assert_eq!((batch.rows, batch.len), (3, 7));
     assert_eq!(batch.lengths, vec![7, 2, 4]);
-    assert_eq!(batch.row(1), &[START_OF_TEXT, END_OF_TEXT, PAD_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]);
+    assert_eq!(
+        batch.row(1),
+        &[
+            START_OF_TEXT,
+            END_OF_TEXT,
+            PAD_ID,
+            PAD_ID,
+            PAD_ID,
+            PAD_ID,
+            PAD_ID
+        ]
+    );
     for (i, &end) in batch.end_positions().iter().enumerate() {
         assert_eq!(batch.row(i)[end], END_OF_TEXT);
-        assert_eq!(tok.encode(texts[i], 77).unwrap(), batch.row(i)[..batch.lengths[i]].to_vec());
+        assert_eq!(
+            tok.encode(texts[i], 77).unwrap(),
+            batch.row(i)[..batch.lengths[i]].to_vec()
+        );
     }
     let with_long = tok.encode_batch(&texts, CLIP_CONTEXT_LENGTH).unwrap();
     assert_eq!(with_long.len, CLIP_CONTEXT_LENGTH);
@@ -120,7 +148,13 @@ fn batch_is_padded_to_the_longest_row_with_zero() {
 fn from_file_loads_the_committed_asset() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/clip_tokenizer.json");
     let tok = ClipTokenizer::from_file(&path).unwrap();
-    assert_eq!(tok.encode("Hello, world!", 77).unwrap(), ClipTokenizer::builtin().unwrap().encode("Hello, world!", 77).unwrap());
+    assert_eq!(
+        tok.encode("Hello, world!", 77).unwrap(),
+        ClipTokenizer::builtin()
+            .unwrap()
+            .encode("Hello, world!", 77)
+            .unwrap()
+    );
 }
 
 fn assert_one_line_naming(e: &TokenizerError, name: &str) {

@@ -147,6 +147,9 @@ pub struct TrainArgs {
     /// Write a JSON summary (config, recall before/after, time, throughput) to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Do not build `<out>/index` (an HNSW index of the dataset for `siam query`) after training.
+    #[arg(long)]
+    pub no_index: bool,
     /// No progress bar.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -286,6 +289,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .data
         .is_none()
         .then(|| siam_data::synthetic::demo(cfg.demo_per_class, DEMO_IMAGE_SIZE, cfg.seed));
+    let index_data = demo.clone();
     if cfg.data.is_none() {
         eprintln!(
             "no --data: training on the synthetic shapes demo set ({} labels x {} images)",
@@ -299,6 +303,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let report: TrainReport = result?;
     summarise(&report);
+    if report.finished && !args.no_index {
+        index_output(&cfg, index_data, &device)?;
+    }
     if let Some(p) = &args.report {
         let json = serde_json::to_vec_pretty(&report)?;
         crate::io::atomic_write_bytes(p, &json).with_context(|| format!("writing --report {}", p.display()))?;
@@ -307,7 +314,55 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Builds `<out>/index` over every record of the training dataset with the trained model, so
+/// `siam query --index <out>` answers at once.
+fn index_output(
+    cfg: &TrainConfig,
+    demo: Option<siam_data::dataset::Dataset>,
+    device: &burn::tensor::Device,
+) -> Result<()> {
+    let ds = match (demo, &cfg.data) {
+        (Some(d), _) => d,
+        (None, Some(p)) => siam_data::dataset::Dataset::open(
+            p,
+            &siam_data::dataset::OpenOptions {
+                seed: cfg.seed,
+                ..Default::default()
+            },
+        )?,
+        (None, None) => return Ok(()),
+    };
+    let enc = crate::train::Encoder::load(&cfg.out, None, device)?;
+    let records: Vec<usize> = (0..ds.len()).collect();
+    let out = cfg.out.join("index");
+    let (ni, nt) = crate::cli::index::build_index(
+        &enc,
+        &cfg.out,
+        None,
+        std::sync::Arc::new(ds),
+        &records,
+        &out,
+        crate::index::HnswParams::default(),
+        64,
+        cfg.threads.max(1),
+    )?;
+    eprintln!(
+        "index: {ni} images and {nt} texts in {} (try `siam query --index {} --text \"a large red circle on a white background\"`)",
+        out.display(),
+        cfg.out.display()
+    );
+    Ok(())
+}
+
 fn summarise(r: &TrainReport) {
+    if !r.finished {
+        eprintln!(
+            "stopped after {} steps (--max-steps); continue with --resume (checkpoint in {})",
+            r.steps,
+            r.output.join("checkpoint").display()
+        );
+        return;
+    }
     if let crate::train::folder::InitialWeights::Random { arch, .. } = &r.initial_weights {
         eprintln!("note: {arch} was trained from RANDOM initial weights (no checkpoint given)");
     }

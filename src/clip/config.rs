@@ -620,7 +620,10 @@ impl ClipConfig {
                 }
             }
             VisionConfig::ResNet(r) => {
-                if r.image_size % 32 != 0 {
+                if r.width < 2 || r.width % 2 != 0 {
+                    return bad(format!("ResNet width {} must be even and positive", r.width));
+                }
+                if r.image_size == 0 || r.image_size % 32 != 0 {
                     return bad(format!("ResNet image_size {} is not a multiple of 32", r.image_size));
                 }
                 let d = r.width * 32;

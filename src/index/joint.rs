@@ -154,11 +154,10 @@ impl JointIndex {
                     })?;
                     index.write_into(&d)?;
                 }
-                let json = |v: &dyn erased::Json| v.to_json();
-                crate::io::atomic_write_bytes(&tmp.join(IMAGE_IDS), &json(&self.image_ids))?;
-                crate::io::atomic_write_bytes(&tmp.join(TEXTS), &json(&self.text_entries))?;
+                crate::io::atomic_write_bytes(&tmp.join(IMAGE_IDS), &to_json(&self.image_ids))?;
+                crate::io::atomic_write_bytes(&tmp.join(TEXTS), &to_json(&self.text_entries))?;
                 // The manifest goes last: a folder without one is never mistaken for an index.
-                crate::io::atomic_write_bytes(&tmp.join(MANIFEST), &json(&self.manifest))?;
+                crate::io::atomic_write_bytes(&tmp.join(MANIFEST), &to_json(&self.manifest))?;
                 Ok(())
             };
             write().map_err(Into::into)
@@ -315,14 +314,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
-/// Pretty JSON of the values the index writes (serialising them cannot fail).
-mod erased {
-    pub trait Json {
-        fn to_json(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Vec<u8> {
-            serde_json::to_vec_pretty(self).expect("plain data serialises to JSON")
-        }
-    }
+/// Pretty JSON of the plain data the index writes (serialising it cannot fail).
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(value).expect("plain data serialises to JSON")
 }

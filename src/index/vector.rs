@@ -225,8 +225,7 @@ impl VectorIndex {
             pool.install(|| hnsw.parallel_insert_slice(&items));
             let mut hnsw = hnsw;
             hnsw.set_searching_mode(true);
-            // SAFETY-free: a freshly built graph owns its points (no borrowed data), so its
-            // lifetime parameter can be 'static; `Hnsw::new` returns any lifetime we ask for.
+            // A freshly built graph owns copies of its points, so it borrows nothing ('static).
             Some(Graph::Built(hnsw))
         };
         Ok(VectorIndex {

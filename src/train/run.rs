@@ -85,6 +85,9 @@ pub struct TrainReport {
     pub epochs: usize,
     /// Whether early stopping ended the run.
     pub early_stopped: bool,
+    /// Whether the run reached its end (false when `max_steps` stopped it; the output folder
+    /// then holds only the checkpoint).
+    pub finished: bool,
     /// Wall-clock seconds of training (all invocations).
     pub train_seconds: f64,
     /// Anchor-reference pairs per second over the run.
@@ -787,6 +790,7 @@ pub fn train(
         steps: st.step,
         epochs: st.epoch,
         early_stopped,
+        finished: !interrupted,
         train_seconds,
         pairs_per_second: st.pairs_seen as f64 / train_seconds.max(1e-9),
         images_per_second: st.images_seen as f64 / train_seconds.max(1e-9),
