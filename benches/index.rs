@@ -47,7 +47,9 @@ fn clustered(n: usize) -> (Vec<f32>, Vec<f32>) {
     let mut all = Vec::with_capacity((n + QUERIES) * DIM);
     for _ in 0..n + QUERIES {
         let c = &centres[rng.random_range(0..CENTRES)];
-        all.extend(unit(c.iter().map(|x| x + sigma * normal(&mut rng)).collect()));
+        all.extend(unit(
+            c.iter().map(|x| x + sigma * normal(&mut rng)).collect(),
+        ));
     }
     let queries = all.split_off(n * DIM);
     (all, queries)
@@ -57,8 +59,11 @@ fn exact_top_k(data: &[f32], queries: &[f32]) -> Vec<Vec<usize>> {
     queries
         .par_chunks_exact(DIM)
         .map(|q| {
-            let mut s: Vec<(f32, usize)> =
-                data.chunks_exact(DIM).enumerate().map(|(i, v)| (dot(q, v), i)).collect();
+            let mut s: Vec<(f32, usize)> = data
+                .chunks_exact(DIM)
+                .enumerate()
+                .map(|(i, v)| (dot(q, v), i))
+                .collect();
             s.select_nth_unstable_by(K, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             s.truncate(K);
             s.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -81,7 +86,14 @@ fn query_pass(index: &VectorIndex, queries: &[f32], truth: &[Vec<usize>], ef: us
     let t = Instant::now();
     let found: Vec<Vec<usize>> = queries
         .chunks_exact(DIM)
-        .map(|q| index.search(q, K, ef).unwrap().into_iter().map(|h| h.0).collect())
+        .map(|q| {
+            index
+                .search(q, K, ef)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.0)
+                .collect()
+        })
         .collect();
     let qps = QUERIES as f64 / t.elapsed().as_secs_f64();
     (recall(&found, truth), qps)
@@ -102,9 +114,21 @@ impl<D: Distance<f32>> Distance<f32> for Counting<D> {
 
 fn profile<D: Distance<f32> + Send + Sync>(name: &str, dist: D, data: &[f32], queries: &[f32]) {
     let n = data.len() / DIM;
-    let hnsw = Hnsw::<f32, Counting<D>>::new(16, n, 16, 200, Counting { inner: dist, calls: AtomicU64::new(0) });
+    let hnsw = Hnsw::<f32, Counting<D>>::new(
+        16,
+        n,
+        16,
+        200,
+        Counting {
+            inner: dist,
+            calls: AtomicU64::new(0),
+        },
+    );
     let items: Vec<(&[f32], usize)> = data.chunks_exact(DIM).zip(0..n).collect();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     let t = Instant::now();
     pool.install(|| hnsw.parallel_insert_slice(&items));
     let build = t.elapsed().as_secs_f64();
@@ -117,7 +141,9 @@ fn profile<D: Distance<f32> + Send + Sync>(name: &str, dist: D, data: &[f32], qu
     let query_calls = hnsw.get_distance().calls.load(Ordering::Relaxed);
     // The kernel alone on the same data, random rows (cache misses as in the graph walk).
     let mut rng = StdRng::seed_from_u64(1);
-    let pairs: Vec<(usize, usize)> = (0..1_000_000).map(|_| (rng.random_range(0..n), rng.random_range(0..n))).collect();
+    let pairs: Vec<(usize, usize)> = (0..1_000_000)
+        .map(|_| (rng.random_range(0..n), rng.random_range(0..n)))
+        .collect();
     let d = &hnsw.get_distance().inner;
     let t = Instant::now();
     let mut acc = 0.0;
@@ -136,7 +162,10 @@ fn profile<D: Distance<f32> + Send + Sync>(name: &str, dist: D, data: &[f32], qu
 }
 
 fn main() {
-    let n: usize = std::env::var("SIAM_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("SIAM_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
     let params = HnswParams {
         m: 16,
         ef_construction: 200,
@@ -154,8 +183,18 @@ fn main() {
         println!("## Where the time goes ({m} points, 1 build thread, ef = 64)\n");
         println!("| distance | build | build dist calls | build time in dist | queries/s | query dist calls | query time in dist | one call |");
         println!("|---|---|---|---|---|---|---|---|");
-        profile("siam UnitDot", UnitDot::default(), &data[..m * DIM], &queries);
-        profile("hnsw_rs DistDot (simdeez)", DistDot, &data[..m * DIM], &queries);
+        profile(
+            "siam UnitDot",
+            UnitDot::default(),
+            &data[..m * DIM],
+            &queries,
+        );
+        profile(
+            "hnsw_rs DistDot (simdeez)",
+            DistDot,
+            &data[..m * DIM],
+            &queries,
+        );
         println!();
     }
 
@@ -163,12 +202,19 @@ fn main() {
     let index = VectorIndex::build(&data, DIM, params).unwrap();
     let build = t.elapsed().as_secs_f64();
     eprintln!("siam build: {build:.1} s");
-    let ours: Vec<(f64, f64)> = EFS.iter().map(|&ef| query_pass(&index, &queries, &truth, ef)).collect();
+    let ours: Vec<(f64, f64)> = EFS
+        .iter()
+        .map(|&ef| query_pass(&index, &queries, &truth, ef))
+        .collect();
     drop(index);
 
     // hnswlib on the same vectors.
     let tmp = tempfile::tempdir().unwrap();
-    let (dp, qp, tp) = (tmp.path().join("data.npy"), tmp.path().join("queries.npy"), tmp.path().join("truth.npy"));
+    let (dp, qp, tp) = (
+        tmp.path().join("data.npy"),
+        tmp.path().join("queries.npy"),
+        tmp.path().join("truth.npy"),
+    );
     siam::io::write_npy(&dp, &data, n, DIM).unwrap();
     siam::io::write_npy(&qp, &queries, QUERIES, DIM).unwrap();
     let flat: Vec<f32> = truth.iter().flatten().map(|&i| i as f32).collect();
@@ -176,14 +222,20 @@ fn main() {
     let python = std::env::var("SIAM_PYTHON").unwrap_or_else(|_| "python3".into());
     let efs = EFS.map(|e| e.to_string()).join(",");
     let out = std::process::Command::new(&python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python/index.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/python/index.py"
+        ))
         .args([dp.as_os_str(), qp.as_os_str(), tp.as_os_str()])
         .args(["16", "200", &efs])
         .output();
     let theirs: Option<serde_json::Value> = match out {
         Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).ok(),
         Ok(o) => {
-            eprintln!("hnswlib side failed: {}", String::from_utf8_lossy(&o.stderr));
+            eprintln!(
+                "hnswlib side failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             None
         }
         Err(e) => {
@@ -197,7 +249,10 @@ fn main() {
     println!("|---|---|---|---|");
     let their_build = theirs.as_ref().and_then(|t| t["build_s"].as_f64());
     match their_build {
-        Some(b) => println!("| build time | {build:.1} s | {b:.1} s | {:.2}x |", build / b),
+        Some(b) => println!(
+            "| build time | {build:.1} s | {b:.1} s | {:.2}x |",
+            build / b
+        ),
         None => println!("| build time | {build:.1} s | n/a | n/a |"),
     }
     println!("\n## Queries (1 thread, k = {K})\n");
@@ -207,7 +262,10 @@ fn main() {
         let (r, q) = ours[i];
         let row = theirs.as_ref().map(|t| &t["rows"][i]);
         match row.and_then(|r| Some((r["recall"].as_f64()?, r["qps"].as_f64()?))) {
-            Some((tr, tq)) => println!("| {ef} | {r:.4} | {q:.0} | {tr:.4} | {tq:.0} | {:.2} |", q / tq),
+            Some((tr, tq)) => println!(
+                "| {ef} | {r:.4} | {q:.0} | {tr:.4} | {tq:.0} | {:.2} |",
+                q / tq
+            ),
             None => println!("| {ef} | {r:.4} | {q:.0} | n/a | n/a | n/a |"),
         }
     }

@@ -155,8 +155,9 @@ fn main() {
         }
     }
     md.push_str(&format!(
-        "\nMachine: {} logical CPUs. Command: `SIAM_PYTHON=/work/pyenv/bin/python cargo bench --bench preprocess`.\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        "\nMachine: {} logical CPUs, load average at the end {} (other processes share the CPUs: numbers are noisy, compare ratios). Command: `SIAM_PYTHON=/work/pyenv/bin/python cargo bench --bench preprocess`.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_string)).unwrap_or_else(|| "unknown".into())
     ));
     println!("{md}");
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results/preprocess.md");

@@ -23,7 +23,10 @@ use std::process::Command;
 use std::time::Instant;
 
 fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -57,8 +60,12 @@ fn proc_status_kb(key: &str) -> u64 {
 fn peak_load(path: &str) {
     let before = proc_status_kb("VmHWM:");
     let t = Instant::now();
-    let m = load_model(std::path::Path::new(path), Some("ViT-B-32-quickgelu"), &Device::flex())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let m = load_model(
+        std::path::Path::new(path),
+        Some("ViT-B-32-quickgelu"),
+        &Device::flex(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let secs = t.elapsed().as_secs_f64();
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     println!(
@@ -99,22 +106,38 @@ fn main() {
     let lengths: Vec<usize> = std::env::var("SIAM_BENCH_LENGTHS")
         .unwrap_or_else(|_| "16,77".into())
         .split(',')
-        .map(|s| s.trim().parse().expect("SIAM_BENCH_LENGTHS: comma-separated integers"))
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("SIAM_BENCH_LENGTHS: comma-separated integers")
+        })
         .collect();
     let python = std::env::var("SIAM_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python/towers.py");
 
     // PyTorch first, alone on the machine.
-    let lengths_arg = lengths.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",");
+    let lengths_arg = lengths
+        .iter()
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let out = Command::new(&python)
         .args([script, "--threads", "2", "--runs", &runs.to_string()])
-        .args(["--image-batch", &image_batch.to_string(), "--text-batch", &text_batch.to_string()])
+        .args([
+            "--image-batch",
+            &image_batch.to_string(),
+            "--text-batch",
+            &text_batch.to_string(),
+        ])
         .args(["--lengths", &lengths_arg])
         .output();
     let torch: Option<serde_json::Value> = match out {
         Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).ok(),
         Ok(o) => {
-            eprintln!("python reference failed: {}", String::from_utf8_lossy(&o.stderr));
+            eprintln!(
+                "python reference failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             None
         }
         Err(e) => {
@@ -123,7 +146,11 @@ fn main() {
         }
     };
     let torch_image = torch.as_ref().and_then(|j| j["image_s"].as_f64());
-    let torch_text = |l: usize| torch.as_ref().and_then(|j| j["text_s"][l.to_string()].as_f64());
+    let torch_text = |l: usize| {
+        torch
+            .as_ref()
+            .and_then(|j| j["text_s"][l.to_string()].as_f64())
+    };
 
     let cfg = ClipConfig::vit_b_32();
     let devs = devices();
@@ -142,7 +169,11 @@ fn main() {
     for (name, device) in &devs {
         eprintln!("timing {name} ...");
         let clip = Clip::new(&cfg, device);
-        let px = Tensor::<4>::random([image_batch, 3, 224, 224], Distribution::Normal(0.0, 1.0), device);
+        let px = Tensor::<4>::random(
+            [image_batch, 3, 224, 224],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        );
         rows[0].secs.push(Some(timed(runs, || {
             let _ = clip.encode_image(px.clone()).into_data();
         })));
@@ -188,7 +219,10 @@ fn main() {
         println!("{line}");
     }
     println!("\nRatios are throughput siam / PyTorch (higher is better); medians of {runs} runs after a warm-up.");
-    if let (Some(t77), Some(s16)) = (torch_text(77), rows.get(1).and_then(|r| r.secs.get(1).copied().flatten())) {
+    if let (Some(t77), Some(s16)) = (
+        torch_text(77),
+        rows.get(1).and_then(|r| r.secs.get(1).copied().flatten()),
+    ) {
         if lengths.first() == Some(&16) {
             println!(
                 "Label texts: PyTorch padded to 77 takes {t77:.2} s for {text_batch} texts; siam flex at their real length 16 takes {s16:.2} s ({:.1}x).",
@@ -211,9 +245,13 @@ fn main() {
             let exe = std::env::current_exe().expect("own path");
             for file in ["vit_b_32.safetensors", "vit_b_32.pt"] {
                 let p = tmp.join(file);
-                let o = Command::new(&exe).args(["--peak-load", p.to_str().unwrap()]).output().expect("child");
-                let j: serde_json::Value = serde_json::from_slice(&o.stdout)
-                    .unwrap_or_else(|_| panic!("child failed: {}", String::from_utf8_lossy(&o.stderr)));
+                let o = Command::new(&exe)
+                    .args(["--peak-load", p.to_str().unwrap()])
+                    .output()
+                    .expect("child");
+                let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+                    panic!("child failed: {}", String::from_utf8_lossy(&o.stderr))
+                });
                 let size = j["file_bytes"].as_f64().unwrap_or(0.0);
                 let peak = j["peak_kb"].as_f64().unwrap_or(0.0) * 1024.0;
                 println!(
@@ -225,7 +263,10 @@ fn main() {
                 );
             }
         }
-        Ok(o) => eprintln!("checkpoint generation failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Ok(o) => eprintln!(
+            "checkpoint generation failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
         Err(e) => eprintln!("could not run {python}: {e}"),
     }
     let _ = std::fs::remove_dir_all(&tmp);

@@ -37,9 +37,10 @@ fn write_safetensors(path: &Path, tensors: &[(&str, &[usize])]) {
 
 /// An open_clip config like the fixture's, with one vision setting changed.
 fn arch_with(dir: &Path, key: &str, value: serde_json::Value) -> PathBuf {
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(open_clip_vit().join("open_clip_config.json")).unwrap())
-            .unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(open_clip_vit().join("open_clip_config.json")).unwrap(),
+    )
+    .unwrap();
     cfg["vision_cfg"][key] = value;
     let p = dir.join(format!("arch_{key}.json"));
     std::fs::write(&p, cfg.to_string()).unwrap();
@@ -86,15 +87,28 @@ fn bert_checkpoint_is_one_line_error() {
         let e = load_err(&bert, arch);
         let msg = e.to_string();
         assert!(matches!(e, ImportError::NotClip { .. }), "{msg}");
-        assert!(msg.contains("bert.safetensors") && msg.contains("not a CLIP checkpoint"), "{msg}");
-        assert!(msg.contains("bert.embeddings.word_embeddings.weight"), "{msg}");
+        assert!(
+            msg.contains("bert.safetensors") && msg.contains("not a CLIP checkpoint"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("bert.embeddings.word_embeddings.weight"),
+            "{msg}"
+        );
         assert!(!msg.contains('\n'), "{msg}");
     }
     // A BERT folder in the Hugging Face layout is refused by its config.
-    std::fs::write(tmp.path().join("config.json"), r#"{"model_type": "bert", "hidden_size": 8}"#).unwrap();
+    std::fs::write(
+        tmp.path().join("config.json"),
+        r#"{"model_type": "bert", "hidden_size": 8}"#,
+    )
+    .unwrap();
     std::fs::rename(&bert, tmp.path().join("model.safetensors")).unwrap();
     let msg = load_err(tmp.path(), None).to_string();
-    assert!(msg.contains("config.json") && msg.contains("\"bert\""), "{msg}");
+    assert!(
+        msg.contains("config.json") && msg.contains("\"bert\""),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -103,8 +117,14 @@ fn torchscript_archive_says_how_to_convert() {
     let e = load_err(&ts, Some(Path::new("ViT-B-32-quickgelu")));
     let msg = e.to_string();
     assert!(matches!(e, ImportError::TorchScript { .. }), "{msg}");
-    assert!(msg.contains("torchscript_tiny.pt") && msg.contains("TorchScript"), "{msg}");
-    assert!(msg.contains("jit=False") && msg.contains("state_dict()"), "{msg}");
+    assert!(
+        msg.contains("torchscript_tiny.pt") && msg.contains("TorchScript"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("jit=False") && msg.contains("state_dict()"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -114,30 +134,67 @@ fn architecture_mismatches_list_the_keys() {
 
     // One vision block more than the file has: its tensors are missing.
     let e = load_err(&weights, Some(&arch_with(tmp.path(), "layers", 3.into())));
-    let ImportError::KeyMismatch { missing, unexpected, mis_shaped, .. } = &e else {
+    let ImportError::KeyMismatch {
+        missing,
+        unexpected,
+        mis_shaped,
+        ..
+    } = &e
+    else {
         panic!("{e}")
     };
     assert_eq!(missing.len(), 12, "{e}");
-    assert!(missing.contains(&"visual.transformer.resblocks.2.attn.in_proj_weight".to_string()), "{e}");
+    assert!(
+        missing.contains(&"visual.transformer.resblocks.2.attn.in_proj_weight".to_string()),
+        "{e}"
+    );
     assert!(unexpected.is_empty() && mis_shaped.is_empty(), "{e}");
-    assert!(e.to_string().contains("12 missing: visual.transformer.resblocks.2."), "{e}");
+    assert!(
+        e.to_string()
+            .contains("12 missing: visual.transformer.resblocks.2."),
+        "{e}"
+    );
 
     // One fewer: the file's last block is unexpected.
     let e = load_err(&weights, Some(&arch_with(tmp.path(), "layers", 1.into())));
-    let ImportError::KeyMismatch { missing, unexpected, .. } = &e else { panic!("{e}") };
+    let ImportError::KeyMismatch {
+        missing,
+        unexpected,
+        ..
+    } = &e
+    else {
+        panic!("{e}")
+    };
     assert!(missing.is_empty(), "{e}");
     assert_eq!(unexpected.len(), 12, "{e}");
-    assert!(unexpected.iter().all(|k| k.starts_with("visual.transformer.resblocks.1.")), "{e}");
+    assert!(
+        unexpected
+            .iter()
+            .all(|k| k.starts_with("visual.transformer.resblocks.1.")),
+        "{e}"
+    );
 
     // Another patch size: the patch embedding and position table are mis-shaped.
-    let e = load_err(&weights, Some(&arch_with(tmp.path(), "patch_size", 16.into())));
-    let ImportError::KeyMismatch { mis_shaped, .. } = &e else { panic!("{e}") };
+    let e = load_err(
+        &weights,
+        Some(&arch_with(tmp.path(), "patch_size", 16.into())),
+    );
+    let ImportError::KeyMismatch { mis_shaped, .. } = &e else {
+        panic!("{e}")
+    };
     assert_eq!(mis_shaped.len(), 2, "{e}");
-    assert!(mis_shaped.iter().any(|m| m.starts_with("visual.conv1.weight: file [32, 3, 8, 8], model expects [32, 3, 16, 16]")), "{e}");
+    assert!(
+        mis_shaped.iter().any(|m| m
+            .starts_with("visual.conv1.weight: file [32, 3, 8, 8], model expects [32, 3, 16, 16]")),
+        "{e}"
+    );
     assert!(e.to_string().contains("model.safetensors"), "{e}");
 
     // A ViT checkpoint under a ResNet architecture: everything visual differs.
-    let e = load_err(&weights, Some(&fixtures().join("clip_rn/open_clip_config.json")));
+    let e = load_err(
+        &weights,
+        Some(&fixtures().join("clip_rn/open_clip_config.json")),
+    );
     assert!(matches!(e, ImportError::KeyMismatch { .. }), "{e}");
 }
 
@@ -146,7 +203,10 @@ fn bad_files_and_folders() {
     let tmp = tempfile::tempdir().unwrap();
     // A bare file without --arch.
     let e = load_err(&open_clip_vit().join("model.pt"), None);
-    assert!(matches!(e, ImportError::NoArch { .. }) && e.to_string().contains("--arch"), "{e}");
+    assert!(
+        matches!(e, ImportError::NoArch { .. }) && e.to_string().contains("--arch"),
+        "{e}"
+    );
     // A truncated safetensors file.
     let bytes = std::fs::read(open_clip_vit().join("model.safetensors")).unwrap();
     let cut = tmp.path().join("cut.safetensors");
@@ -163,7 +223,10 @@ fn bad_files_and_folders() {
     let e = load_err(tmp.path(), None);
     assert!(matches!(e, ImportError::NotAModelFolder { .. }), "{e}");
     // A missing arch file is named.
-    let e = load_err(&open_clip_vit().join("model.pt"), Some(Path::new("/nonexistent/arch.json")));
+    let e = load_err(
+        &open_clip_vit().join("model.pt"),
+        Some(Path::new("/nonexistent/arch.json")),
+    );
     assert!(e.to_string().contains("/nonexistent/arch.json"), "{e}");
 }
 
@@ -174,7 +237,12 @@ fn siam_folder_round_trip_of_an_imported_resnet() {
     let device = siam::device::from_env();
     let dir = fixtures().join("clip_rn");
     let arch = dir.join("open_clip_config.json");
-    let m = load_model(&dir.join("model.safetensors"), Some(arch.to_str().unwrap()), &device).unwrap();
+    let m = load_model(
+        &dir.join("model.safetensors"),
+        Some(arch.to_str().unwrap()),
+        &device,
+    )
+    .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("saved");
     save_model(&m.clip, &m.config, &out).unwrap();
@@ -185,10 +253,12 @@ fn siam_folder_round_trip_of_an_imported_resnet() {
     // BatchNorm statistics travel too: applied = every parameter and running statistic.
     assert_eq!(back.report.applied, m.report.applied);
     let px = Tensor::<4>::random([2, 3, 64, 64], Distribution::Normal(0.0, 1.0), &device);
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![49406i64, 320, 49407], [1, 3]), &device);
+    let ids =
+        Tensor::<2, Int>::from_data(TensorData::new(vec![49406i64, 320, 49407], [1, 3]), &device);
     let (a, _) = m.clip.forward(px.clone(), ids.clone(), &[3]);
     let (b, _) = back.clip.forward(px, ids, &[3]);
-    a.into_data().assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-6));
+    a.into_data()
+        .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-6));
 }
 
 /// Random init is usable as is (the lead's demo) and has the preset's parameter count:

@@ -25,7 +25,13 @@ fn npy(path: &Path) -> (Vec<f64>, Vec<usize>) {
     assert_eq!(&bytes[..6], b"\x93NUMPY", "{}", path.display());
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
-    let shape_src = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape_src = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
     let shape: Vec<usize> = shape_src
         .split(',')
         .map(str::trim)
@@ -57,7 +63,10 @@ fn max_abs_diff(a: &[f32], b: &[f64]) -> f32 {
 
 /// Row `r` of a `[rows, ctx]` id matrix, cut to its first `len` ids.
 fn ids_row(ids: &[f64], r: usize, ctx: usize, len: usize) -> Vec<i64> {
-    ids[r * ctx..r * ctx + len].iter().map(|&v| v as i64).collect()
+    ids[r * ctx..r * ctx + len]
+        .iter()
+        .map(|&v| v as i64)
+        .collect()
 }
 
 fn vec_f32(t: Tensor<2>) -> Vec<f32> {
@@ -83,7 +92,11 @@ fn check(dir: &Path, model: &LoadedModel, trim: bool) {
         &device,
     );
     let (rows, ctx) = (ids_shape[0], ids_shape[1]);
-    let len = if trim { *lengths.iter().max().unwrap() } else { ctx };
+    let len = if trim {
+        *lengths.iter().max().unwrap()
+    } else {
+        ctx
+    };
     let mut trimmed = Vec::with_capacity(rows * len);
     for r in 0..rows {
         trimmed.extend(ids_row(&ids_all, r, ctx, len));
@@ -104,9 +117,15 @@ fn check(dir: &Path, model: &LoadedModel, trim: bool) {
             want.extend_from_slice(&want_txt[r * e..(r + 1) * e]);
         }
         let short_lengths: Vec<usize> = short.iter().map(|&r| lengths[r]).collect();
-        let t = Tensor::<2, Int>::from_data(TensorData::new(short_ids, [short.len(), short_len]), &device);
+        let t = Tensor::<2, Int>::from_data(
+            TensorData::new(short_ids, [short.len(), short_len]),
+            &device,
+        );
         let d = max_abs_diff(&vec_f32(clip.encode_text(t, &short_lengths)), &want);
-        eprintln!("  {} short texts at length {short_len} (reference at {ctx}): max |diff| {d:.2e}", short.len());
+        eprintln!(
+            "  {} short texts at length {short_len} (reference at {ctx}): max |diff| {d:.2e}",
+            short.len()
+        );
         assert!(d <= TOL_EMBED, "trimmed short texts differ by {d}");
     }
 
@@ -118,7 +137,10 @@ fn check(dir: &Path, model: &LoadedModel, trim: bool) {
     let d_logits = max_abs_diff(&vec_f32(per_image.clone()), &want_logits);
     let d_sym = max_abs_diff(
         &vec_f32(per_text),
-        &vec_f32(per_image.transpose()).iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        &vec_f32(per_image.transpose())
+            .iter()
+            .map(|&v| v as f64)
+            .collect::<Vec<_>>(),
     );
     eprintln!(
         "{} ({:?}, text length {len}): max |diff| image {d_img:.2e}, text {d_txt:.2e}, logits {d_logits:.2e}",
@@ -152,7 +174,10 @@ fn hugging_face_vit_matches_transformers() {
 #[test]
 fn open_clip_vit_fp16_pickle_matches_open_clip() {
     let dir = fixtures().join("clip/open_clip_vit");
-    let m = load(&dir.join("model.pt"), Some(&dir.join("open_clip_config.json")));
+    let m = load(
+        &dir.join("model.pt"),
+        Some(&dir.join("open_clip_config.json")),
+    );
     assert_eq!(m.report.layout, Layout::OpenClip);
     assert_eq!(m.report.converted_from, vec!["F16".to_string()]);
     check(&dir, &m, true);
@@ -162,7 +187,10 @@ fn open_clip_vit_fp16_pickle_matches_open_clip() {
 #[test]
 fn open_clip_vit_fp16_safetensors_matches_open_clip() {
     let dir = fixtures().join("clip/open_clip_vit");
-    let m = load(&dir.join("model.safetensors"), Some(&dir.join("open_clip_config.json")));
+    let m = load(
+        &dir.join("model.safetensors"),
+        Some(&dir.join("open_clip_config.json")),
+    );
     check(&dir, &m, true);
 }
 
@@ -173,7 +201,11 @@ fn open_clip_resnet_matches_open_clip() {
         let m = load(&dir.join(file), Some(&dir.join("open_clip_config.json")));
         assert_eq!(m.report.layout, Layout::OpenClip);
         // BatchNorm step counters are the only tensors left unused.
-        assert!(m.report.ignored.iter().all(|k| k.ends_with("num_batches_tracked")));
+        assert!(m
+            .report
+            .ignored
+            .iter()
+            .all(|k| k.ends_with("num_batches_tracked")));
         assert!(!m.report.ignored.is_empty());
         check(&dir, &m, true);
     }

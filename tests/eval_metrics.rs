@@ -24,7 +24,11 @@ fn npy(name: &str) -> (Vec<f32>, usize) {
 }
 
 fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect()
 }
 
 fn f64s(v: &Value) -> Vec<f64> {
@@ -40,16 +44,44 @@ fn f64s(v: &Value) -> Vec<f64> {
 
 fn close(got: f64, want: &Value, tol: f64, what: &str) {
     let want = want.as_f64().unwrap();
-    assert!((got - want).abs() <= tol, "{what}: got {got}, Python says {want}");
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: got {got}, Python says {want}"
+    );
 }
 
 fn check_direction(got: &DirectionReport, want: &Value, what: &str) {
     // CLIP_benchmark averages in float32, hence the 1e-6.
-    close(got.recall_at_1, &want["recall_at_1"], 1e-6, &format!("{what} R@1"));
-    close(got.recall_at_5, &want["recall_at_5"], 1e-6, &format!("{what} R@5"));
-    close(got.recall_at_10, &want["recall_at_10"], 1e-6, &format!("{what} R@10"));
-    close(got.mean_rank, &want["mean_rank"], 1e-12, &format!("{what} mean rank"));
-    close(got.median_rank, &want["median_rank"], 1e-12, &format!("{what} median rank"));
+    close(
+        got.recall_at_1,
+        &want["recall_at_1"],
+        1e-6,
+        &format!("{what} R@1"),
+    );
+    close(
+        got.recall_at_5,
+        &want["recall_at_5"],
+        1e-6,
+        &format!("{what} R@5"),
+    );
+    close(
+        got.recall_at_10,
+        &want["recall_at_10"],
+        1e-6,
+        &format!("{what} R@10"),
+    );
+    close(
+        got.mean_rank,
+        &want["mean_rank"],
+        1e-12,
+        &format!("{what} mean rank"),
+    );
+    close(
+        got.median_rank,
+        &want["median_rank"],
+        1e-12,
+        &format!("{what} median rank"),
+    );
     assert_eq!(got.ranks, usizes(&want["ranks"]), "{what} ranks");
     assert_eq!(got.queries as u64, want["queries"].as_u64().unwrap());
     assert_eq!(
@@ -64,7 +96,15 @@ fn caption_retrieval_matches_clip_benchmark() {
     let (images, dim) = npy("captions_images.npy");
     let (texts, _) = npy("captions_texts.npy");
     let t2i = usizes(&e["caption_image"]);
-    let r = retrieval_report(&images, &texts, dim, Positives::Captions { text_to_image: &t2i }).unwrap();
+    let r = retrieval_report(
+        &images,
+        &texts,
+        dim,
+        Positives::Captions {
+            text_to_image: &t2i,
+        },
+    )
+    .unwrap();
     check_direction(&r.image_to_text, &e["image_to_text"], "image->text");
     check_direction(&r.text_to_image, &e["text_to_image"], "text->image");
 }
@@ -97,7 +137,12 @@ fn zero_shot_matches_clip_benchmark() {
     let r = zero_shot(&images, &classes, dim, &usizes(&e["labels"])).unwrap();
     close(r.top1, &e["top1"], 1e-12, "top1");
     close(r.top5, &e["top5"], 1e-12, "top5");
-    close(r.mean_per_class_recall, &e["mean_per_class_recall"], 1e-12, "mean per-class recall");
+    close(
+        r.mean_per_class_recall,
+        &e["mean_per_class_recall"],
+        1e-12,
+        "mean per-class recall",
+    );
 }
 
 #[test]
@@ -117,13 +162,25 @@ fn probe_case(name: &str) {
     let (test, _) = npy(&format!("{name}_test.npy"));
     let (ytr, yte) = (usizes(&e["train_labels"]), usizes(&e["test_labels"]));
     let c = e["c"].as_f64().unwrap();
-    let config = LinearProbeConfig { c, ..Default::default() };
+    let config = LinearProbeConfig {
+        c,
+        ..Default::default()
+    };
     let report = linear_probe(&train, &ytr, &test, &yte, dim, &config).unwrap();
-    close(report.accuracy, &e["accuracy"], 1e-12, &format!("{name} accuracy"));
+    close(
+        report.accuracy,
+        &e["accuracy"],
+        1e-12,
+        &format!("{name} accuracy"),
+    );
     assert!(report.converged);
 
     // At a tight tolerance both solvers reach the unique optimum: compare the model itself.
-    let tight = LinearProbeConfig { c, max_iter: 10_000, tol: 1e-10 };
+    let tight = LinearProbeConfig {
+        c,
+        max_iter: 10_000,
+        tol: 1e-10,
+    };
     let model = LogisticRegression::fit(&train, dim, &ytr, &tight).unwrap();
     assert_eq!(model.classes, usizes(&e["classes"]));
     let (coef, intercept) = (f64s(&e["coef"]), f64s(&e["intercept"]));
@@ -133,19 +190,38 @@ fn probe_case(name: &str) {
     }
     // Softmax intercepts are unpenalised, so only their differences are determined: centre them.
     let centre = |v: &[f64]| {
-        let m = if v.len() > 1 { v.iter().sum::<f64>() / v.len() as f64 } else { 0.0 };
+        let m = if v.len() > 1 {
+            v.iter().sum::<f64>() / v.len() as f64
+        } else {
+            0.0
+        };
         v.iter().map(|x| x - m).collect::<Vec<_>>()
     };
-    for (i, (a, b)) in centre(&model.intercept).iter().zip(centre(&intercept)).enumerate() {
-        assert!((a - b).abs() < 1e-6, "{name} intercept[{i}]: {a} vs sklearn {b}");
+    for (i, (a, b)) in centre(&model.intercept)
+        .iter()
+        .zip(centre(&intercept))
+        .enumerate()
+    {
+        assert!(
+            (a - b).abs() < 1e-6,
+            "{name} intercept[{i}]: {a} vs sklearn {b}"
+        );
     }
     let proba = model.predict_proba(&test).unwrap();
     for (i, (a, b)) in proba.iter().zip(f64s(&e["test_proba"])).enumerate() {
-        assert!((a - b).abs() < 1e-7, "{name} proba[{i}]: {a} vs sklearn {b}");
+        assert!(
+            (a - b).abs() < 1e-7,
+            "{name} proba[{i}]: {a} vs sklearn {b}"
+        );
     }
     let pred = model.predict(&test).unwrap();
     let acc = pred.iter().zip(&yte).filter(|(p, y)| p == y).count() as f64 / yte.len() as f64;
-    close(acc, &e["tight_accuracy"], 1e-12, &format!("{name} tight accuracy"));
+    close(
+        acc,
+        &e["tight_accuracy"],
+        1e-12,
+        &format!("{name} tight accuracy"),
+    );
 }
 
 #[test]
@@ -164,13 +240,31 @@ fn recall_curves_png_of_two_reports() {
     let (images, dim) = npy("captions_images.npy");
     let (texts, _) = npy("captions_texts.npy");
     let t2i = usizes(&e["caption_image"]);
-    let a = retrieval_report(&images, &texts, dim, Positives::Captions { text_to_image: &t2i }).unwrap();
+    let a = retrieval_report(
+        &images,
+        &texts,
+        dim,
+        Positives::Captions {
+            text_to_image: &t2i,
+        },
+    )
+    .unwrap();
     // A second "model": the same texts against shuffled captions, to get a different curve.
     let shuffled: Vec<usize> = t2i.iter().map(|&i| (i * 7 + 3) % 40).collect();
-    let b = retrieval_report(&images, &texts, dim, Positives::Captions { text_to_image: &shuffled }).unwrap();
+    let b = retrieval_report(
+        &images,
+        &texts,
+        dim,
+        Positives::Captions {
+            text_to_image: &shuffled,
+        },
+    )
+    .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     // SIAM_TEST_PLOT_DIR keeps the PNG for a look.
-    let out = std::env::var_os("SIAM_TEST_PLOT_DIR").map(PathBuf::from).unwrap_or(tmp.path().to_path_buf());
+    let out = std::env::var_os("SIAM_TEST_PLOT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or(tmp.path().to_path_buf());
     let path = out.join("recall_curves.png");
     siam::eval::plot::recall_curves(&[("before", &a), ("after", &b)], 50, &path).unwrap();
     let bytes = std::fs::read(&path).unwrap();

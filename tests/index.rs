@@ -53,10 +53,17 @@ fn hnsw_recall_against_exact_and_exact_scores() {
             assert!(w[0].1 >= w[1].1);
         }
         for &(id, s) in &approx {
-            let want: f32 = q.iter().zip(&data[id * dim..(id + 1) * dim]).map(|(a, b)| a * b).sum();
+            let want: f32 = q
+                .iter()
+                .zip(&data[id * dim..(id + 1) * dim])
+                .map(|(a, b)| a * b)
+                .sum();
             assert!((s - want).abs() < 1e-5);
         }
-        found += approx.iter().filter(|h| exact.iter().any(|e| e.0 == h.0)).count();
+        found += approx
+            .iter()
+            .filter(|h| exact.iter().any(|e| e.0 == h.0))
+            .count();
     }
     let recall = found as f64 / 1000.0;
     assert!(recall > 0.95, "recall@10 = {recall}");
@@ -87,7 +94,10 @@ fn vector_index_round_trip_and_empty_index() {
     assert_eq!(loaded.vectors(), index.vectors());
     assert_eq!(loaded.params(), index.params());
     for q in data.chunks_exact(dim).take(20) {
-        assert_eq!(loaded.search(q, 5, 64).unwrap(), index.search(q, 5, 64).unwrap());
+        assert_eq!(
+            loaded.search(q, 5, 64).unwrap(),
+            index.search(q, 5, 64).unwrap()
+        );
     }
     drop(index);
     // The loaded graph owns its loader: it keeps working after everything else is gone.
@@ -100,23 +110,50 @@ fn vector_index_round_trip_and_empty_index() {
     empty.save(&epath).unwrap();
     let back = VectorIndex::load(&epath).unwrap();
     assert!(back.is_empty());
-    assert!(matches!(back.search(q, 1, 16), Err(IndexError::BadK { k: 1, len: 0 })));
+    assert!(matches!(
+        back.search(q, 1, 16),
+        Err(IndexError::BadK { k: 1, len: 0 })
+    ));
 }
 
 #[test]
 fn bad_build_inputs_are_errors() {
     let p = params();
-    assert!(matches!(VectorIndex::build(&[1.0, 0.0, 0.0], 2, p), Err(IndexError::Shape { .. })));
-    assert!(matches!(VectorIndex::build(&[1.0, 1.0], 2, p), Err(IndexError::NotUnit { row: 0, .. })));
-    assert!(matches!(VectorIndex::build(&[f32::NAN, 0.0], 2, p), Err(IndexError::NonFinite { .. })));
-    assert!(matches!(VectorIndex::build(&[1.0], 0, p), Err(IndexError::ZeroDim)));
+    assert!(matches!(
+        VectorIndex::build(&[1.0, 0.0, 0.0], 2, p),
+        Err(IndexError::Shape { .. })
+    ));
+    assert!(matches!(
+        VectorIndex::build(&[1.0, 1.0], 2, p),
+        Err(IndexError::NotUnit { row: 0, .. })
+    ));
+    assert!(matches!(
+        VectorIndex::build(&[f32::NAN, 0.0], 2, p),
+        Err(IndexError::NonFinite { .. })
+    ));
+    assert!(matches!(
+        VectorIndex::build(&[1.0], 0, p),
+        Err(IndexError::ZeroDim)
+    ));
     // hnsw_rs would print and exit the process for m > 256.
     let big = HnswParams { m: 300, ..p };
-    assert!(matches!(VectorIndex::build(&[1.0, 0.0], 2, big), Err(IndexError::BadParams { what: "m", .. })));
+    assert!(matches!(
+        VectorIndex::build(&[1.0, 0.0], 2, big),
+        Err(IndexError::BadParams { what: "m", .. })
+    ));
     let index = VectorIndex::build(&[1.0, 0.0, 0.0, 1.0], 2, p).unwrap();
-    assert!(matches!(index.search(&[1.0, 0.0], 0, 16), Err(IndexError::BadK { k: 0, len: 2 })));
-    assert!(matches!(index.search_exact(&[1.0, 0.0], 3), Err(IndexError::BadK { k: 3, len: 2 })));
-    assert!(matches!(index.search(&[1.0, 0.0, 0.0], 1, 16), Err(IndexError::QueryDim { .. })));
+    assert!(matches!(
+        index.search(&[1.0, 0.0], 0, 16),
+        Err(IndexError::BadK { k: 0, len: 2 })
+    ));
+    assert!(matches!(
+        index.search_exact(&[1.0, 0.0], 3),
+        Err(IndexError::BadK { k: 3, len: 2 })
+    ));
+    assert!(matches!(
+        index.search(&[1.0, 0.0, 0.0], 1, 16),
+        Err(IndexError::QueryDim { .. })
+    ));
 }
 
 fn joint(dir: &Path) -> (JointIndex, Vec<f32>, Vec<f32>) {
@@ -145,8 +182,17 @@ fn joint_index_round_trip_and_queries() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    for want in ["manifest.json", "images.json", "texts.json", "images", "texts"] {
-        assert!(names.iter().any(|n| n == want), "{want} missing in {names:?}");
+    for want in [
+        "manifest.json",
+        "images.json",
+        "texts.json",
+        "images",
+        "texts",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing in {names:?}"
+        );
     }
     let index = JointIndex::load(&dir, Some("model-A")).unwrap();
     assert_eq!(index.manifest(), built.manifest());
@@ -157,15 +203,25 @@ fn joint_index_round_trip_and_queries() {
     let exact = index.query_by_image_embedding(q, 3, true).unwrap();
     assert_eq!(approx, exact);
     assert!(approx[0].name.starts_with("a photo of class"));
-    let imgs = index.query_by_text_embedding(&texts[..dim], 5, true).unwrap();
+    let imgs = index
+        .query_by_text_embedding(&texts[..dim], 5, true)
+        .unwrap();
     assert_eq!(imgs.len(), 5);
     assert!(imgs[0].name.starts_with("img/"));
     // A text query of an indexed image finds that image first.
-    let me = index.query_by_text_embedding(&images[7 * dim..8 * dim], 1, false).unwrap();
+    let me = index
+        .query_by_text_embedding(&images[7 * dim..8 * dim], 1, false)
+        .unwrap();
     assert_eq!(me[0].id, 7);
     assert_eq!(me[0].name, "img/007.jpg");
-    assert!(matches!(index.query_by_image_embedding(q, 0, false), Err(IndexError::BadK { .. })));
-    assert!(matches!(index.query_by_image_embedding(q, 7, true), Err(IndexError::BadK { k: 7, len: 6 })));
+    assert!(matches!(
+        index.query_by_image_embedding(q, 0, false),
+        Err(IndexError::BadK { .. })
+    ));
+    assert!(matches!(
+        index.query_by_image_embedding(q, 7, true),
+        Err(IndexError::BadK { k: 7, len: 6 })
+    ));
 }
 
 #[test]
@@ -179,8 +235,15 @@ fn joint_index_with_no_texts_loads() {
     index.save(&dir).unwrap();
     let back = JointIndex::load(&dir, None).unwrap();
     assert_eq!(back.manifest().texts, 0);
-    assert!(back.query_by_image_embedding(&images[..dim], 1, false).is_err());
-    assert_eq!(back.query_by_text_embedding(&images[..dim], 1, false).unwrap()[0].id, 0);
+    assert!(back
+        .query_by_image_embedding(&images[..dim], 1, false)
+        .is_err());
+    assert_eq!(
+        back.query_by_text_embedding(&images[..dim], 1, false)
+            .unwrap()[0]
+            .id,
+        0
+    );
 }
 
 /// Every bad folder gives an error whose message names the problem; none panics or exits.
@@ -204,13 +267,23 @@ fn bad_index_folders_are_errors() {
 
     let d = fresh("old");
     let m = fs::read_to_string(d.join("manifest.json")).unwrap();
-    fs::write(d.join("manifest.json"), m.replace("\"format_version\": 1", "\"format_version\": 0")).unwrap();
+    fs::write(
+        d.join("manifest.json"),
+        m.replace("\"format_version\": 1", "\"format_version\": 0"),
+    )
+    .unwrap();
     let e = JointIndex::load(&d, None).unwrap_err();
-    assert!(matches!(e, IndexError::FormatVersion { found: 0, .. }), "{e}");
+    assert!(
+        matches!(e, IndexError::FormatVersion { found: 0, .. }),
+        "{e}"
+    );
 
     let d = fresh("no-manifest");
     fs::remove_file(d.join("manifest.json")).unwrap();
-    assert!(matches!(JointIndex::load(&d, None), Err(IndexError::Missing { .. })));
+    assert!(matches!(
+        JointIndex::load(&d, None),
+        Err(IndexError::Missing { .. })
+    ));
 
     for (name, file) in [
         ("trunc-graph", "images/graph.hnsw.graph"),
@@ -233,11 +306,17 @@ fn bad_index_folders_are_errors() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     fs::write(&p, bytes).unwrap();
-    assert!(matches!(JointIndex::load(&d, None), Err(IndexError::Corrupt { .. })));
+    assert!(matches!(
+        JointIndex::load(&d, None),
+        Err(IndexError::Corrupt { .. })
+    ));
 
     let d = fresh("missing-dump");
     fs::remove_file(d.join("texts/graph.hnsw.graph")).unwrap();
-    assert!(matches!(JointIndex::load(&d, None), Err(IndexError::Missing { .. })));
+    assert!(matches!(
+        JointIndex::load(&d, None),
+        Err(IndexError::Missing { .. })
+    ));
 }
 
 fn copy_dir(from: &Path, to: &Path) {

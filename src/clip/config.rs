@@ -204,13 +204,21 @@ impl ClipConfig {
     /// (embed 512; vision 224 px, patch 32, width 768, 12 layers; text 77 x 49408, width 512,
     /// 8 heads, 12 layers) and Hugging Face `openai/clip-vit-base-patch32/config.json`.
     pub fn vit_b_32() -> Self {
-        Self::from_parts(512, vit(224, 32, 768, 12, Activation::QuickGelu), Activation::QuickGelu)
+        Self::from_parts(
+            512,
+            vit(224, 32, 768, 12, Activation::QuickGelu),
+            Activation::QuickGelu,
+        )
     }
 
     /// OpenAI's ViT-B/16 (QuickGELU): open_clip `model_configs/ViT-B-16-quickgelu.json`
     /// (as ViT-B/32 with patch 16) and `openai/clip-vit-base-patch16/config.json`.
     pub fn vit_b_16() -> Self {
-        Self::from_parts(512, vit(224, 16, 768, 12, Activation::QuickGelu), Activation::QuickGelu)
+        Self::from_parts(
+            512,
+            vit(224, 16, 768, 12, Activation::QuickGelu),
+            Activation::QuickGelu,
+        )
     }
 
     /// OpenAI's ViT-L/14 (QuickGELU): open_clip `model_configs/ViT-L-14-quickgelu.json`
@@ -388,10 +396,19 @@ impl ClipConfig {
             key: key.to_string(),
             value: value.to_string(),
         };
-        let obj = v.as_object().ok_or_else(|| parse_err("not a JSON object".into()))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| parse_err("not a JSON object".into()))?;
         let embed_dim = get_usize(obj, "embed_dim", None).map_err(parse_err)?;
-        let quick = obj.get("quick_gelu").and_then(|q| q.as_bool()).unwrap_or(false);
-        let act = if quick { Activation::QuickGelu } else { Activation::Gelu };
+        let quick = obj
+            .get("quick_gelu")
+            .and_then(|q| q.as_bool())
+            .unwrap_or(false);
+        let act = if quick {
+            Activation::QuickGelu
+        } else {
+            Activation::Gelu
+        };
         let empty = serde_json::Map::new();
         let vc = obj
             .get("vision_cfg")
@@ -416,7 +433,12 @@ impl ClipConfig {
         let is_null = |x: &serde_json::Value| x.is_null();
         let is_false = |x: &serde_json::Value| x.as_bool() == Some(false) || x.is_null();
         let is_zero = |x: &serde_json::Value| x.as_f64() == Some(0.0) || x.is_null();
-        for key in ["timm_model_name", "ls_init_value", "act_kwargs", "norm_kwargs"] {
+        for key in [
+            "timm_model_name",
+            "ls_init_value",
+            "act_kwargs",
+            "norm_kwargs",
+        ] {
             check_default(vc, "vision_cfg", key, &is_null)?;
         }
         for key in [
@@ -432,12 +454,19 @@ impl ClipConfig {
         ] {
             check_default(vc, "vision_cfg", key, &is_false)?;
         }
-        check_default(vc, "vision_cfg", "pool_type", &|x| x.as_str() == Some("tok"))?;
+        check_default(vc, "vision_cfg", "pool_type", &|x| {
+            x.as_str() == Some("tok")
+        })?;
         check_default(vc, "vision_cfg", "pos_embed_type", &|x| {
             x.as_str() == Some("learnable")
         })?;
         check_default(vc, "vision_cfg", "patch_dropout", &is_zero)?;
-        for key in ["hf_model_name", "ls_init_value", "act_kwargs", "norm_kwargs"] {
+        for key in [
+            "hf_model_name",
+            "ls_init_value",
+            "act_kwargs",
+            "norm_kwargs",
+        ] {
             check_default(tc, "text_cfg", key, &is_null)?;
         }
         for key in [
@@ -454,8 +483,12 @@ impl ClipConfig {
         ] {
             check_default(tc, "text_cfg", key, &is_false)?;
         }
-        check_default(tc, "text_cfg", "pool_type", &|x| x.as_str() == Some("argmax"))?;
-        check_default(tc, "text_cfg", "proj_type", &|x| x.as_str() == Some("linear"))?;
+        check_default(tc, "text_cfg", "pool_type", &|x| {
+            x.as_str() == Some("argmax")
+        })?;
+        check_default(tc, "text_cfg", "proj_type", &|x| {
+            x.as_str() == Some("linear")
+        })?;
 
         let head_width = get_usize(vc, "head_width", Some(64)).map_err(parse_err)?;
         let image_size = match vc.get("image_size") {
@@ -471,9 +504,15 @@ impl ClipConfig {
         let width = get_usize(vc, "width", Some(768)).map_err(parse_err)?;
         let vision = match vc.get("layers") {
             Some(serde_json::Value::Array(a)) => {
-                let l: Vec<usize> = a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect();
+                let l: Vec<usize> = a
+                    .iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as usize)
+                    .collect();
                 if l.len() != 4 {
-                    return Err(parse_err("vision_cfg.layers must hold 4 stage depths".into()));
+                    return Err(parse_err(
+                        "vision_cfg.layers must hold 4 stage depths".into(),
+                    ));
                 }
                 VisionConfig::ResNet(ResNetVisionConfig {
                     image_size,
@@ -532,26 +571,39 @@ impl ClipConfig {
             what: "Hugging Face CLIP config.json",
             why,
         };
-        let obj = v.as_object().ok_or_else(|| parse_err("not a JSON object".into()))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| parse_err("not a JSON object".into()))?;
         if let Some(mt) = obj.get("model_type").and_then(|m| m.as_str()) {
             if mt != "clip" {
                 return Err(parse_err(format!("model_type is {mt:?}, not \"clip\"")));
             }
         }
         let empty = serde_json::Map::new();
-        let tc = obj.get("text_config").and_then(|x| x.as_object()).unwrap_or(&empty);
-        let vc = obj.get("vision_config").and_then(|x| x.as_object()).unwrap_or(&empty);
-        let act = |cfg: &serde_json::Map<String, serde_json::Value>, key: &str| -> Result<Activation> {
-            match cfg.get("hidden_act").and_then(|a| a.as_str()).unwrap_or("quick_gelu") {
-                "quick_gelu" => Ok(Activation::QuickGelu),
-                "gelu" => Ok(Activation::Gelu),
-                other => Err(ConfigError::Unsupported {
-                    path: path.to_path_buf(),
-                    key: format!("{key}.hidden_act"),
-                    value: format!("{other:?}"),
-                }),
-            }
-        };
+        let tc = obj
+            .get("text_config")
+            .and_then(|x| x.as_object())
+            .unwrap_or(&empty);
+        let vc = obj
+            .get("vision_config")
+            .and_then(|x| x.as_object())
+            .unwrap_or(&empty);
+        let act =
+            |cfg: &serde_json::Map<String, serde_json::Value>, key: &str| -> Result<Activation> {
+                match cfg
+                    .get("hidden_act")
+                    .and_then(|a| a.as_str())
+                    .unwrap_or("quick_gelu")
+                {
+                    "quick_gelu" => Ok(Activation::QuickGelu),
+                    "gelu" => Ok(Activation::Gelu),
+                    other => Err(ConfigError::Unsupported {
+                        path: path.to_path_buf(),
+                        key: format!("{key}.hidden_act"),
+                        value: format!("{other:?}"),
+                    }),
+                }
+            };
         let eps = get_f64(tc, "layer_norm_eps", 1e-5).map_err(parse_err)?;
         let veps = get_f64(vc, "layer_norm_eps", 1e-5).map_err(parse_err)?;
         if (eps - veps).abs() > 0.0 {
@@ -616,25 +668,40 @@ impl ClipConfig {
                     ));
                 }
                 if v.heads == 0 || v.width % v.heads != 0 {
-                    return bad(format!("vision width {} not divisible by {} heads", v.width, v.heads));
+                    return bad(format!(
+                        "vision width {} not divisible by {} heads",
+                        v.width, v.heads
+                    ));
                 }
             }
             VisionConfig::ResNet(r) => {
                 if r.width < 2 || r.width % 2 != 0 {
-                    return bad(format!("ResNet width {} must be even and positive", r.width));
+                    return bad(format!(
+                        "ResNet width {} must be even and positive",
+                        r.width
+                    ));
                 }
                 if r.image_size == 0 || r.image_size % 32 != 0 {
-                    return bad(format!("ResNet image_size {} is not a multiple of 32", r.image_size));
+                    return bad(format!(
+                        "ResNet image_size {} is not a multiple of 32",
+                        r.image_size
+                    ));
                 }
                 let d = r.width * 32;
                 if r.heads == 0 || d % r.heads != 0 {
-                    return bad(format!("attention-pool width {d} not divisible by {} heads", r.heads));
+                    return bad(format!(
+                        "attention-pool width {d} not divisible by {} heads",
+                        r.heads
+                    ));
                 }
             }
         }
         let t = &self.text;
         if t.heads == 0 || t.width % t.heads != 0 {
-            return bad(format!("text width {} not divisible by {} heads", t.width, t.heads));
+            return bad(format!(
+                "text width {} not divisible by {} heads",
+                t.width, t.heads
+            ));
         }
         if t.context_length == 0 || t.vocab_size == 0 {
             return bad("text context_length and vocab_size must be positive".into());
@@ -670,7 +737,9 @@ fn get_f64(
     default: f64,
 ) -> std::result::Result<f64, String> {
     match obj.get(key) {
-        Some(v) if !v.is_null() => v.as_f64().ok_or_else(|| format!("{key} is {v}, expected a number")),
+        Some(v) if !v.is_null() => v
+            .as_f64()
+            .ok_or_else(|| format!("{key} is {v}, expected a number")),
         _ => Ok(default),
     }
 }
@@ -696,7 +765,10 @@ mod tests {
                 "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32},
                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}}"#,
         );
-        assert_eq!(ClipConfig::from_open_clip_json(&p).unwrap(), ClipConfig::vit_b_32());
+        assert_eq!(
+            ClipConfig::from_open_clip_json(&p).unwrap(),
+            ClipConfig::vit_b_32()
+        );
         // Verbatim RN50.json (no quick_gelu: exact GELU in the text tower).
         let p = write(
             dir.path(),
@@ -734,9 +806,15 @@ mod tests {
                 "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
                                   "num_hidden_layers": 12, "patch_size": 32, "image_size": 224}}"#,
         );
-        assert_eq!(ClipConfig::from_hf_config(&p).unwrap(), ClipConfig::vit_b_32());
+        assert_eq!(
+            ClipConfig::from_hf_config(&p).unwrap(),
+            ClipConfig::vit_b_32()
+        );
         let p = write(dir.path(), "bert.json", r#"{"model_type": "bert"}"#);
-        assert!(ClipConfig::from_hf_config(&p).unwrap_err().to_string().contains("bert"));
+        assert!(ClipConfig::from_hf_config(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("bert"));
     }
 
     #[test]

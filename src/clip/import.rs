@@ -513,7 +513,8 @@ struct ParamLister {
 
 impl ModuleVisitor for ParamLister {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.stack.push((name.to_string(), container_type.to_string()));
+        self.stack
+            .push((name.to_string(), container_type.to_string()));
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
@@ -528,7 +529,11 @@ impl ModuleVisitor for ParamLister {
             .map(|(n, _)| n.as_str())
             .collect::<Vec<_>>()
             .join(".");
-        let container = self.stack.last().map(|(_, c)| c.clone()).unwrap_or_default();
+        let container = self
+            .stack
+            .last()
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default();
         self.out.push(ExpectedParam {
             path,
             container,
@@ -595,8 +600,9 @@ impl Recipe {
 
     fn produce(&self, src: &BTreeMap<String, SrcTensor>) -> io::Result<Vec<f32>> {
         let get = |k: &str| -> io::Result<&SrcTensor> {
-            src.get(k)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("tensor {k} vanished")))
+            src.get(k).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("tensor {k} vanished"))
+            })
         };
         match self {
             Self::Copy(k) => get(k)?.read_f32(),
@@ -698,7 +704,10 @@ fn open_clip_recipe(p: &ExpectedParam, text_prefix: &str) -> Recipe {
         .replace(".downsample.conv.", ".downsample.0.")
         .replace(".downsample.bn.", ".downsample.1.");
     let (prefix, leaf) = split_leaf(&path);
-    if let Some(attn) = prefix.strip_suffix(".in_proj").filter(|_| p.container == "Struct:Linear") {
+    if let Some(attn) = prefix
+        .strip_suffix(".in_proj")
+        .filter(|_| p.container == "Struct:Linear")
+    {
         let key = format!("{attn}.in_proj_{leaf}");
         return if leaf == "weight" {
             Recipe::Transpose(key)
@@ -720,12 +729,18 @@ fn hf_recipe(p: &ExpectedParam) -> Option<Recipe> {
     let direct = |k: &str| Some(Recipe::Copy(k.to_string()));
     match path {
         "logit_scale" => return direct("logit_scale"),
-        "text.token_embedding.weight" => return direct("text_model.embeddings.token_embedding.weight"),
-        "text.positional_embedding" => return direct("text_model.embeddings.position_embedding.weight"),
+        "text.token_embedding.weight" => {
+            return direct("text_model.embeddings.token_embedding.weight")
+        }
+        "text.positional_embedding" => {
+            return direct("text_model.embeddings.position_embedding.weight")
+        }
         "text.text_projection" => return Some(Recipe::Transpose("text_projection.weight".into())),
         "visual.conv1.weight" => return direct("vision_model.embeddings.patch_embedding.weight"),
         "visual.class_embedding" => return direct("vision_model.embeddings.class_embedding"),
-        "visual.positional_embedding" => return direct("vision_model.embeddings.position_embedding.weight"),
+        "visual.positional_embedding" => {
+            return direct("vision_model.embeddings.position_embedding.weight")
+        }
         "visual.proj" => return Some(Recipe::Transpose("visual_projection.weight".into())),
         _ => {}
     }
@@ -780,7 +795,12 @@ fn hf_recipe(p: &ExpectedParam) -> Option<Recipe> {
 const LIST_MAX: usize = 12;
 
 fn list(items: &[String]) -> String {
-    let mut s = items.iter().take(LIST_MAX).cloned().collect::<Vec<_>>().join(", ");
+    let mut s = items
+        .iter()
+        .take(LIST_MAX)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if items.len() > LIST_MAX {
         s.push_str(&format!(" and {} more", items.len() - LIST_MAX));
     }
@@ -790,7 +810,11 @@ fn list(items: &[String]) -> String {
 /// Loads `src` into `clip` under `layout`, checking every key first.
 fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Result<ImportReport> {
     let expected = expected_params(clip);
-    let text_prefix = if src.tensors.keys().any(|k| k.starts_with("text.token_embedding.")) {
+    let text_prefix = if src
+        .tensors
+        .keys()
+        .any(|k| k.starts_with("text.token_embedding."))
+    {
         "text."
     } else {
         ""
@@ -857,10 +881,18 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
             parts.push(format!("{} missing: {}", missing.len(), list(&missing)));
         }
         if !unexpected.is_empty() {
-            parts.push(format!("{} unexpected: {}", unexpected.len(), list(&unexpected)));
+            parts.push(format!(
+                "{} unexpected: {}",
+                unexpected.len(),
+                list(&unexpected)
+            ));
         }
         if !mis_shaped.is_empty() {
-            parts.push(format!("{} mis-shaped: {}", mis_shaped.len(), list(&mis_shaped)));
+            parts.push(format!(
+                "{} mis-shaped: {}",
+                mis_shaped.len(),
+                list(&mis_shaped)
+            ));
         }
         return Err(ImportError::KeyMismatch {
             path: src.path.clone(),
@@ -897,7 +929,12 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
     let result = clip.apply(packs, None, None, true);
     if !result.errors.is_empty() || !result.missing.is_empty() {
         let mut errs: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
-        errs.extend(result.missing.iter().map(|(p, _)| format!("{p} was not loaded")));
+        errs.extend(
+            result
+                .missing
+                .iter()
+                .map(|(p, _)| format!("{p} was not loaded")),
+        );
         return Err(ImportError::Apply {
             path: src.path.clone(),
             errors: list(&errs),
@@ -1008,12 +1045,12 @@ pub fn save_model(clip: &Clip, config: &ClipConfig, dir: &Path) -> Result<()> {
         }
     })?;
     std::fs::rename(&tmp, &weights).map_err(io_err(&weights))?;
-    crate::io::atomic_write_bytes(&dir.join(SIAM_CONFIG), config.to_json().as_bytes()).map_err(|e| {
-        ImportError::Save {
+    crate::io::atomic_write_bytes(&dir.join(SIAM_CONFIG), config.to_json().as_bytes()).map_err(
+        |e| ImportError::Save {
             path: dir.join(SIAM_CONFIG),
             why: e.to_string(),
-        }
-    })
+        },
+    )
 }
 
 #[cfg(test)]
@@ -1023,7 +1060,10 @@ mod tests {
 
     #[test]
     fn transpose_and_concat_by_hand() {
-        assert_eq!(transpose(&[1., 2., 3., 4., 5., 6.], 2, 3), vec![1., 4., 2., 5., 3., 6.]);
+        assert_eq!(
+            transpose(&[1., 2., 3., 4., 5., 6.], 2, 3),
+            vec![1., 4., 2., 5., 3., 6.]
+        );
         let mut src = BTreeMap::new();
         for (k, v) in [("q", [1f32, 2., 3., 4.]), ("k", [5., 6., 7., 8.])] {
             let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -1039,15 +1079,21 @@ mod tests {
         let r = Recipe::ConcatTranspose(vec!["q".into(), "k".into()]);
         assert_eq!(r.result_shape(&src), Some(vec![2, 4]));
         // [[1,2],[3,4],[5,6],[7,8]]^T = [[1,3,5,7],[2,4,6,8]]
-        assert_eq!(r.produce(&src).unwrap(), vec![1., 3., 5., 7., 2., 4., 6., 8.]);
+        assert_eq!(
+            r.produce(&src).unwrap(),
+            vec![1., 3., 5., 7., 2., 4., 6., 8.]
+        );
     }
 
     #[test]
     fn fp16_and_bf16_convert() {
-        let h: Vec<u8> = [burn::tensor::f16::from_f32(1.5), burn::tensor::f16::from_f32(-2.0)]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
+        let h: Vec<u8> = [
+            burn::tensor::f16::from_f32(1.5),
+            burn::tensor::f16::from_f32(-2.0),
+        ]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
         assert_eq!(to_f32(&h, SrcDType::F16), vec![1.5, -2.0]);
         let b: Vec<u8> = burn::tensor::bf16::from_f32(0.25).to_le_bytes().to_vec();
         assert_eq!(to_f32(&b, SrcDType::BF16), vec![0.25]);
@@ -1066,9 +1112,11 @@ mod tests {
         assert_eq!(loaded.report.layout, Layout::Siam);
         assert_eq!(loaded.report.applied, expected_params(&clip).len());
         let px = Tensor::<4>::random([1, 3, 64, 64], Distribution::Normal(0.0, 1.0), &d);
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![49406i64, 320, 49407], [1, 3]), &d);
+        let ids =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![49406i64, 320, 49407], [1, 3]), &d);
         let (a, _) = clip.forward(px.clone(), ids.clone(), &[3]);
         let (b, _) = loaded.clip.forward(px, ids, &[3]);
-        a.into_data().assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-6));
+        a.into_data()
+            .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-6));
     }
 }

@@ -37,7 +37,11 @@ pub(crate) fn layer_norm(d: usize, eps: f64, device: &Device) -> LayerNorm {
 }
 
 /// A parameter drawn from N(0, std).
-pub(crate) fn normal_param<const D: usize>(shape: [usize; D], std: f64, device: &Device) -> Param<Tensor<D>> {
+pub(crate) fn normal_param<const D: usize>(
+    shape: [usize; D],
+    std: f64,
+    device: &Device,
+) -> Param<Tensor<D>> {
     Initializer::Normal { mean: 0.0, std }.init(shape, device)
 }
 
@@ -79,7 +83,10 @@ impl SelfAttention {
             .forward(x)
             .reshape([b, l, 3, h, dh])
             .permute([2, 0, 3, 1, 4]);
-        let mut parts = qkv.chunk(3, 0).into_iter().map(|t| t.reshape([b, h, l, dh]));
+        let mut parts = qkv
+            .chunk(3, 0)
+            .into_iter()
+            .map(|t| t.reshape([b, h, l, dh]));
         let (q, k, v) = (
             parts.next().expect("3 chunks"),
             parts.next().expect("3 chunks"),
@@ -117,7 +124,8 @@ pub struct Mlp {
 impl Mlp {
     /// Forward on `[..., width]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.c_proj.forward(activate(self.c_fc.forward(x), self.activation))
+        self.c_proj
+            .forward(activate(self.c_fc.forward(x), self.activation))
     }
 }
 
@@ -200,7 +208,13 @@ impl Transformer {
     }
 
     /// Runs blocks `from..to` (clamped to the stack) on `[B, L, D]`.
-    pub fn forward_range(&self, mut x: Tensor<3>, from: usize, to: usize, causal: bool) -> Tensor<3> {
+    pub fn forward_range(
+        &self,
+        mut x: Tensor<3>,
+        from: usize,
+        to: usize,
+        causal: bool,
+    ) -> Tensor<3> {
         let to = to.min(self.resblocks.len());
         for block in self.resblocks.iter().take(to).skip(from) {
             x = block.forward(x, causal);
@@ -226,11 +240,17 @@ mod tests {
         // x * sigmoid(1.702 x): -1/(1+e^1.702) = -0.154204; 2/(1+e^-3.404) = 1.935659.
         activate(x.clone(), Activation::QuickGelu)
             .into_data()
-            .assert_approx_eq::<f32>(&TensorData::from([-0.154204f32, 0.0, 1.935659]), Tolerance::absolute(1e-5));
+            .assert_approx_eq::<f32>(
+                &TensorData::from([-0.154204f32, 0.0, 1.935659]),
+                Tolerance::absolute(1e-5),
+            );
         // x * Phi(x): Phi(-1) = 0.158655, Phi(2) = 0.977250.
         activate(x, Activation::Gelu)
             .into_data()
-            .assert_approx_eq::<f32>(&TensorData::from([-0.158655f32, 0.0, 1.954500]), Tolerance::absolute(1e-5));
+            .assert_approx_eq::<f32>(
+                &TensorData::from([-0.158655f32, 0.0, 1.954500]),
+                Tolerance::absolute(1e-5),
+            );
     }
 
     /// With identity projections and one head, attention over two tokens is checkable by
@@ -239,9 +259,15 @@ mod tests {
     fn causal_attention_by_hand() {
         let d = Device::flex();
         let mut attn = SelfAttention::new(2, 1, 0.02, &d);
-        let eye3 = TensorData::from([[1.0f32, 0.0, 1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]]);
+        let eye3 = TensorData::from([
+            [1.0f32, 0.0, 1.0, 0.0, 1.0, 0.0],
+            [0.0, 1.0, 0.0, 1.0, 0.0, 1.0],
+        ]);
         attn.in_proj.weight = Param::from_tensor(Tensor::from_data(eye3, &d));
-        attn.out_proj.weight = Param::from_tensor(Tensor::from_data(TensorData::from([[1.0f32, 0.0], [0.0, 1.0]]), &d));
+        attn.out_proj.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::from([[1.0f32, 0.0], [0.0, 1.0]]),
+            &d,
+        ));
         let x = Tensor::<3>::from_data(TensorData::from([[[1.0f32, 0.0], [0.0, 1.0]]]), &d);
         let y = attn.forward(x.clone(), true).into_data();
         // Token 1 attends to both: scores q.k / sqrt(2) = [0, 1/sqrt 2]; weights

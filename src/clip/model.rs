@@ -57,7 +57,12 @@ pub struct Clip {
 
 /// L2-normalises rows: `x / max(||x||, 1e-12)` (PyTorch `F.normalize`).
 pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
-    let norm = x.clone().powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-12);
+    let norm = x
+        .clone()
+        .powf_scalar(2.0)
+        .sum_dim(1)
+        .sqrt()
+        .clamp_min(1e-12);
     x / norm
 }
 
@@ -73,8 +78,14 @@ impl Clip {
                 ImageTower::Vit(VisionTransformer::new(v, config.embed_dim, eps, device))
             }
             VisionConfig::ResNet(r) => ImageTower::ResNet(
-                ModifiedResNetConfig::new(r.layers, r.width, config.embed_dim, r.heads, r.image_size)
-                    .init(device),
+                ModifiedResNetConfig::new(
+                    r.layers,
+                    r.width,
+                    config.embed_dim,
+                    r.heads,
+                    r.image_size,
+                )
+                .init(device),
             ),
         };
         Self {
@@ -104,7 +115,12 @@ impl Clip {
 
     /// Cosine similarities scaled by `exp(logit_scale)`: `(logits_per_image [B_img, B_txt],
     /// logits_per_text [B_txt, B_img])`.
-    pub fn forward(&self, pixels: Tensor<4>, ids: Tensor<2, Int>, lengths: &[usize]) -> (Tensor<2>, Tensor<2>) {
+    pub fn forward(
+        &self,
+        pixels: Tensor<4>,
+        ids: Tensor<2, Int>,
+        lengths: &[usize],
+    ) -> (Tensor<2>, Tensor<2>) {
         let img = l2_normalize(self.encode_image(pixels));
         let txt = l2_normalize(self.encode_text(ids, lengths));
         let scale = self.logit_scale.val().exp().unsqueeze::<2>();
@@ -144,8 +160,9 @@ mod tests {
     fn l2_normalize_by_hand() {
         let d = Device::flex();
         let x = Tensor::<2>::from_data(TensorData::from([[3.0f32, 4.0], [0.0, 0.0]]), &d);
-        l2_normalize(x)
-            .into_data()
-            .assert_approx_eq::<f32>(&TensorData::from([[0.6f32, 0.8], [0.0, 0.0]]), Tolerance::absolute(1e-6));
+        l2_normalize(x).into_data().assert_approx_eq::<f32>(
+            &TensorData::from([[0.6f32, 0.8], [0.0, 0.0]]),
+            Tolerance::absolute(1e-6),
+        );
     }
 }

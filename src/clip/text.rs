@@ -38,7 +38,10 @@ impl TextTransformer {
     pub fn new(cfg: &TextConfig, embed_dim: usize, eps: f64, device: &Device) -> Self {
         Self {
             token_embedding: EmbeddingConfig::new(cfg.vocab_size, cfg.width)
-                .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
                 .init(device),
             positional_embedding: normal_param([cfg.context_length, cfg.width], 0.01, device),
             transformer: Transformer::new(
@@ -53,7 +56,11 @@ impl TextTransformer {
                 device,
             ),
             ln_final: layer_norm(cfg.width, eps, device),
-            text_projection: normal_param([cfg.width, embed_dim], (cfg.width as f64).powf(-0.5), device),
+            text_projection: normal_param(
+                [cfg.width, embed_dim],
+                (cfg.width as f64).powf(-0.5),
+                device,
+            ),
         }
     }
 
@@ -86,7 +93,12 @@ impl TextTransformer {
     ///
     /// # Panics
     /// If `lengths` does not hold one value in `1..=L` per row.
-    pub fn forward_suffix(&self, hidden: Tensor<3>, from_block: usize, lengths: &[usize]) -> Tensor<2> {
+    pub fn forward_suffix(
+        &self,
+        hidden: Tensor<3>,
+        from_block: usize,
+        lengths: &[usize],
+    ) -> Tensor<2> {
         let x = self
             .transformer
             .forward_range(hidden, from_block, self.num_blocks(), true);
@@ -96,7 +108,10 @@ impl TextTransformer {
             .iter()
             .enumerate()
             .map(|(i, &n)| {
-                assert!(n >= 1 && n <= l, "length {n} of text {i} is outside 1..={l}");
+                assert!(
+                    n >= 1 && n <= l,
+                    "length {n} of text {i} is outside 1..={l}"
+                );
                 (i * l + n - 1) as i64
             })
             .collect();
@@ -104,7 +119,9 @@ impl TextTransformer {
         let idx = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), &device);
         // LayerNorm is per token: normalising only the pooled rows equals open_clip's order.
         let pooled = x.reshape([b * l, w]).select(0, idx);
-        self.ln_final.forward(pooled).matmul(self.text_projection.val())
+        self.ln_final
+            .forward(pooled)
+            .matmul(self.text_projection.val())
     }
 
     /// ids `[B, L]` (L = the longest length in the batch) and each text's token count
@@ -137,8 +154,15 @@ mod tests {
         for p in padded.iter_mut().skip(16) {
             *p = 123; // garbage after the end token
         }
-        let e1 = t.forward(Tensor::from_data(TensorData::new(trimmed, [2, 4]), &d), &[4, 3]);
-        let e2 = t.forward(Tensor::from_data(TensorData::new(padded, [2, 12]), &d), &[4, 3]);
-        e1.into_data().assert_approx_eq::<f32>(&e2.into_data(), Tolerance::absolute(1e-5));
+        let e1 = t.forward(
+            Tensor::from_data(TensorData::new(trimmed, [2, 4]), &d),
+            &[4, 3],
+        );
+        let e2 = t.forward(
+            Tensor::from_data(TensorData::new(padded, [2, 12]), &d),
+            &[4, 3],
+        );
+        e1.into_data()
+            .assert_approx_eq::<f32>(&e2.into_data(), Tolerance::absolute(1e-5));
     }
 }

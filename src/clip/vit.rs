@@ -77,7 +77,11 @@ impl VisionTransformer {
         let x = self.conv1.forward(pixels); // [B, W, g, g]
         let [b, w, gh, gw] = x.dims();
         let x = x.reshape([b, w, gh * gw]).swap_dims(1, 2); // [B, g*g, W]
-        let cls = self.class_embedding.val().reshape([1, 1, w]).expand([b, 1, w]);
+        let cls = self
+            .class_embedding
+            .val()
+            .reshape([1, 1, w])
+            .expand([b, 1, w]);
         let pos = self.positional_embedding.val();
         assert_eq!(
             pos.dims()[0],
@@ -117,9 +121,15 @@ mod tests {
     fn prefix_then_suffix_equals_forward() {
         let d = Device::flex();
         let c = ClipConfig::tiny();
-        let VisionConfig::Vit(v) = &c.vision else { unreachable!() };
+        let VisionConfig::Vit(v) = &c.vision else {
+            unreachable!()
+        };
         let vit = VisionTransformer::new(v, c.embed_dim, 1e-5, &d);
-        let x = Tensor::<4>::random([2, 3, 64, 64], burn::tensor::Distribution::Normal(0.0, 1.0), &d);
+        let x = Tensor::<4>::random(
+            [2, 3, 64, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &d,
+        );
         let full = vit.forward(x.clone());
         assert_eq!(full.dims(), [2, 64]);
         let split = vit.forward_suffix(vit.forward_prefix(x, 1), 1);

@@ -42,7 +42,9 @@ pub fn zero_shot(
     check_range("labels", labels, c)?;
     let ranks = for_each_query_scores(images, class_texts, dim, |i, s| {
         let y = labels[i];
-        1 + (0..c).filter(|&j| j != y && ranks_before(s[j], j, s[y], y)).count()
+        1 + (0..c)
+            .filter(|&j| j != y && ranks_before(s[j], j, s[y], y))
+            .count()
     });
     let frac = |k: usize| ranks.iter().filter(|&&r| r <= k).count() as f64 / n as f64;
     let mut hits = vec![0usize; c];
@@ -94,7 +96,11 @@ pub struct NeighbourReport {
 ///
 /// Samples whose label occurs once ("lone" queries) are not queries but stay as references.
 /// Each metric is the mean over queries.
-pub fn neighbour_metrics(embeddings: &[f32], dim: usize, labels: &[usize]) -> Result<NeighbourReport> {
+pub fn neighbour_metrics(
+    embeddings: &[f32],
+    dim: usize,
+    labels: &[usize],
+) -> Result<NeighbourReport> {
     let n = rows_of("embeddings", embeddings, dim)?;
     check_count("labels", labels.len(), n)?;
     let mut count = std::collections::HashMap::<usize, usize>::new();

@@ -283,7 +283,11 @@ impl LogisticRegression {
         let rows = if k == 2 { 1 } else { k };
         let yi = y
             .iter()
-            .map(|l| classes.binary_search(l).expect("label is among the classes"))
+            .map(|l| {
+                classes
+                    .binary_search(l)
+                    .expect("label is among the classes")
+            })
             .collect();
         let problem = Problem {
             x: x.iter().map(|&v| v as f64).collect(),
@@ -435,7 +439,15 @@ mod tests {
             let x: Vec<f64> = (0..12).map(|i| ((i * 7 % 5) as f64 - 2.0) * 0.3).collect();
             let y: Vec<usize> = (0..6).map(|i| i % k).collect();
             let rows = if k == 2 { 1 } else { k };
-            let p = Problem { x, y, n: 6, d: 2, k, rows, c: 0.7 };
+            let p = Problem {
+                x,
+                y,
+                n: 6,
+                d: 2,
+                k,
+                rows,
+                c: 0.7,
+            };
             let theta: Vec<f64> = (0..rows * 3).map(|i| (i as f64 - 2.0) * 0.1).collect();
             let mut g = vec![0.0; theta.len()];
             p.eval(&theta, &mut g);
@@ -453,7 +465,14 @@ mod tests {
     #[test]
     fn separable_classes_are_learned() {
         // Three clusters on the axes of the plane and the diagonal.
-        let pts = [(1.0, 0.1, 0), (0.9, -0.1, 0), (0.1, 1.0, 1), (-0.1, 0.9, 1), (-1.0, -1.0, 7), (-0.8, -1.1, 7)];
+        let pts = [
+            (1.0, 0.1, 0),
+            (0.9, -0.1, 0),
+            (0.1, 1.0, 1),
+            (-0.1, 0.9, 1),
+            (-1.0, -1.0, 7),
+            (-0.8, -1.1, 7),
+        ];
         let x: Vec<f32> = pts.iter().flat_map(|p| [p.0, p.1]).collect();
         let y: Vec<usize> = pts.iter().map(|p| p.2).collect();
         let m = LogisticRegression::fit(&x, 2, &y, &LinearProbeConfig::default()).unwrap();

@@ -130,10 +130,17 @@ use image::ImageEncoder;
 
 /// Recall@k curves (k = 1..=`max_k`) of every named report, both directions, on one chart:
 /// e.g. `[("CLIP", &before), ("fine-tuned", &after)]` for `siam eval --compare`.
-pub fn recall_curves(reports: &[(&str, &RetrievalReport)], max_k: usize, path: &Path) -> Result<()> {
+pub fn recall_curves(
+    reports: &[(&str, &RetrievalReport)],
+    max_k: usize,
+    path: &Path,
+) -> Result<()> {
     let mut series = Vec::new();
     for (name, r) in reports {
-        for (dir, d) in [("image->text", &r.image_to_text), ("text->image", &r.text_to_image)] {
+        for (dir, d) in [
+            ("image->text", &r.image_to_text),
+            ("text->image", &r.text_to_image),
+        ] {
             if d.ranks.is_empty() {
                 continue;
             }
@@ -157,14 +164,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("loss.png");
         let s = vec![
-            ("train".to_string(), (0..50).map(|i| (i as f32, 1.0 / (1.0 + i as f32))).collect()),
-            ("val".to_string(), vec![(0.0, 0.9), (49.0, f32::NAN), (25.0, 0.2)]),
+            (
+                "train".to_string(),
+                (0..50)
+                    .map(|i| (i as f32, 1.0 / (1.0 + i as f32)))
+                    .collect(),
+            ),
+            (
+                "val".to_string(),
+                vec![(0.0, 0.9), (49.0, f32::NAN), (25.0, 0.2)],
+            ),
         ];
         line_chart(&s, "Loss", "step", "loss", &p).unwrap();
         let img = image::open(&p).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (WIDTH, HEIGHT));
         // Not blank: text and lines put non-white pixels down.
-        let dark = img.pixels().filter(|px| px.0.iter().all(|&c| c < 128)).count();
+        let dark = img
+            .pixels()
+            .filter(|px| px.0.iter().all(|&c| c < 128))
+            .count();
         assert!(dark > 500, "{dark} dark pixels");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         assert!(line_chart(&[], "t", "x", "y", &p).is_err());

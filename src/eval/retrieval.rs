@@ -202,8 +202,15 @@ mod tests {
         let images = [1.0, 0.0, 0.0, 1.0, -1.0, 0.0];
         let texts = [4.0, 1.0, -1.0, 3.0, -3.0, 1.0, 1.0, 3.0];
         let t2i = [0, 0, 1, 2];
-        let r = retrieval_report(&images, &texts, 2, Positives::Captions { text_to_image: &t2i })
-            .unwrap();
+        let r = retrieval_report(
+            &images,
+            &texts,
+            2,
+            Positives::Captions {
+                text_to_image: &t2i,
+            },
+        )
+        .unwrap();
         // Image 0 scores t = (4,-1,-3,1): order t0,t3,t1,t2; positives t0,t1 -> rank 1.
         // Image 1 scores (1,3,1,3): order t1,t3,t0,t2 (ties by index); positive t2 -> rank 4.
         // Image 2 scores (-4,1,3,-1): order t2,t1,t3,t0; positive t3 -> rank 3.
@@ -248,11 +255,30 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_errors() {
-        let e = retrieval_report(&[1.0, 0.0], &[1.0], 2, Positives::Captions { text_to_image: &[] });
+        let e = retrieval_report(
+            &[1.0, 0.0],
+            &[1.0],
+            2,
+            Positives::Captions { text_to_image: &[] },
+        );
         assert!(e.unwrap_err().to_string().contains("text embeddings"));
-        let e = retrieval_report(&[1.0, 0.0], &[1.0, 0.0], 2, Positives::Captions { text_to_image: &[3] });
+        let e = retrieval_report(
+            &[1.0, 0.0],
+            &[1.0, 0.0],
+            2,
+            Positives::Captions {
+                text_to_image: &[3],
+            },
+        );
         assert!(e.unwrap_err().to_string().contains("out of range"));
-        let e = retrieval_report(&[f32::NAN, 0.0], &[1.0, 0.0], 2, Positives::Captions { text_to_image: &[0] });
+        let e = retrieval_report(
+            &[f32::NAN, 0.0],
+            &[1.0, 0.0],
+            2,
+            Positives::Captions {
+                text_to_image: &[0],
+            },
+        );
         assert!(e.unwrap_err().to_string().contains("not finite"));
     }
 }

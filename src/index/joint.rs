@@ -82,7 +82,12 @@ pub struct JointIndex {
     text_entries: Vec<TextEntry>,
 }
 
-fn check_entries(images: usize, image_ids: &[String], texts: usize, entries: &[TextEntry]) -> Result<()> {
+fn check_entries(
+    images: usize,
+    image_ids: &[String],
+    texts: usize,
+    entries: &[TextEntry],
+) -> Result<()> {
     if image_ids.len() != images {
         return Err(IndexError::CountMismatch {
             what: "image ids",
@@ -102,7 +107,11 @@ fn check_entries(images: usize, image_ids: &[String], texts: usize, entries: &[T
         .enumerate()
         .find_map(|(j, e)| e.image.filter(|&i| i >= images).map(|i| (j, i)))
     {
-        return Err(IndexError::BadImageRef { text, image, images });
+        return Err(IndexError::BadImageRef {
+            text,
+            image,
+            images,
+        });
     }
     Ok(())
 }
@@ -197,7 +206,8 @@ impl JointIndex {
                 supported: FORMAT_VERSION,
             });
         }
-        let manifest: Manifest = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+        let manifest: Manifest =
+            serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
         if let Some(expected) = expected_fingerprint {
             if expected != manifest.model_fingerprint {
                 return Err(IndexError::ModelMismatch {
@@ -209,7 +219,10 @@ impl JointIndex {
         }
         let images = VectorIndex::load(&dir.join(IMAGE_DIR))?;
         let texts = VectorIndex::load(&dir.join(TEXT_DIR))?;
-        for (what, index, count) in [("images", &images, manifest.images), ("texts", &texts, manifest.texts)] {
+        for (what, index, count) in [
+            ("images", &images, manifest.images),
+            ("texts", &texts, manifest.texts),
+        ] {
             if index.len() != count || index.dim() != manifest.dim {
                 return Err(corrupt(format!(
                     "{what}: manifest says {count} x {}, the index holds {} x {}",
@@ -264,7 +277,12 @@ impl JointIndex {
     /// The `k` texts most similar to an image embedding (a unit vector), best first; through
     /// the HNSW graph with the manifest's `ef_search`, or by brute force when `exact`.
     /// `k = 0` or `k` above the number of texts is an error.
-    pub fn query_by_image_embedding(&self, query: &[f32], k: usize, exact: bool) -> Result<Vec<Hit>> {
+    pub fn query_by_image_embedding(
+        &self,
+        query: &[f32],
+        k: usize,
+        exact: bool,
+    ) -> Result<Vec<Hit>> {
         let hits = search(&self.texts, query, k, exact)?;
         Ok(hits
             .into_iter()
@@ -277,7 +295,12 @@ impl JointIndex {
     }
 
     /// The `k` images most similar to a text embedding, as [`Self::query_by_image_embedding`].
-    pub fn query_by_text_embedding(&self, query: &[f32], k: usize, exact: bool) -> Result<Vec<Hit>> {
+    pub fn query_by_text_embedding(
+        &self,
+        query: &[f32],
+        k: usize,
+        exact: bool,
+    ) -> Result<Vec<Hit>> {
         let hits = search(&self.images, query, k, exact)?;
         Ok(hits
             .into_iter()

@@ -125,7 +125,9 @@ pub enum IndexError {
         supported: u32,
     },
     /// The index was built with a different model than the one given.
-    #[error("{path}: index was built with model {found}, not {expected}; rebuild it with `siam index`")]
+    #[error(
+        "{path}: index was built with model {found}, not {expected}; rebuild it with `siam index`"
+    )]
     ModelMismatch {
         /// The index folder.
         path: PathBuf,

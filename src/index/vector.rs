@@ -300,7 +300,11 @@ impl VectorIndex {
     pub fn search_exact(&self, query: &[f32], k: usize) -> Result<Vec<(usize, f32)>> {
         self.check_query(query, k)?;
         let dot = dot_kernel();
-        let scores: Vec<f32> = self.vectors.chunks_exact(self.dim).map(|v| dot(query, v)).collect();
+        let scores: Vec<f32> = self
+            .vectors
+            .chunks_exact(self.dim)
+            .map(|v| dot(query, v))
+            .collect();
         Ok(crate::eval::scores::top_k(&scores, k, None)
             .into_iter()
             .map(|i| (i, scores[i]))
@@ -314,11 +318,12 @@ impl VectorIndex {
     /// Writes the index to folder `dir` (atomically: built under a temporary name, then
     /// renamed): `hnsw.json`, `vectors.npy` and hnsw_rs's `graph.hnsw.graph` / `graph.hnsw.data`.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        crate::io::atomic_dir(dir, |tmp| self.write_into(tmp).map_err(Into::into))
-            .map_err(|e| match e.downcast::<IndexError>() {
+        crate::io::atomic_dir(dir, |tmp| self.write_into(tmp).map_err(Into::into)).map_err(|e| {
+            match e.downcast::<IndexError>() {
                 Ok(e) => *e,
                 Err(e) => hnsw_error(dir, e.to_string()),
-            })
+            }
+        })
     }
 
     /// Writes the files into an existing folder.
@@ -331,7 +336,10 @@ impl VectorIndex {
                 .map_err(|p| hnsw_error(dir, panic_text(p)))?
                 .map_err(|e| hnsw_error(dir, e.to_string()))?;
             if dumped != DUMP_BASENAME {
-                return Err(hnsw_error(dir, format!("dumped under unexpected name {dumped}")));
+                return Err(hnsw_error(
+                    dir,
+                    format!("dumped under unexpected name {dumped}"),
+                ));
             }
             graph_sha256 = Some(sha256_file(&dump_path(dir, "graph"))?);
             data_sha256 = Some(sha256_file(&dump_path(dir, "data"))?);
@@ -373,12 +381,15 @@ impl VectorIndex {
         if !vec_path.is_file() {
             return Err(IndexError::Missing { path: vec_path });
         }
-        let (vectors, rows, cols) = crate::io::read_npy(&vec_path)
-            .map_err(|e| corrupt(&vec_path, e.to_string()))?;
+        let (vectors, rows, cols) =
+            crate::io::read_npy(&vec_path).map_err(|e| corrupt(&vec_path, e.to_string()))?;
         if rows != meta.count || cols != meta.dim || meta.dim == 0 {
             return Err(corrupt(
                 &vec_path,
-                format!("holds {rows} x {cols}, hnsw.json says {} x {}", meta.count, meta.dim),
+                format!(
+                    "holds {rows} x {cols}, hnsw.json says {} x {}",
+                    meta.count, meta.dim
+                ),
             ));
         }
         let graph = if meta.count == 0 {
