@@ -1,4 +1,5 @@
-//! HNSW index quality and speed: siam's `VectorIndex` (hnsw_rs 0.3.5 + our SIMD cosine) against
+//! HNSW index quality and speed: siam's `VectorIndex` (built by hnsw_rs 0.3.5 with our SIMD cosine,
+//! searched on our flat copy of the graph, src/index/flat.rs) against
 //! hnswlib (PyPI, same M and ef_construction) on the same clustered unit vectors, in one run.
 //!
 //! `cargo bench --bench index` (release). Env: `SIAM_BENCH_N` (default 100000 points),
@@ -245,7 +246,7 @@ fn main() {
     };
 
     println!("## Build (M = 16, ef_construction = 200, 2 threads)\n");
-    println!("| | siam (hnsw_rs + UnitDot) | hnswlib | siam / hnswlib |");
+    println!("| | siam (hnsw_rs build + UnitDot) | hnswlib | siam / hnswlib |");
     println!("|---|---|---|---|");
     let their_build = theirs.as_ref().and_then(|t| t["build_s"].as_f64());
     match their_build {

@@ -13,6 +13,7 @@
 
 pub mod dot;
 mod joint;
+mod flat;
 mod vector;
 
 pub use joint::{Hit, JointIndex, Manifest, TextEntry, FORMAT_VERSION};
