@@ -12,29 +12,44 @@ use std::time::Instant;
 
 use burn::tensor::{Distribution, Tensor};
 use siam_losses::{
-    ContrastiveLoss, Distance, Loss, Miner, MinerKind, MultiSimilarityLoss, PairwiseLoss, Positives, TripletKind,
-    TripletLoss,
+    ContrastiveLoss, Distance, Loss, Miner, MinerKind, MultiSimilarityLoss, PairwiseLoss,
+    Positives, TripletKind, TripletLoss,
 };
 
 fn configs() -> Vec<(&'static str, Loss, Miner)> {
     let cos = Distance::Cosine;
     let triplet = Loss::Triplet(TripletLoss::new(cos, 0.2));
     vec![
-        ("triplet + batch-hard", triplet, Miner::new(MinerKind::BatchHard)),
+        (
+            "triplet + batch-hard",
+            triplet,
+            Miner::new(MinerKind::BatchHard),
+        ),
         (
             "triplet + semihard miner",
             triplet,
-            Miner::new(MinerKind::TripletMargin { margin: 0.2, kind: TripletKind::SemiHard }),
+            Miner::new(MinerKind::TripletMargin {
+                margin: 0.2,
+                kind: TripletKind::SemiHard,
+            }),
         ),
         ("triplet batch-all", triplet, Miner::none()),
         (
             "pairwise contrastive",
-            Loss::Pairwise(PairwiseLoss { pos_margin: 1.0, neg_margin: 0.0, ..PairwiseLoss::new(cos) }),
+            Loss::Pairwise(PairwiseLoss {
+                pos_margin: 1.0,
+                neg_margin: 0.0,
+                ..PairwiseLoss::new(cos)
+            }),
             Miner::none(),
         ),
         (
             "NT-Xent",
-            Loss::Contrastive(ContrastiveLoss { positives: Positives::PerPair, symmetric: false, ..ContrastiveLoss::new(cos) }),
+            Loss::Contrastive(ContrastiveLoss {
+                positives: Positives::PerPair,
+                symmetric: false,
+                ..ContrastiveLoss::new(cos)
+            }),
             Miner::none(),
         ),
         (
@@ -54,9 +69,16 @@ fn main() {
     let sizes: Vec<usize> = std::env::var("SIAM_BENCH_SIZES")
         .unwrap_or_else(|_| "256,1024,4096".into())
         .split(',')
-        .map(|s| s.trim().parse().expect("SIAM_BENCH_SIZES: comma-separated integers"))
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("SIAM_BENCH_SIZES: comma-separated integers")
+        })
         .collect();
-    let dim: usize = std::env::var("SIAM_BENCH_DIM").ok().and_then(|s| s.parse().ok()).unwrap_or(512);
+    let dim: usize = std::env::var("SIAM_BENCH_DIM")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(512);
     let dev = burn::tensor::Device::flex().autodiff();
 
     let mut ours: HashMap<(String, usize), f64> = HashMap::new();
@@ -66,10 +88,13 @@ fn main() {
             let reps = if b >= 4096 { 3 } else { 5 };
             let mut times = Vec::new();
             for it in 0..=reps {
-                let x = Tensor::<2>::random([b, dim], Distribution::Normal(0.0, 1.0), &dev).require_grad();
+                let x = Tensor::<2>::random([b, dim], Distribution::Normal(0.0, 1.0), &dev)
+                    .require_grad();
                 let _ = x.clone().sum().into_data();
                 let t0 = Instant::now();
-                let out = loss.forward_self(x.clone(), &labels, &miner, None).expect("loss");
+                let out = loss
+                    .forward_self(x.clone(), &labels, &miner, None)
+                    .expect("loss");
                 let grads = out.loss.backward();
                 let _ = x.grad(&grads).expect("gradient").sum().into_data();
                 if it > 0 {
@@ -83,7 +108,11 @@ fn main() {
     }
 
     let python = std::env::var("SIAM_PYTHON").unwrap_or_else(|_| "python3".into());
-    let size_arg = sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
+    let size_arg = sizes
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let reference = Command::new(&python)
         .args(["benches/python/losses.py", &size_arg, &dim.to_string()])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -92,8 +121,13 @@ fn main() {
     match reference {
         Ok(out) => {
             for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-                let key = (v["config"].as_str().unwrap_or("").to_string(), v["batch"].as_u64().unwrap_or(0) as usize);
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                let key = (
+                    v["config"].as_str().unwrap_or("").to_string(),
+                    v["batch"].as_u64().unwrap_or(0) as usize,
+                );
                 let val = match v["ms"].as_f64() {
                     Some(ms) => Ok(ms),
                     None => Err(v["skipped"].as_str().unwrap_or("skipped").to_string()),
@@ -101,7 +135,11 @@ fn main() {
                 theirs.insert(key, val);
             }
             if !out.status.success() {
-                eprintln!("reference exited with {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+                eprintln!(
+                    "reference exited with {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
         Err(e) => eprintln!("could not run {python}: {e}"),

@@ -26,24 +26,42 @@ const BATCH: usize = 32;
 const REPEATS: usize = 3;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A photo-like image: a sky-to-ground gradient, a few soft coloured blobs, fine texture.
 fn photo(rng: &mut StdRng) -> RgbImage {
-    let top: [f32; 3] = [rng.random_range(80.0..200.0), rng.random_range(100.0..220.0), rng.random_range(150.0..255.0)];
-    let bottom: [f32; 3] = [rng.random_range(30.0..140.0), rng.random_range(40.0..140.0), rng.random_range(10.0..90.0)];
+    let top: [f32; 3] = [
+        rng.random_range(80.0..200.0),
+        rng.random_range(100.0..220.0),
+        rng.random_range(150.0..255.0),
+    ];
+    let bottom: [f32; 3] = [
+        rng.random_range(30.0..140.0),
+        rng.random_range(40.0..140.0),
+        rng.random_range(10.0..90.0),
+    ];
     let blobs: Vec<(f32, f32, f32, [f32; 3])> = (0..rng.random_range(3..8))
         .map(|_| {
             (
                 rng.random_range(0.0..W as f32),
                 rng.random_range(0.0..H as f32),
                 rng.random_range(20.0..120.0),
-                [rng.random_range(0.0..255.0), rng.random_range(0.0..255.0), rng.random_range(0.0..255.0)],
+                [
+                    rng.random_range(0.0..255.0),
+                    rng.random_range(0.0..255.0),
+                    rng.random_range(0.0..255.0),
+                ],
             )
         })
         .collect();
-    let (fx, fy) = (rng.random_range(0.02..0.2f32), rng.random_range(0.02..0.2f32));
+    let (fx, fy) = (
+        rng.random_range(0.02..0.2f32),
+        rng.random_range(0.02..0.2f32),
+    );
     RgbImage::from_fn(W, H, |x, y| {
         let (xf, yf) = (x as f32, y as f32);
         let t = yf / H as f32;
@@ -71,7 +89,9 @@ fn write_images(dir: &Path, n: usize) {
     for i in 0..n {
         let img = photo(&mut rng);
         let mut bytes = Vec::new();
-        JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(&img).expect("encode JPEG");
+        JpegEncoder::new_with_quality(&mut bytes, 90)
+            .encode_image(&img)
+            .expect("encode JPEG");
         std::fs::write(folder.join(format!("{i:04}.jpg")), bytes).expect("write JPEG");
     }
 }
@@ -79,9 +99,17 @@ fn write_images(dir: &Path, n: usize) {
 fn rust_rate(dir: &Path, threads: usize) -> (f64, usize) {
     let ds = Arc::new(Dataset::open(dir, &OpenOptions::default()).expect("open bench folder"));
     let pre = Preprocessor::clip(SIZE);
-    let batches: Vec<Vec<usize>> = (0..ds.len()).collect::<Vec<_>>().chunks(BATCH).map(<[usize]>::to_vec).collect();
+    let batches: Vec<Vec<usize>> = (0..ds.len())
+        .collect::<Vec<_>>()
+        .chunks(BATCH)
+        .map(<[usize]>::to_vec)
+        .collect();
     let pass = || {
-        let opts = LoaderOptions { threads, prefetch: 2 * threads, ..LoaderOptions::default() };
+        let opts = LoaderOptions {
+            threads,
+            prefetch: 2 * threads,
+            ..LoaderOptions::default()
+        };
         let mut n = 0;
         for b in Loader::new(ds.clone(), pre.clone(), batches.clone(), opts) {
             let b = b.expect("bench images decode");
@@ -107,18 +135,36 @@ fn python_rate(dir: &Path, threads: usize) -> Result<(f64, String), String> {
     let out = std::process::Command::new(&py)
         .arg(&script)
         .arg(dir)
-        .args(["--size", &SIZE.to_string(), "--batch", &BATCH.to_string(), "--workers", &threads.to_string(), "--repeats", &REPEATS.to_string()])
+        .args([
+            "--size",
+            &SIZE.to_string(),
+            "--batch",
+            &BATCH.to_string(),
+            "--workers",
+            &threads.to_string(),
+            "--repeats",
+            &REPEATS.to_string(),
+        ])
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .map_err(|e| format!("cannot run {py}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{py} {} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "{py} {} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().ok_or("no output")?;
-    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("bad output {line:?}: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("bad output {line:?}: {e}"))?;
     let rate = v["images_per_s"].as_f64().ok_or("no images_per_s")?;
-    let versions = format!("torch {}, Pillow {}", v["torch"].as_str().unwrap_or("?"), v["pillow"].as_str().unwrap_or("?"));
+    let versions = format!(
+        "torch {}, Pillow {}",
+        v["torch"].as_str().unwrap_or("?"),
+        v["pillow"].as_str().unwrap_or("?")
+    );
     Ok((rate, versions))
 }
 
@@ -128,8 +174,15 @@ fn main() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let t = Instant::now();
     write_images(tmp.path(), n);
-    let bytes: u64 = std::fs::read_dir(tmp.path().join("photos")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
-    eprintln!("wrote {n} JPEGs {W}x{H} q90 ({:.0} KB each) in {:.1}s", bytes as f64 / n as f64 / 1024.0, t.elapsed().as_secs_f64());
+    let bytes: u64 = std::fs::read_dir(tmp.path().join("photos"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    eprintln!(
+        "wrote {n} JPEGs {W}x{H} q90 ({:.0} KB each) in {:.1}s",
+        bytes as f64 / n as f64 / 1024.0,
+        t.elapsed().as_secs_f64()
+    );
 
     let (rust1, _) = rust_rate(tmp.path(), 1);
     let (rust, count) = rust_rate(tmp.path(), threads);
@@ -145,13 +198,22 @@ fn main() {
     md.push_str("| pipeline | workers | images/s | ratio vs PyTorch |\n|---|---:|---:|---:|\n");
     match &py {
         Ok((p, versions)) => {
-            md.push_str(&format!("| siam-data Loader | {threads} | {rust:.1} | {:.2}x |\n", rust / p));
-            md.push_str(&format!("| siam-data Loader | 1 | {rust1:.1} | {:.2}x |\n", rust1 / p));
+            md.push_str(&format!(
+                "| siam-data Loader | {threads} | {rust:.1} | {:.2}x |\n",
+                rust / p
+            ));
+            md.push_str(&format!(
+                "| siam-data Loader | 1 | {rust1:.1} | {:.2}x |\n",
+                rust1 / p
+            ));
             md.push_str(&format!("| PyTorch DataLoader + PIL + torchvision ({versions}) | {threads} | {p:.1} | 1.00x |\n"));
         }
         Err(e) => {
             md.push_str(&format!("| siam-data Loader | {threads} | {rust:.1} | n/a |\n| siam-data Loader | 1 | {rust1:.1} | n/a |\n"));
-            md.push_str(&format!("\nPython reference not run: {}\n", e.lines().next().unwrap_or("")));
+            md.push_str(&format!(
+                "\nPython reference not run: {}\n",
+                e.lines().next().unwrap_or("")
+            ));
         }
     }
     md.push_str(&format!(

@@ -30,16 +30,31 @@ const TEXT_LEN: usize = 16;
 
 fn towers(device: &Device, policy: FreezePolicy) -> TwinTowers {
     let cfg = ClipConfig::vit_b_32();
-    let head = HeadConfig { kind: HeadKind::Linear, d_in: 512, d_out: 512, ratio: 0.2, reduction: 4 };
-    TwinTowers { clip: Clip::new(&cfg, device), image_head: head.init(device), text_head: head.init(device) }
-        .with_freeze(policy, policy, false)
-        .unwrap()
+    let head = HeadConfig {
+        kind: HeadKind::Linear,
+        d_in: 512,
+        d_out: 512,
+        ratio: 0.2,
+        reduction: 4,
+    };
+    TwinTowers {
+        clip: Clip::new(&cfg, device),
+        image_head: head.init(device),
+        text_head: head.init(device),
+    }
+    .with_freeze(policy, policy, false)
+    .unwrap()
 }
 
 fn stepper(m: &TwinTowers, lr: f64) -> Stepper {
     Stepper {
         optim: build_adamw(&AdamWSettings::default(), &split_params(m)),
-        schedule: CosineSchedule { base_lr: lr, warmup_steps: 0, total_steps: 1_000_000, min_lr: 0.0 },
+        schedule: CosineSchedule {
+            base_lr: lr,
+            warmup_steps: 0,
+            total_steps: 1_000_000,
+            min_lr: 0.0,
+        },
         max_grad_norm: Some(1.0),
         step: 0,
         epoch: 0,
@@ -80,20 +95,36 @@ fn time_steps(n: usize, mut step: impl FnMut()) -> f64 {
     1000.0 * t.elapsed().as_secs_f64() / n as f64
 }
 
-fn run_steps(model: TwinTowers, batch: impl Fn() -> TrainBatch, n: usize, lr: f64, obj: &dyn Objective) -> f64 {
+fn run_steps(
+    model: TwinTowers,
+    batch: impl Fn() -> TrainBatch,
+    n: usize,
+    lr: f64,
+    obj: &dyn Objective,
+) -> f64 {
     let mut st = stepper(&model, lr);
     let mut model = Some(model);
     time_steps(n, || {
-        let (m, _) = st.step(model.take().unwrap(), batch(), obj).map_err(|(_, e)| e).unwrap();
+        let (m, _) = st
+            .step(model.take().unwrap(), batch(), obj)
+            .map_err(|(_, e)| e)
+            .unwrap();
         model = Some(m);
     })
 }
 
 fn main() {
-    let steps: usize = std::env::var("SIAM_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let steps: usize = std::env::var("SIAM_BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let head_steps = 200;
     let device = siam::device::from_env().autodiff();
-    let obj = build_objective(&LossSettings { miner: Some("hard".into()), ..LossSettings::default() }).unwrap();
+    let obj = build_objective(&LossSettings {
+        miner: Some("hard".into()),
+        ..LossSettings::default()
+    })
+    .unwrap();
     let x = inputs(&device);
     let batch = |images: ImageInput, texts: TextInput| TrainBatch {
         images,
@@ -101,32 +132,71 @@ fn main() {
         texts,
         text_labels: x.text_labels.clone(),
     };
-    let tokens = || TextInput::Tokens { ids: x.ids.clone(), lengths: x.lengths.clone() };
+    let tokens = || TextInput::Tokens {
+        ids: x.ids.clone(),
+        lengths: x.lengths.clone(),
+    };
 
     eprintln!("siam: full step ...");
-    let full = run_steps(towers(&device, FreezePolicy::Full), || batch(ImageInput::Pixels(x.pixels.clone()), tokens()), steps, 1e-5, obj.as_ref());
+    let full = run_steps(
+        towers(&device, FreezePolicy::Full),
+        || batch(ImageInput::Pixels(x.pixels.clone()), tokens()),
+        steps,
+        1e-5,
+        obj.as_ref(),
+    );
     eprintln!("siam: locked towers ...");
     let locked_model = towers(&device, FreezePolicy::Locked);
     let (fi, ft) = {
         let v = locked_model.valid();
         (
-            v.clip.encode_image(x.pixels.clone().without_autodiff()).autodiff(),
-            v.clip.encode_text(x.ids.clone().without_autodiff(), &x.lengths).autodiff(),
+            v.clip
+                .encode_image(x.pixels.clone().without_autodiff())
+                .autodiff(),
+            v.clip
+                .encode_text(x.ids.clone().without_autodiff(), &x.lengths)
+                .autodiff(),
         )
     };
-    let locked = run_steps(locked_model.clone(), || batch(ImageInput::Pixels(x.pixels.clone()), tokens()), steps, 1e-3, obj.as_ref());
+    let locked = run_steps(
+        locked_model.clone(),
+        || batch(ImageInput::Pixels(x.pixels.clone()), tokens()),
+        steps,
+        1e-3,
+        obj.as_ref(),
+    );
     eprintln!("siam: heads from cached features ...");
-    let cached = run_steps(locked_model, || batch(ImageInput::Features(fi.clone()), TextInput::Features(ft.clone())), head_steps, 1e-3, obj.as_ref());
+    let cached = run_steps(
+        locked_model,
+        || {
+            batch(
+                ImageInput::Features(fi.clone()),
+                TextInput::Features(ft.clone()),
+            )
+        },
+        head_steps,
+        1e-3,
+        obj.as_ref(),
+    );
 
     eprintln!("pytorch: the same three ...");
     let python = std::env::var("SIAM_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = Command::new(&python)
-        .args(["benches/python/train.py", &BATCH.to_string(), &TEXT_LEN.to_string(), &steps.to_string(), &head_steps.to_string()])
+        .args([
+            "benches/python/train.py",
+            &BATCH.to_string(),
+            &TEXT_LEN.to_string(),
+            &steps.to_string(),
+            &head_steps.to_string(),
+        ])
         .env("OMP_NUM_THREADS", "2")
         .output()
         .expect("running the PyTorch reference");
     let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!("benches/python/train.py failed: {}", String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "benches/python/train.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     let backend = std::env::var("SIAM_TEST_DEVICE").unwrap_or_else(|_| "flex".into());
     println!("| training step (batch {BATCH}, ViT-B/32 towers) | siam {backend} ms/step | PyTorch ms/step | siam speed vs PyTorch |");
@@ -137,6 +207,9 @@ fn main() {
         ("heads only, cached features", cached, "heads_cached"),
     ] {
         let theirs = py[key].as_f64().unwrap();
-        println!("| {name} | {ours:.1} | {theirs:.1} | {:.2}x |", theirs / ours);
+        println!(
+            "| {name} | {ours:.1} | {theirs:.1} | {:.2}x |",
+            theirs / ours
+        );
     }
 }

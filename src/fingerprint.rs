@@ -31,7 +31,12 @@ pub fn model_fingerprint(path: &Path, arch: Option<&str>) -> std::io::Result<Str
         vec![path.to_path_buf()]
     };
     for f in files {
-        h.update(f.file_name().unwrap_or_default().to_string_lossy().as_bytes());
+        h.update(
+            f.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .as_bytes(),
+        );
         h.update([0u8]);
         let mut file = std::fs::File::open(&f)?;
         let mut buf = vec![0u8; 1 << 20];

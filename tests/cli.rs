@@ -57,7 +57,8 @@ fn embed_texts_matches_transformers_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("t.npy");
     let texts: Vec<String> =
-        serde_json::from_str(&std::fs::read_to_string(fixture("clip/hf_vit/texts.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture("clip/hf_vit/texts.json")).unwrap())
+            .unwrap();
     let mut args = vec!["embed", "--model", "MODEL", "--out", "OUT", "--texts"];
     let model = fixture("clip/hf_vit");
     let out_s = out.display().to_string();
@@ -76,7 +77,8 @@ fn embed_texts_matches_transformers_end_to_end() {
         }
     }
     let ids: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("t.ids.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("t.ids.json")).unwrap())
+            .unwrap();
     assert_eq!(ids["ids"].as_array().unwrap().len(), rows);
 }
 
@@ -85,18 +87,31 @@ fn classify_matches_clip_probabilities() {
     // With template "{}" the labels are the fixture texts, so the probabilities must be the
     // softmax of transformers' logits_per_image (up to our preprocessing's <= 1/255 pixel error).
     let texts: Vec<String> =
-        serde_json::from_str(&std::fs::read_to_string(fixture("clip/hf_vit/texts.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture("clip/hf_vit/texts.json")).unwrap())
+            .unwrap();
     let images: Vec<String> =
-        serde_json::from_str(&std::fs::read_to_string(fixture("clip/hf_vit/images.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture("clip/hf_vit/images.json")).unwrap())
+            .unwrap();
     let labels_file = tempfile::NamedTempFile::new().unwrap();
     // Labels with commas are fine in a file; the empty text cannot be a label, so use the first two.
     std::fs::write(labels_file.path(), format!("{}\n{}\n", texts[0], texts[1])).unwrap();
-    let (logits, n_img, n_txt) = read_npy(&root().join("tests/fixtures/clip/hf_vit/logits_per_image.npy"));
+    let (logits, n_img, n_txt) =
+        read_npy(&root().join("tests/fixtures/clip/hf_vit/logits_per_image.npy"));
     let model = fixture("clip/hf_vit");
     let lf = labels_file.path().display().to_string();
     for (i, name) in images.iter().enumerate() {
         let img = fixture(&format!("images/{name}"));
-        let out = ok(&["classify", &img, "--model", &model, "--labels-file", &lf, "--template", "{}", "--json"]);
+        let out = ok(&[
+            "classify",
+            &img,
+            "--model",
+            &model,
+            "--labels-file",
+            &lf,
+            "--template",
+            "{}",
+            "--json",
+        ]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         let got = v[0]["labels"].as_array().unwrap();
         let row = &logits[i * n_txt..(i + 1) * n_txt];
@@ -109,10 +124,19 @@ fn classify_matches_clip_probabilities() {
             let w = want.iter().find(|(l, _)| *l == label).unwrap().1;
             // Pixels match CLIPImageProcessor within 1/255 (not bit-exactly: PIL's fixed-point bicubic),
             // which logit_scale (~20 here) amplifies to a few 1e-3 in probability.
-            assert!((p - w).abs() < 5e-3, "image {name}, label {label}: {p} vs {w}");
+            assert!(
+                (p - w).abs() < 5e-3,
+                "image {name}, label {label}: {p} vs {w}"
+            );
         }
-        let probs: Vec<f64> = got.iter().map(|e| e["probability"].as_f64().unwrap()).collect();
-        assert!(probs.windows(2).all(|w| w[0] >= w[1]), "not sorted: {probs:?}");
+        let probs: Vec<f64> = got
+            .iter()
+            .map(|e| e["probability"].as_f64().unwrap())
+            .collect();
+        assert!(
+            probs.windows(2).all(|w| w[0] >= w[1]),
+            "not sorted: {probs:?}"
+        );
         let _ = n_img;
     }
 }
@@ -122,41 +146,86 @@ fn train_index_query_eval_on_the_demo_set() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let run_s = run.display().to_string();
-    let out = siam(&["train", "--loss", "triplet", "--epochs", "2", "--out", &run_s]);
+    let out = siam(&[
+        "train", "--loss", "triplet", "--epochs", "2", "--out", &run_s,
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("RANDOM"), "the output must say the weights are random: {err}");
+    assert!(
+        err.contains("RANDOM"),
+        "the output must say the weights are random: {err}"
+    );
     assert!(run.join("siam.json").is_file() && run.join("model.safetensors").is_file());
     let demo = dir.path().join("demo");
     let demo_s = demo.display().to_string();
     ok(&["demo-data", "--out", &demo_s, "--per-class", "6"]);
     let images = demo.join("images").display().to_string();
     let index = dir.path().join("idx").display().to_string();
-    ok(&["index", "--model", &run_s, "--data", &images, "--out", &index]);
-    let q = demo.join("images/red_circle/0000.png").display().to_string();
+    ok(&[
+        "index", "--model", &run_s, "--data", &images, "--out", &index,
+    ]);
+    let q = demo
+        .join("images/red_circle/0000.png")
+        .display()
+        .to_string();
     let out = ok(&["query", &q, "--index", &index, "--k", "3", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let hits = v[0]["hits"].as_array().unwrap();
     assert_eq!(hits.len(), 3);
     let scores: Vec<f64> = hits.iter().map(|h| h["score"].as_f64().unwrap()).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]));
-    let exact = ok(&["query", "--text", "a photo of a red circle.", "--index", &index, "--k", "72", "--exact", "--json"]);
+    let exact = ok(&[
+        "query",
+        "--text",
+        "a photo of a red circle.",
+        "--index",
+        &index,
+        "--k",
+        "72",
+        "--exact",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&exact).unwrap();
     assert_eq!(v[0]["hits"].as_array().unwrap().len(), 72);
     fails(&["query", &q, "--index", &index, "--k", "0"], &["--k"]);
-    fails(&["query", &q, "--index", &index, "--k", "13"], &["larger than"]);
-    fails(&["query", &q, "--index", "/nonexistent/idx"], &["/nonexistent/idx"]);
+    fails(
+        &["query", &q, "--index", &index, "--k", "13"],
+        &["larger than"],
+    );
+    fails(
+        &["query", &q, "--index", "/nonexistent/idx"],
+        &["/nonexistent/idx"],
+    );
     // An index queried with another model is refused.
     let other = fixture("clip/hf_vit");
-    fails(&["query", &q, "--index", &index, "--model", &other], &["built with model"]);
+    fails(
+        &["query", &q, "--index", &index, "--model", &other],
+        &["built with model"],
+    );
     let json = dir.path().join("eval.json");
     let json_s = json.display().to_string();
-    ok(&["eval", "--model", &run_s, "--data", &images, "--split", "all", "--json", &json_s, "--ann"]);
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let r1 = v["retrieval"]["image_to_text"]["recall_at_1"].as_f64().unwrap();
+    ok(&[
+        "eval", "--model", &run_s, "--data", &images, "--split", "all", "--json", &json_s, "--ann",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r1 = v["retrieval"]["image_to_text"]["recall_at_1"]
+        .as_f64()
+        .unwrap();
     assert!((0.0..=1.0).contains(&r1));
     assert!(json.with_extension("png").is_file());
-    fails(&["eval", "--model", &run_s, "--data", &images, "--split", "validation-x"], &[]);
+    fails(
+        &[
+            "eval",
+            "--model",
+            &run_s,
+            "--data",
+            &images,
+            "--split",
+            "validation-x",
+        ],
+        &[],
+    );
 }
 
 #[test]
@@ -172,15 +241,49 @@ fn bad_input_is_one_line_and_writes_nothing() {
         ("images/does_not_exist.jpg", "does_not_exist.jpg"),
     ] {
         let p = fixture(img);
-        fails(&["embed", "--model", &model, "--images", &p, "--out", &out_s], &[needle]);
+        fails(
+            &["embed", "--model", &model, "--images", &p, "--out", &out_s],
+            &[needle],
+        );
         assert!(!out.exists(), "{img}: a partial output was left");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{img}: temp files left");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{img}: temp files left"
+        );
     }
     // A directory where a model file is expected, a missing model, a non-CLIP checkpoint.
     let d = dir.path().display().to_string();
-    fails(&["embed", "--model", &d, "--texts", "x", "--out", &out_s], &[]);
-    fails(&["embed", "--model", "/nonexistent/model", "--texts", "x", "--out", &out_s], &["/nonexistent/model"]);
-    fails(&["classify", &fixture("images/cat_like.jpg"), "--model", &model], &["labels"]);
-    fails(&["embed", "--model", &model, "--texts", "x", "--out", &out_s, "--device", "cuda"], &["cuda"]);
+    fails(
+        &["embed", "--model", &d, "--texts", "x", "--out", &out_s],
+        &[],
+    );
+    fails(
+        &[
+            "embed",
+            "--model",
+            "/nonexistent/model",
+            "--texts",
+            "x",
+            "--out",
+            &out_s,
+        ],
+        &["/nonexistent/model"],
+    );
+    fails(
+        &[
+            "classify",
+            &fixture("images/cat_like.jpg"),
+            "--model",
+            &model,
+        ],
+        &["labels"],
+    );
+    fails(
+        &[
+            "embed", "--model", &model, "--texts", "x", "--out", &out_s, "--device", "cuda",
+        ],
+        &["cuda"],
+    );
     assert!(!out.exists());
 }

@@ -19,10 +19,24 @@ use siam::train::twin::{FreezePolicy, ImageInput, TextInput, TwinTowers};
 fn model(device: &Device, train_scale: bool) -> TwinTowers {
     device.seed(3);
     let cfg = ClipConfig::tiny();
-    let head = HeadConfig { kind: HeadKind::Linear, d_in: 64, d_out: 64, ratio: 0.2, reduction: 4 };
-    TwinTowers { clip: Clip::new(&cfg, device), image_head: head.init(device), text_head: head.init(device) }
-        .with_freeze(FreezePolicy::LastBlocks(1), FreezePolicy::LastBlocks(1), train_scale)
-        .unwrap()
+    let head = HeadConfig {
+        kind: HeadKind::Linear,
+        d_in: 64,
+        d_out: 64,
+        ratio: 0.2,
+        reduction: 4,
+    };
+    TwinTowers {
+        clip: Clip::new(&cfg, device),
+        image_head: head.init(device),
+        text_head: head.init(device),
+    }
+    .with_freeze(
+        FreezePolicy::LastBlocks(1),
+        FreezePolicy::LastBlocks(1),
+        train_scale,
+    )
+    .unwrap()
 }
 
 fn batch(range: std::ops::Range<usize>, px: &Tensor<4>, device: &Device) -> TrainBatch {
@@ -30,7 +44,12 @@ fn batch(range: std::ops::Range<usize>, px: &Tensor<4>, device: &Device) -> Trai
     let labels: Vec<usize> = range.clone().map(|i| i / 2).collect();
     let mut ids = Vec::new();
     for i in range.clone() {
-        ids.extend([49406i64, 320 + (i / 2) as i64 * 7, 1000 + (i / 2) as i64, 49407]);
+        ids.extend([
+            49406i64,
+            320 + (i / 2) as i64 * 7,
+            1000 + (i / 2) as i64,
+            49407,
+        ]);
     }
     TrainBatch {
         images: ImageInput::Pixels(px.clone().narrow(0, range.start, n)),
@@ -46,7 +65,12 @@ fn batch(range: std::ops::Range<usize>, px: &Tensor<4>, device: &Device) -> Trai
 fn stepper(m: &TwinTowers) -> Stepper {
     Stepper {
         optim: build_adamw(&AdamWSettings::default(), &split_params(m)),
-        schedule: CosineSchedule { base_lr: 1e-3, warmup_steps: 0, total_steps: 10, min_lr: 0.0 },
+        schedule: CosineSchedule {
+            base_lr: 1e-3,
+            warmup_steps: 0,
+            total_steps: 10,
+            min_lr: 0.0,
+        },
         max_grad_norm: Some(1.0),
         step: 0,
         epoch: 0,
@@ -54,8 +78,27 @@ fn stepper(m: &TwinTowers) -> Stepper {
 }
 
 fn values(m: &TwinTowers) -> Vec<f32> {
-    let mut v = m.image_head.proj.as_ref().unwrap().weight.val().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
-    v.extend(m.clip.text.text_projection.val().into_data().convert::<f32>().try_into_vec::<f32>().unwrap());
+    let mut v = m
+        .image_head
+        .proj
+        .as_ref()
+        .unwrap()
+        .weight
+        .val()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    v.extend(
+        m.clip
+            .text
+            .text_projection
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap(),
+    );
     v
 }
 
@@ -76,17 +119,37 @@ fn check(loss: &str, miner: Option<&str>) {
     let before = values(&base);
     let a = base.clone();
     let mut sa = stepper(&a);
-    let (a, out_a) = sa.step(a, batch(0..8, &px, &device), objective.as_ref()).map_err(|(_, e)| e).unwrap();
+    let (a, out_a) = sa
+        .step(a, batch(0..8, &px, &device), objective.as_ref())
+        .map_err(|(_, e)| e)
+        .unwrap();
 
     let b = base.clone();
     let mut sb = stepper(&b);
     let micro = vec![batch(0..4, &px, &device), batch(4..8, &px, &device)];
-    let (b, out_b) = sb.step_accumulated(b, micro, objective.as_ref()).map_err(|(_, e)| e).unwrap();
+    let (b, out_b) = sb
+        .step_accumulated(b, micro, objective.as_ref())
+        .map_err(|(_, e)| e)
+        .unwrap();
 
-    assert!((out_a.loss - out_b.loss).abs() < 1e-5 * out_a.loss.abs().max(1.0), "{loss}: {} vs {}", out_a.loss, out_b.loss);
-    assert!((out_a.grad_norm - out_b.grad_norm).abs() < 1e-4 * out_a.grad_norm, "{loss}: grad norm {} vs {}", out_a.grad_norm, out_b.grad_norm);
+    assert!(
+        (out_a.loss - out_b.loss).abs() < 1e-5 * out_a.loss.abs().max(1.0),
+        "{loss}: {} vs {}",
+        out_a.loss,
+        out_b.loss
+    );
+    assert!(
+        (out_a.grad_norm - out_b.grad_norm).abs() < 1e-4 * out_a.grad_norm,
+        "{loss}: grad norm {} vs {}",
+        out_a.grad_norm,
+        out_b.grad_norm
+    );
     let (va, vb) = (values(&a), values(&b));
-    let worst = va.iter().zip(&vb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let worst = va
+        .iter()
+        .zip(&vb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     assert!(worst < 1e-6, "{loss}: parameters differ by {worst}");
     // And the step did move the parameters.
     assert!(before.iter().zip(&va).any(|(x, y)| (x - y).abs() > 1e-6));

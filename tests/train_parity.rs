@@ -39,28 +39,49 @@ fn read_safetensors(path: &Path) -> HashMap<String, (String, Vec<usize>, Vec<u8>
             continue;
         }
         let dtype = v["dtype"].as_str().unwrap().to_string();
-        let shape = v["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let shape = v["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
         let off = v["data_offsets"].as_array().unwrap();
-        let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
+        let (a, b) = (
+            off[0].as_u64().unwrap() as usize,
+            off[1].as_u64().unwrap() as usize,
+        );
         out.insert(k.clone(), (dtype, shape, data[a..b].to_vec()));
     }
     out
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn i64s(bytes: &[u8]) -> Vec<i64> {
-    bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    bytes
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 /// A torch `nn.Linear` (weight `[out, in]`) as a burn head (weight `[in, out]`).
-fn torch_linear(t: &HashMap<String, (String, Vec<usize>, Vec<u8>)>, name: &str, device: &Device) -> ProjectionHead {
+fn torch_linear(
+    t: &HashMap<String, (String, Vec<usize>, Vec<u8>)>,
+    name: &str,
+    device: &Device,
+) -> ProjectionHead {
     let (_, shape, w) = &t[&format!("{name}.weight")];
     let (out_d, in_d) = (shape[0], shape[1]);
     let w = Tensor::<2>::from_data(TensorData::new(f32s(w), [out_d, in_d]), device).transpose();
-    let b = Tensor::<1>::from_data(TensorData::new(f32s(&t[&format!("{name}.bias")].2), [out_d]), device);
+    let b = Tensor::<1>::from_data(
+        TensorData::new(f32s(&t[&format!("{name}.bias")].2), [out_d]),
+        device,
+    );
     ProjectionHead {
         adapter: None,
         proj: Some(Linear {
@@ -76,12 +97,21 @@ fn first_20_losses_match_pytorch() {
     let dir = fixtures();
     let reference: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
-    let expected: Vec<f64> = reference["loss"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let expected: Vec<f64> = reference["loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     let settings = &reference["settings"];
 
     let arch = dir.join("tiny_open_clip.json");
-    let loaded = load_model(&dir.join("tiny_init.safetensors"), Some(arch.to_str().unwrap()), &device)
-        .expect("the importer reads the open_clip state dict");
+    let loaded = load_model(
+        &dir.join("tiny_init.safetensors"),
+        Some(arch.to_str().unwrap()),
+        &device,
+    )
+    .expect("the importer reads the open_clip state dict");
     let heads = read_safetensors(&dir.join("heads_init.safetensors"));
     let model = TwinTowers {
         clip: loaded.clip,
@@ -100,8 +130,18 @@ fn first_20_losses_match_pytorch() {
     let text_ids = i64s(text_ids);
     let text_lengths = i64s(&batches["text_lengths"].2);
     let text_labels = i64s(&batches["text_labels"].2);
-    let mean: Vec<f32> = settings["mean"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-    let std: Vec<f32> = settings["std"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let mean: Vec<f32> = settings["mean"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let std: Vec<f32> = settings["std"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
     let per_image = 3 * s * s;
     let batch = |b: usize| -> TrainBatch {
         // (u8 / 255 - mean) / std in f32, as the reference computes it.
@@ -115,13 +155,25 @@ fn first_20_losses_match_pytorch() {
             .collect();
         let ids = text_ids[b * nt * tl..(b + 1) * nt * tl].to_vec();
         TrainBatch {
-            images: ImageInput::Pixels(Tensor::from_data(TensorData::new(px, [bs, 3, s, s]), &device)),
-            image_labels: image_labels[b * bs..(b + 1) * bs].iter().map(|&l| l as usize).collect(),
+            images: ImageInput::Pixels(Tensor::from_data(
+                TensorData::new(px, [bs, 3, s, s]),
+                &device,
+            )),
+            image_labels: image_labels[b * bs..(b + 1) * bs]
+                .iter()
+                .map(|&l| l as usize)
+                .collect(),
             texts: TextInput::Tokens {
                 ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [nt, tl]), &device),
-                lengths: text_lengths[b * nt..(b + 1) * nt].iter().map(|&l| l as usize).collect(),
+                lengths: text_lengths[b * nt..(b + 1) * nt]
+                    .iter()
+                    .map(|&l| l as usize)
+                    .collect(),
             },
-            text_labels: text_labels[b * nt..(b + 1) * nt].iter().map(|&l| l as usize).collect(),
+            text_labels: text_labels[b * nt..(b + 1) * nt]
+                .iter()
+                .map(|&l| l as usize)
+                .collect(),
         }
     };
 
@@ -152,8 +204,18 @@ fn first_20_losses_match_pytorch() {
         step: 0,
         epoch: 0,
     };
-    let ref_lr: Vec<f64> = reference["lr"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    let ref_norm: Vec<f64> = reference["grad_norm"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let ref_lr: Vec<f64> = reference["lr"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let ref_norm: Vec<f64> = reference["grad_norm"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     let mut model = model;
     let mut worst = 0.0f64;
     for (step, want) in expected.iter().enumerate() {
@@ -168,8 +230,15 @@ fn first_20_losses_match_pytorch() {
             "step {step:2}: siam {:.6} torch {:.6} (rel {rel:.1e}); grad norm {:.4} vs {:.4}",
             out.loss, want, out.grad_norm, ref_norm[step]
         );
-        assert!((out.lr - ref_lr[step]).abs() <= 1e-12 * ref_lr[step].max(1.0), "lr at step {step}");
-        assert!(rel <= 1e-3, "step {step}: loss {} vs PyTorch {want} (relative {rel:.2e})", out.loss);
+        assert!(
+            (out.lr - ref_lr[step]).abs() <= 1e-12 * ref_lr[step].max(1.0),
+            "lr at step {step}"
+        );
+        assert!(
+            rel <= 1e-3,
+            "step {step}: loss {} vs PyTorch {want} (relative {rel:.2e})",
+            out.loss
+        );
     }
     eprintln!("worst relative loss difference over {steps} steps: {worst:.2e}");
 }

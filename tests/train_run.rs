@@ -50,7 +50,10 @@ fn weights(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         .filter(|(k, _)| *k != "__metadata__")
         .map(|(k, v)| {
             let o = v["data_offsets"].as_array().unwrap();
-            let (a, b) = (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize);
+            let (a, b) = (
+                o[0].as_u64().unwrap() as usize,
+                o[1].as_u64().unwrap() as usize,
+            );
             (k.clone(), data[a..b].to_vec())
         })
         .collect()
@@ -69,21 +72,38 @@ fn demo_training_improves_recall_and_the_folder_loads() {
     let device = siam::device::from_env();
     let mut log = Log::default();
     let report = train(&c, &device, Some(demo()), &mut log).unwrap();
-    assert!(log.0.iter().any(|l| l.contains("RANDOM weights")), "{:?}", log.0);
+    assert!(
+        log.0.iter().any(|l| l.contains("RANDOM weights")),
+        "{:?}",
+        log.0
+    );
     let before = report.before.as_ref().unwrap()["mean_r1"];
     let after = report.after.as_ref().unwrap()["mean_r1"];
     assert!(after > before + 0.15, "mean recall@1 {before} -> {after}");
-    for f in ["siam.json", "model.safetensors", "metrics.jsonl", "loss.png", "recall.png"] {
+    for f in [
+        "siam.json",
+        "model.safetensors",
+        "metrics.jsonl",
+        "loss.png",
+        "recall.png",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let steps = siam::train::metrics::read(&out.join("metrics.jsonl")).unwrap();
     assert_eq!(steps.len(), report.steps);
-    assert!(steps.iter().all(|m| m.loss.is_finite() && m.pairs_per_s > 0.0));
+    assert!(steps
+        .iter()
+        .all(|m| m.loss.is_finite() && m.pairs_per_s > 0.0));
 
     // The folder is a model every command loads; its embeddings are unit vectors.
     let enc = Encoder::load(&out, None, &device).unwrap();
     assert_eq!(enc.dim(), 64);
-    let t = enc.embed_texts(&["a small red circle on a white background", "a large blue square on a black background"]).unwrap();
+    let t = enc
+        .embed_texts(&[
+            "a small red circle on a white background",
+            "a large blue square on a black background",
+        ])
+        .unwrap();
     assert_eq!(t.len(), 2 * 64);
     for row in t.chunks(64) {
         let n: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -103,16 +123,25 @@ fn interrupted_run_resumes_to_the_same_weights() {
     c.max_steps = Some(3);
     let r = train(&c, &device, Some(demo()), &mut Log::default()).unwrap();
     assert_eq!(r.steps, 3);
-    assert!(!cut.join("siam.json").exists(), "an interrupted run writes no final model");
+    assert!(
+        !cut.join("siam.json").exists(),
+        "an interrupted run writes no final model"
+    );
     c.max_steps = None;
     c.resume = true;
     let mut log = Log::default();
     let r = train(&c, &device, Some(demo()), &mut log).unwrap();
-    assert!(log.0.iter().any(|l| l.contains("resuming from")), "{:?}", log.0);
+    assert!(
+        log.0.iter().any(|l| l.contains("resuming from")),
+        "{:?}",
+        log.0
+    );
     let full_steps = siam::train::metrics::read(&full.join("metrics.jsonl")).unwrap();
     assert_eq!(r.steps, full_steps.len());
     let cut_steps = siam::train::metrics::read(&cut.join("metrics.jsonl")).unwrap();
-    let losses = |v: &[siam::train::metrics::StepMetrics]| v.iter().map(|m| (m.step, m.loss)).collect::<Vec<_>>();
+    let losses = |v: &[siam::train::metrics::StepMetrics]| {
+        v.iter().map(|m| (m.step, m.loss)).collect::<Vec<_>>()
+    };
     assert_eq!(losses(&full_steps), losses(&cut_steps));
     assert!(same_weights(&full, &cut), "resumed weights differ");
 }
@@ -147,15 +176,39 @@ fn locked_towers_train_heads_from_the_feature_cache() {
     c.cache_dir = Some(dir.path().join("cache"));
     let mut log = Log::default();
     let first = train(&c, &device, Some(demo()), &mut log).unwrap();
-    assert!(log.0.iter().any(|l| l.contains("image features computed into")), "{:?}", log.0);
-    assert!(log.0.iter().any(|l| l.contains("text features computed into")), "{:?}", log.0);
+    assert!(
+        log.0
+            .iter()
+            .any(|l| l.contains("image features computed into")),
+        "{:?}",
+        log.0
+    );
+    assert!(
+        log.0
+            .iter()
+            .any(|l| l.contains("text features computed into")),
+        "{:?}",
+        log.0
+    );
     // Heads only: two 64 x 64 linear heads with biases.
     assert_eq!(first.trainable_parameters, 2 * (64 * 64 + 64));
     c.out = dir.path().join("b");
     let mut log = Log::default();
     let second = train(&c, &device, Some(demo()), &mut log).unwrap();
-    assert!(log.0.iter().any(|l| l.contains("image features reused from")), "{:?}", log.0);
-    assert!(log.0.iter().any(|l| l.contains("text features reused from")), "{:?}", log.0);
+    assert!(
+        log.0
+            .iter()
+            .any(|l| l.contains("image features reused from")),
+        "{:?}",
+        log.0
+    );
+    assert!(
+        log.0
+            .iter()
+            .any(|l| l.contains("text features reused from")),
+        "{:?}",
+        log.0
+    );
     // Same seed, same cached features: the same run.
     assert_eq!(first.after, second.after);
     assert!(same_weights(&dir.path().join("a"), &dir.path().join("b")));
@@ -165,7 +218,11 @@ fn locked_towers_train_heads_from_the_feature_cache() {
 fn bad_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let device = siam::device::from_env();
-    let run = |c: &TrainConfig, ds: Dataset| train(c, &device, Some(ds), &mut Log::default()).unwrap_err().to_string();
+    let run = |c: &TrainConfig, ds: Dataset| {
+        train(c, &device, Some(ds), &mut Log::default())
+            .unwrap_err()
+            .to_string()
+    };
 
     let mut c = cfg(&dir.path().join("x"));
     c.lr = 0.0;
@@ -179,12 +236,17 @@ fn bad_input_is_a_clear_error() {
 
     // One label: no negatives, no triplets.
     let ds = demo();
-    let one: Vec<usize> = (0..ds.len()).filter(|&i| ds.records[i].label == Some(0)).collect();
+    let one: Vec<usize> = (0..ds.len())
+        .filter(|&i| ds.records[i].label == Some(0))
+        .collect();
     let e = run(&cfg(&dir.path().join("z")), ds.subset(&one));
     assert!(e.contains("at least 2"), "{e}");
 
     let mut c = cfg(&dir.path().join("w"));
-    c.loss = LossSettings { loss: "quadruplet".into(), ..LossSettings::default() };
+    c.loss = LossSettings {
+        loss: "quadruplet".into(),
+        ..LossSettings::default()
+    };
     assert!(run(&c, demo()).contains("quadruplet"));
 }
 

@@ -29,7 +29,11 @@ pub struct Augment {
 impl Default for Augment {
     /// `scale (0.9, 1.0)` (open_clip), `ratio (3/4, 4/3)` (torchvision), flip 0.5.
     fn default() -> Self {
-        Self { scale: (0.9, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: 0.5 }
+        Self {
+            scale: (0.9, 1.0),
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            hflip: 0.5,
+        }
     }
 }
 
@@ -110,7 +114,10 @@ mod tests {
         // A 1000x10 strip cannot hold any crop of ratio <= 4/3 with 90 % of the area.
         let a = Augment::default();
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-        assert_eq!(a.crop_params(1000, 10, &mut rng), ((1000 - 13) / 2, 0, 13, 10));
+        assert_eq!(
+            a.crop_params(1000, 10, &mut rng),
+            ((1000 - 13) / 2, 0, 13, 10)
+        );
     }
 
     #[test]
@@ -118,7 +125,11 @@ mod tests {
         let pre = Preprocessor::clip(4);
         let mut img = RgbImage::new(4, 4);
         img.put_pixel(0, 0, image::Rgb([255, 0, 0]));
-        let always = Augment { scale: (1.0, 1.0), ratio: (1.0, 1.0), hflip: 1.0 };
+        let always = Augment {
+            scale: (1.0, 1.0),
+            ratio: (1.0, 1.0),
+            hflip: 1.0,
+        };
         let out = always.apply(&pre, &img, &mut rand::rngs::StdRng::seed_from_u64(3));
         assert_eq!(out.get_pixel(3, 0)[0], 255);
         assert_eq!(out.get_pixel(0, 0)[0], 0);

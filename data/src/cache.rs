@@ -51,7 +51,11 @@ pub struct CacheStats {
 impl PixelCache {
     /// An empty cache for model input size `image_size`, holding at most `budget_bytes`.
     pub fn new(image_size: u32, budget_bytes: u64) -> Self {
-        Self { image_size, budget_bytes, inner: Mutex::new(Inner::default()) }
+        Self {
+            image_size,
+            budget_bytes,
+            inner: Mutex::new(Inner::default()),
+        }
     }
 
     /// The model input size the cached images are resized for.
@@ -89,7 +93,12 @@ impl PixelCache {
     /// Current counters.
     pub fn stats(&self) -> CacheStats {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        CacheStats { entries: g.images.len(), bytes: g.used, hits: g.hits, misses: g.misses }
+        CacheStats {
+            entries: g.images.len(),
+            bytes: g.used,
+            hits: g.hits,
+            misses: g.misses,
+        }
     }
 }
 
@@ -105,6 +114,14 @@ mod tests {
         assert!(!c.insert(1, img.clone()), "36 bytes would exceed 30");
         assert!(c.get(0).is_some());
         assert!(c.get(1).is_none());
-        assert_eq!(c.stats(), CacheStats { entries: 1, bytes: 18, hits: 1, misses: 1 });
+        assert_eq!(
+            c.stats(),
+            CacheStats {
+                entries: 1,
+                bytes: 18,
+                hits: 1,
+                misses: 1
+            }
+        );
     }
 }

@@ -109,10 +109,17 @@ pub type Result<T, E = DatasetError> = std::result::Result<T, E>;
 
 impl DatasetError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub(crate) fn malformed(path: impl Into<PathBuf>, line: usize, msg: impl Into<String>) -> Self {
-        Self::Malformed { path: path.into(), line, msg: msg.into() }
+        Self::Malformed {
+            path: path.into(),
+            line,
+            msg: msg.into(),
+        }
     }
 }
 
@@ -133,7 +140,9 @@ impl FromStr for OnBadImage {
         match s.trim().to_ascii_lowercase().as_str() {
             "skip" => Ok(Self::Skip),
             "fail" => Ok(Self::Fail),
-            _ => Err(format!("unknown bad-image policy {s:?}: expected skip or fail")),
+            _ => Err(format!(
+                "unknown bad-image policy {s:?}: expected skip or fail"
+            )),
         }
     }
 }
@@ -175,7 +184,9 @@ impl ImageSource {
     pub fn name(&self) -> String {
         match self {
             Self::File(p) => p.display().to_string(),
-            Self::FileRange { name, .. } | Self::Bytes(_, name) | Self::Rgb(_, name) => name.clone(),
+            Self::FileRange { name, .. } | Self::Bytes(_, name) | Self::Rgb(_, name) => {
+                name.clone()
+            }
         }
     }
 }
@@ -398,7 +409,11 @@ pub(crate) struct DatasetBuilder {
 }
 
 impl DatasetBuilder {
-    pub(crate) fn new(name: impl Into<String>, root: impl Into<PathBuf>, kind: DatasetKind) -> Self {
+    pub(crate) fn new(
+        name: impl Into<String>,
+        root: impl Into<PathBuf>,
+        kind: DatasetKind,
+    ) -> Self {
         Self {
             name: name.into(),
             root: root.into(),
@@ -430,13 +445,25 @@ impl DatasetBuilder {
             return i;
         }
         self.labels.push(label.to_string());
-        self.label_ids.insert(label.to_string(), self.labels.len() - 1);
+        self.label_ids
+            .insert(label.to_string(), self.labels.len() - 1);
         self.labels.len() - 1
     }
 
     /// Adds a record. `key` identifies it for the seeded split (its relative path).
-    pub(crate) fn push(&mut self, image: ImageSource, texts: Vec<usize>, label: Option<usize>, split: Option<Split>, key: String) {
-        self.records.push(Record { image, texts, label });
+    pub(crate) fn push(
+        &mut self,
+        image: ImageSource,
+        texts: Vec<usize>,
+        label: Option<usize>,
+        split: Option<Split>,
+        key: String,
+    ) {
+        self.records.push(Record {
+            image,
+            texts,
+            label,
+        });
         self.splits.push(split);
         self.keys.push(key);
     }
@@ -502,7 +529,12 @@ impl DatasetBuilder {
 /// train. The hash of the key (not the record's position) decides, so adding files to a folder
 /// moves few others between splits; stratifying keeps every class in every split when it has
 /// enough images.
-fn assign_splits(given: &[Option<Split>], keys: &[String], records: &[Record], opts: &OpenOptions) -> Vec<Split> {
+fn assign_splits(
+    given: &[Option<Split>],
+    keys: &[String],
+    records: &[Record],
+    opts: &OpenOptions,
+) -> Vec<Split> {
     let mut groups: HashMap<Option<usize>, Vec<usize>> = HashMap::new();
     for (i, s) in given.iter().enumerate() {
         if s.is_none() {
@@ -514,7 +546,8 @@ fn assign_splits(given: &[Option<Split>], keys: &[String], records: &[Record], o
         idx.sort_by_key(|&i| (split_hash(opts.seed, &keys[i]), i));
         let n = idx.len() as f64;
         let n_test = (n * opts.test_fraction.clamp(0.0, 1.0)).round() as usize;
-        let n_val = ((n * opts.val_fraction.clamp(0.0, 1.0)).round() as usize).min(idx.len() - n_test.min(idx.len()));
+        let n_val = ((n * opts.val_fraction.clamp(0.0, 1.0)).round() as usize)
+            .min(idx.len() - n_test.min(idx.len()));
         for (j, &i) in idx.iter().enumerate() {
             out[i] = if j < n_test {
                 Split::Test
@@ -556,7 +589,13 @@ mod tests {
         for l in labels {
             let li = b.label(l);
             for i in 0..n_per {
-                b.push(ImageSource::File(format!("/r/{l}/{i}.jpg").into()), vec![], Some(li), None, format!("{l}/{i}.jpg"));
+                b.push(
+                    ImageSource::File(format!("/r/{l}/{i}.jpg").into()),
+                    vec![],
+                    Some(li),
+                    None,
+                    format!("{l}/{i}.jpg"),
+                );
             }
         }
         b
@@ -565,22 +604,35 @@ mod tests {
     #[test]
     fn seeded_split_is_stratified_and_deterministic() {
         let opts = OpenOptions::default();
-        let a = builder_with(20, &["cat", "dog"]).finish(Path::new("x"), &opts).unwrap();
-        let b = builder_with(20, &["cat", "dog"]).finish(Path::new("x"), &opts).unwrap();
+        let a = builder_with(20, &["cat", "dog"])
+            .finish(Path::new("x"), &opts)
+            .unwrap();
+        let b = builder_with(20, &["cat", "dog"])
+            .finish(Path::new("x"), &opts)
+            .unwrap();
         assert_eq!(a.splits, b.splits);
         assert_eq!(a.split_counts(), (32, 4, 4));
         for l in 0..2 {
-            let test = (0..a.len()).filter(|&i| a.records[i].label == Some(l) && a.splits[i] == Split::Test).count();
+            let test = (0..a.len())
+                .filter(|&i| a.records[i].label == Some(l) && a.splits[i] == Split::Test)
+                .count();
             assert_eq!(test, 2);
         }
-        let other = OpenOptions { seed: 7, ..OpenOptions::default() };
-        let c = builder_with(20, &["cat", "dog"]).finish(Path::new("x"), &other).unwrap();
+        let other = OpenOptions {
+            seed: 7,
+            ..OpenOptions::default()
+        };
+        let c = builder_with(20, &["cat", "dog"])
+            .finish(Path::new("x"), &other)
+            .unwrap();
         assert_ne!(a.splits, c.splits);
     }
 
     #[test]
     fn label_records_get_prompt_texts() {
-        let d = builder_with(2, &["cat"]).finish(Path::new("x"), &OpenOptions::default()).unwrap();
+        let d = builder_with(2, &["cat"])
+            .finish(Path::new("x"), &OpenOptions::default())
+            .unwrap();
         assert_eq!(d.texts, vec!["a photo of a cat.".to_string()]);
         assert_eq!(d.records[1].texts, vec![0]);
         assert_eq!(d.label_texts, vec![vec![0]]);
@@ -589,17 +641,25 @@ mod tests {
     #[test]
     fn empty_is_an_error_and_missing_fails_by_policy() {
         let b = DatasetBuilder::new("t", "/r", DatasetKind::Captions);
-        assert!(matches!(b.finish(Path::new("x"), &OpenOptions::default()), Err(DatasetError::Empty(_))));
+        assert!(matches!(
+            b.finish(Path::new("x"), &OpenOptions::default()),
+            Err(DatasetError::Empty(_))
+        ));
         let mut b = builder_with(1, &["a"]);
         b.add_missing("/r/a/gone.jpg".into());
-        let fail = OpenOptions { on_bad_image: OnBadImage::Fail, ..OpenOptions::default() };
+        let fail = OpenOptions {
+            on_bad_image: OnBadImage::Fail,
+            ..OpenOptions::default()
+        };
         let e = b.finish(Path::new("x"), &fail).unwrap_err();
         assert!(e.to_string().contains("gone.jpg"), "{e}");
     }
 
     #[test]
     fn subset_keeps_text_indices() {
-        let d = builder_with(3, &["a", "b"]).finish(Path::new("x"), &OpenOptions::default()).unwrap();
+        let d = builder_with(3, &["a", "b"])
+            .finish(Path::new("x"), &OpenOptions::default())
+            .unwrap();
         let s = d.subset(&[4, 0]);
         assert_eq!(s.len(), 2);
         assert_eq!(s.texts[s.records[0].texts[0]], "a photo of a b.");

@@ -64,7 +64,14 @@ pub struct LoaderOptions {
 
 impl Default for LoaderOptions {
     fn default() -> Self {
-        Self { threads: 2, prefetch: 4, augment: None, seed: 0, on_bad_image: OnBadImage::Skip, cache: None }
+        Self {
+            threads: 2,
+            prefetch: 4,
+            augment: None,
+            seed: 0,
+            on_bad_image: OnBadImage::Skip,
+            cache: None,
+        }
     }
 }
 
@@ -151,7 +158,11 @@ pub struct Loader {
 
 impl fmt::Debug for Loader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Loader").field("next", &self.next).field("total", &self.total).field("summary", &self.summary).finish()
+        f.debug_struct("Loader")
+            .field("next", &self.next)
+            .field("total", &self.total)
+            .field("summary", &self.summary)
+            .finish()
     }
 }
 
@@ -168,16 +179,33 @@ impl Loader {
     /// # Panics
     /// If a record index is out of range, or the cache was made for another image size
     /// (programmer errors).
-    pub fn new(dataset: Arc<Dataset>, pre: Preprocessor, batches: Vec<Vec<usize>>, opts: LoaderOptions) -> Loader {
-        assert!(batches.iter().flatten().all(|&i| i < dataset.len()), "Loader: record index out of range");
+    pub fn new(
+        dataset: Arc<Dataset>,
+        pre: Preprocessor,
+        batches: Vec<Vec<usize>>,
+        opts: LoaderOptions,
+    ) -> Loader {
+        assert!(
+            batches.iter().flatten().all(|&i| i < dataset.len()),
+            "Loader: record index out of range"
+        );
         if let Some(c) = &opts.cache {
-            assert_eq!(c.image_size(), pre.image_size, "Loader: the cache was made for another image size");
+            assert_eq!(
+                c.image_size(),
+                pre.image_size,
+                "Loader: the cache was made for another image size"
+            );
         }
         let total = batches.len();
         let threads = opts.threads.max(1).min(total.max(1));
         let depth = opts.prefetch.max(1).div_ceil(threads);
         let stop = Arc::new(AtomicBool::new(false));
-        let work = Arc::new(Work { dataset, pre, batches: Arc::new(batches), opts });
+        let work = Arc::new(Work {
+            dataset,
+            pre,
+            batches: Arc::new(batches),
+            opts,
+        });
         let mut receivers = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
         for w in 0..threads {
@@ -191,7 +219,15 @@ impl Loader {
                 .expect("spawning a loader thread");
             handles.push(h);
         }
-        Loader { receivers, handles, stop, next: 0, total, done: false, summary: BadImageSummary::default() }
+        Loader {
+            receivers,
+            handles,
+            stop,
+            next: 0,
+            total,
+            done: false,
+            summary: BadImageSummary::default(),
+        }
     }
 
     /// Batches in total.
@@ -242,7 +278,13 @@ impl Drop for Loader {
     }
 }
 
-fn worker(work: &Work, w: usize, threads: usize, tx: &SyncSender<Result<Batch, PipelineError>>, stop: &AtomicBool) {
+fn worker(
+    work: &Work,
+    w: usize,
+    threads: usize,
+    tx: &SyncSender<Result<Batch, PipelineError>>,
+    stop: &AtomicBool,
+) {
     let mut b = w;
     while b < work.batches.len() && !stop.load(Ordering::Relaxed) {
         let result = build_batch(work, b);
@@ -275,13 +317,25 @@ fn build_batch(work: &Work, number: usize) -> Result<Batch, PipelineError> {
                 filled += 1;
             }
             Err(e) => match work.opts.on_bad_image {
-                OnBadImage::Fail => return Err(PipelineError::BadImage { record: r, source: e }),
-                OnBadImage::Skip => skipped.push((work.dataset.records[r].image.name(), e.to_string())),
+                OnBadImage::Fail => {
+                    return Err(PipelineError::BadImage {
+                        record: r,
+                        source: e,
+                    })
+                }
+                OnBadImage::Skip => {
+                    skipped.push((work.dataset.records[r].image.name(), e.to_string()))
+                }
             },
         }
     }
     pixels.truncate(filled * per);
-    Ok(Batch { number, indices, pixels, skipped })
+    Ok(Batch {
+        number,
+        indices,
+        pixels,
+        skipped,
+    })
 }
 
 /// Preprocesses record `r` into `out` (3 x S x S floats).
@@ -304,7 +358,8 @@ fn fill(work: &Work, r: usize, rng: &mut StdRng, out: &mut [f32]) -> Result<(), 
             Some(a) => a.apply(pre, &resized, rng),
             None => {
                 let (w, h) = resized.dimensions();
-                image::imageops::crop_imm(resized.as_ref(), (w - s) / 2, (h - s) / 2, s, s).to_image()
+                image::imageops::crop_imm(resized.as_ref(), (w - s) / 2, (h - s) / 2, s, s)
+                    .to_image()
             }
         };
         pre.normalize_into(&square, out);
@@ -327,11 +382,22 @@ pub fn decode(pre: &Preprocessor, src: &ImageSource) -> Result<Arc<RgbImage>, Im
         ImageSource::File(p) => pre.decode_path(p).map(Arc::new),
         ImageSource::Bytes(bytes, name) => pre.decode_bytes(bytes, name).map(Arc::new),
         ImageSource::Rgb(img, _) => Ok(Arc::clone(img)),
-        ImageSource::FileRange { path, offset, len, name } => {
+        ImageSource::FileRange {
+            path,
+            offset,
+            len,
+            name,
+        } => {
             if *len > MAX_MEMBER_BYTES {
-                return Err(ImageError::Corrupt { file: name.clone(), reason: format!("a tar member of {len} bytes") });
+                return Err(ImageError::Corrupt {
+                    file: name.clone(),
+                    reason: format!("a tar member of {len} bytes"),
+                });
             }
-            let io = |e: std::io::Error| ImageError::Io { file: name.clone(), reason: e.to_string() };
+            let io = |e: std::io::Error| ImageError::Io {
+                file: name.clone(),
+                reason: e.to_string(),
+            };
             let mut f = std::fs::File::open(path).map_err(io)?;
             f.seek(SeekFrom::Start(*offset)).map_err(io)?;
             let mut buf = vec![0u8; *len as usize];
@@ -355,7 +421,10 @@ mod tests {
         assert_eq!(s.count, 7);
         assert_eq!(s.first.len(), 5);
         let t = s.to_string();
-        assert!(t.starts_with("skipped 7 unreadable image(s): f0.jpg: corrupt image;"), "{t}");
+        assert!(
+            t.starts_with("skipped 7 unreadable image(s): f0.jpg: corrupt image;"),
+            "{t}"
+        );
         assert!(t.ends_with("and 2 more"), "{t}");
     }
 }

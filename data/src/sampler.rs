@@ -28,7 +28,9 @@ pub enum SamplerError {
 }
 
 fn epoch_rng(seed: u64, epoch: u64) -> StdRng {
-    StdRng::seed_from_u64(splitmix64(splitmix64(seed) ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+    StdRng::seed_from_u64(splitmix64(
+        splitmix64(seed) ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    ))
 }
 
 /// Shuffles `0..n` every epoch and cuts it into batches of `batch_size`.
@@ -45,14 +47,24 @@ impl ShuffledSampler {
     ///
     /// # Errors
     /// [`SamplerError::Empty`] for `n == 0`, [`SamplerError::Zero`] for `batch_size == 0`.
-    pub fn new(n: usize, batch_size: usize, drop_last: bool, seed: u64) -> Result<Self, SamplerError> {
+    pub fn new(
+        n: usize,
+        batch_size: usize,
+        drop_last: bool,
+        seed: u64,
+    ) -> Result<Self, SamplerError> {
         if n == 0 {
             return Err(SamplerError::Empty);
         }
         if batch_size == 0 {
             return Err(SamplerError::Zero("batch size"));
         }
-        Ok(Self { n, batch_size, drop_last, seed })
+        Ok(Self {
+            n,
+            batch_size,
+            drop_last,
+            seed,
+        })
     }
 
     /// Batches per epoch.
@@ -119,9 +131,17 @@ impl ClassBalancedSampler {
         }
         by_label.retain(|v| !v.is_empty());
         if by_label.len() < p {
-            return Err(SamplerError::TooFewClasses { classes: by_label.len(), p });
+            return Err(SamplerError::TooFewClasses {
+                classes: by_label.len(),
+                p,
+            });
         }
-        Ok(Self { by_label, p, k, seed })
+        Ok(Self {
+            by_label,
+            p,
+            k,
+            seed,
+        })
     }
 
     /// Items per batch, P x K.
@@ -131,9 +151,16 @@ impl ClassBalancedSampler {
 
     /// Batches per epoch (see the type's documentation).
     pub fn epoch_len(&self) -> usize {
-        let chunks: Vec<usize> = self.by_label.iter().map(|v| v.len().div_ceil(self.k)).collect();
+        let chunks: Vec<usize> = self
+            .by_label
+            .iter()
+            .map(|v| v.len().div_ceil(self.k))
+            .collect();
         let total: usize = chunks.iter().sum();
-        (0..=total / self.p).rev().find(|&b| chunks.iter().map(|&c| c.min(b)).sum::<usize>() >= self.p * b).unwrap_or(0)
+        (0..=total / self.p)
+            .rev()
+            .find(|&b| chunks.iter().map(|&c| c.min(b)).sum::<usize>() >= self.p * b)
+            .unwrap_or(0)
     }
 
     /// The batches of epoch `epoch`, each of P x K items (K consecutive items per label).
@@ -149,11 +176,19 @@ impl ClassBalancedSampler {
             if let Some(last) = cs.last_mut() {
                 while last.len() < k {
                     let pool: Vec<usize> = if items.len() > last.len() {
-                        items.iter().copied().filter(|x| !last.contains(x)).collect()
+                        items
+                            .iter()
+                            .copied()
+                            .filter(|x| !last.contains(x))
+                            .collect()
                     } else {
                         items.clone()
                     };
-                    last.push(*pool.choose(&mut rng).expect("a label has at least one item"));
+                    last.push(
+                        *pool
+                            .choose(&mut rng)
+                            .expect("a label has at least one item"),
+                    );
                 }
             }
             chunks.push(cs);
@@ -167,7 +202,9 @@ impl ClassBalancedSampler {
         }
         let mut batches = Vec::new();
         loop {
-            let mut order: Vec<usize> = (0..chunks.len()).filter(|&l| !chunks[l].is_empty()).collect();
+            let mut order: Vec<usize> = (0..chunks.len())
+                .filter(|&l| !chunks[l].is_empty())
+                .collect();
             if order.len() < self.p {
                 break;
             }
@@ -244,12 +281,20 @@ mod tests {
         let e = s.epoch(0);
         assert_eq!(e.len(), 2);
         // Label 2 has one item: its chunk repeats it.
-        assert!(e.iter().any(|b| b.iter().filter(|&&i| i == 12).count() == 2));
+        assert!(e
+            .iter()
+            .any(|b| b.iter().filter(|&&i| i == 12).count() == 2));
     }
 
     #[test]
     fn pk_refuses_too_few_labels() {
-        assert_eq!(ClassBalancedSampler::new(&[0, 0, 1], 3, 2, 0).unwrap_err(), SamplerError::TooFewClasses { classes: 2, p: 3 });
-        assert_eq!(ClassBalancedSampler::new(&[0], 1, 0, 0).unwrap_err(), SamplerError::Zero("K"));
+        assert_eq!(
+            ClassBalancedSampler::new(&[0, 0, 1], 3, 2, 0).unwrap_err(),
+            SamplerError::TooFewClasses { classes: 2, p: 3 }
+        );
+        assert_eq!(
+            ClassBalancedSampler::new(&[0], 1, 0, 0).unwrap_err(),
+            SamplerError::Zero("K")
+        );
     }
 }

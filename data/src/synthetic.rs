@@ -8,7 +8,9 @@
 //! `siam train`'s embedded default and the tests; [`write_demo`] writes it to disk as an image
 //! folder plus a captions table, the formats a user brings.
 
-use crate::dataset::{Dataset, DatasetBuilder, DatasetError, DatasetKind, ImageSource, OpenOptions, Result};
+use crate::dataset::{
+    Dataset, DatasetBuilder, DatasetError, DatasetKind, ImageSource, OpenOptions, Result,
+};
 use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -55,7 +57,12 @@ pub const COLOURS: &[(&str, [u8; 3])] = &[
 ];
 
 /// Backgrounds: (name, RGB). Neutral, so they never read as a shape colour.
-pub const BACKGROUNDS: &[(&str, [u8; 3])] = &[("white", [240, 240, 240]), ("black", [25, 25, 25]), ("gray", [128, 128, 128]), ("beige", [225, 210, 180])];
+pub const BACKGROUNDS: &[(&str, [u8; 3])] = &[
+    ("white", [240, 240, 240]),
+    ("black", [25, 25, 25]),
+    ("gray", [128, 128, 128]),
+    ("beige", [225, 210, 180]),
+];
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -75,12 +82,21 @@ pub struct SyntheticConfig {
 impl SyntheticConfig {
     /// The demo: red, green, blue, yellow x circle, square, triangle = 12 labels.
     pub fn demo(n_per_class: usize, image_size: u32, seed: u64) -> Self {
-        Self { shapes: vec![Shape::Circle, Shape::Square, Shape::Triangle], colours: vec!["red", "green", "blue", "yellow"], n_per_class, image_size, seed }
+        Self {
+            shapes: vec![Shape::Circle, Shape::Square, Shape::Triangle],
+            colours: vec!["red", "green", "blue", "yellow"],
+            n_per_class,
+            image_size,
+            seed,
+        }
     }
 
     /// The labels in order: "red circle", "red square", …
     pub fn labels(&self) -> Vec<String> {
-        self.colours.iter().flat_map(|c| self.shapes.iter().map(move |s| format!("{c} {}", s.name()))).collect()
+        self.colours
+            .iter()
+            .flat_map(|c| self.shapes.iter().map(move |s| format!("{c} {}", s.name())))
+            .collect()
     }
 }
 
@@ -109,28 +125,50 @@ pub fn demo(n_per_class: usize, image_size: u32, seed: u64) -> Dataset {
 /// # Panics
 /// If `cfg` asks for no image, a zero image size, or an unknown colour name.
 pub fn generate(cfg: &SyntheticConfig) -> Dataset {
-    assert!(cfg.n_per_class > 0 && cfg.image_size > 0 && !cfg.shapes.is_empty() && !cfg.colours.is_empty(), "empty synthetic config");
+    assert!(
+        cfg.n_per_class > 0
+            && cfg.image_size > 0
+            && !cfg.shapes.is_empty()
+            && !cfg.colours.is_empty(),
+        "empty synthetic config"
+    );
     let mut b = DatasetBuilder::new("synthetic", "", DatasetKind::Captions);
     for (i, s) in samples(cfg).into_iter().enumerate() {
         let label = b.label(&s.label);
         let text = b.text(&s.caption);
         let name = format!("synthetic/{}/{:04}.png", s.label.replace(' ', "_"), i);
-        b.push(ImageSource::Rgb(Arc::new(s.image), name.clone()), vec![text], Some(label), None, name);
+        b.push(
+            ImageSource::Rgb(Arc::new(s.image), name.clone()),
+            vec![text],
+            Some(label),
+            None,
+            name,
+        );
     }
-    let opts = OpenOptions { seed: cfg.seed, ..OpenOptions::default() };
-    b.finish(Path::new("synthetic"), &opts).expect("a non-empty synthetic set always builds")
+    let opts = OpenOptions {
+        seed: cfg.seed,
+        ..OpenOptions::default()
+    };
+    b.finish(Path::new("synthetic"), &opts)
+        .expect("a non-empty synthetic set always builds")
 }
 
 /// The samples of `cfg`, label by label (`n_per_class` each).
 pub fn samples(cfg: &SyntheticConfig) -> Vec<Sample> {
     let mut out = Vec::with_capacity(cfg.n_per_class * cfg.shapes.len() * cfg.colours.len());
     for (ci, colour) in cfg.colours.iter().enumerate() {
-        let rgb = COLOURS.iter().find(|(n, _)| n == colour).unwrap_or_else(|| panic!("unknown colour {colour}")).1;
+        let rgb = COLOURS
+            .iter()
+            .find(|(n, _)| n == colour)
+            .unwrap_or_else(|| panic!("unknown colour {colour}"))
+            .1;
         for (si, &shape) in cfg.shapes.iter().enumerate() {
             for j in 0..cfg.n_per_class {
                 // One generator per image: any image can be regenerated alone.
                 let key = ((ci as u64) << 48) ^ ((si as u64) << 32) ^ j as u64;
-                let mut rng = StdRng::seed_from_u64(crate::dataset::splitmix64(cfg.seed ^ crate::dataset::splitmix64(key)));
+                let mut rng = StdRng::seed_from_u64(crate::dataset::splitmix64(
+                    cfg.seed ^ crate::dataset::splitmix64(key),
+                ));
                 out.push(render(shape, colour, rgb, cfg.image_size, &mut rng));
             }
         }
@@ -142,7 +180,11 @@ fn render(shape: Shape, colour: &str, rgb: [u8; 3], size: u32, rng: &mut StdRng)
     let large = rng.random_bool(0.5);
     let (bg_name, bg) = BACKGROUNDS[rng.random_range(0..BACKGROUNDS.len())];
     let s = f64::from(size);
-    let radius = s * if large { rng.random_range(0.30..0.38) } else { rng.random_range(0.15..0.21) };
+    let radius = s * if large {
+        rng.random_range(0.30..0.38)
+    } else {
+        rng.random_range(0.15..0.21)
+    };
     let margin = radius * 1.05;
     let cx = rng.random_range(margin..(s - margin).max(margin + 1e-9));
     let cy = rng.random_range(margin..(s - margin).max(margin + 1e-9));
@@ -150,8 +192,13 @@ fn render(shape: Shape, colour: &str, rgb: [u8; 3], size: u32, rng: &mut StdRng)
         Shape::Circle => 0.0,
         _ => rng.random_range(-15.0f64..15.0).to_radians(),
     };
-    let jitter = |c: u8, rng: &mut StdRng| (i32::from(c) + rng.random_range(-15..=15)).clamp(0, 255) as f64;
-    let fg = [jitter(rgb[0], rng), jitter(rgb[1], rng), jitter(rgb[2], rng)];
+    let jitter =
+        |c: u8, rng: &mut StdRng| (i32::from(c) + rng.random_range(-15..=15)).clamp(0, 255) as f64;
+    let fg = [
+        jitter(rgb[0], rng),
+        jitter(rgb[1], rng),
+        jitter(rgb[2], rng),
+    ];
     let poly = polygon(shape);
     let (sin, cos) = angle.sin_cos();
     const SS: u32 = 4;
@@ -175,7 +222,9 @@ fn render(shape: Shape, colour: &str, rgb: [u8; 3], size: u32, rng: &mut StdRng)
             let noise = f64::from(rng.random_range(-6i32..=6));
             let mut p = [0u8; 3];
             for c in 0..3 {
-                p[c] = (a * fg[c] + (1.0 - a) * f64::from(bg[c]) + noise).round().clamp(0.0, 255.0) as u8;
+                p[c] = (a * fg[c] + (1.0 - a) * f64::from(bg[c]) + noise)
+                    .round()
+                    .clamp(0.0, 255.0) as u8;
             }
             img.put_pixel(x, y, Rgb(p));
         }
@@ -184,17 +233,22 @@ fn render(shape: Shape, colour: &str, rgb: [u8; 3], size: u32, rng: &mut StdRng)
     Sample {
         image: img,
         label: format!("{colour} {}", shape.name()),
-        caption: format!("a {size_word} {colour} {} on a {bg_name} background", shape.name()),
+        caption: format!(
+            "a {size_word} {colour} {} on a {bg_name} background",
+            shape.name()
+        ),
     }
 }
 
 /// Vertices (unit radius, y up) of the polygonal shapes.
 fn polygon(shape: Shape) -> Vec<(f64, f64)> {
     let ring = |n: usize, r: &dyn Fn(usize) -> f64| -> Vec<(f64, f64)> {
-        (0..n).map(|i| {
-            let t = PI / 2.0 + 2.0 * PI * i as f64 / n as f64;
-            (r(i) * t.cos(), r(i) * t.sin())
-        }).collect()
+        (0..n)
+            .map(|i| {
+                let t = PI / 2.0 + 2.0 * PI * i as f64 / n as f64;
+                (r(i) * t.cos(), r(i) * t.sin())
+            })
+            .collect()
     };
     match shape {
         Shape::Triangle => ring(3, &|_| 1.0),
@@ -233,12 +287,18 @@ fn inside(shape: Shape, poly: &[(f64, f64)], u: f64, v: f64) -> bool {
 /// [`DatasetError::Write`] naming the file that could not be written.
 pub fn write_demo(dir: &Path, n_per_class: usize, image_size: u32, seed: u64) -> Result<usize> {
     let cfg = SyntheticConfig::demo(n_per_class, image_size, seed);
-    let werr = |p: &Path, e: &dyn std::fmt::Display| DatasetError::Write { path: p.to_path_buf(), msg: e.to_string() };
+    let werr = |p: &Path, e: &dyn std::fmt::Display| DatasetError::Write {
+        path: p.to_path_buf(),
+        msg: e.to_string(),
+    };
     let mut csv = String::from("image,text,label\n");
     let mut count = vec![0usize; cfg.labels().len()];
     let labels = cfg.labels();
     for s in samples(&cfg) {
-        let li = labels.iter().position(|l| *l == s.label).expect("sample label is a config label");
+        let li = labels
+            .iter()
+            .position(|l| *l == s.label)
+            .expect("sample label is a config label");
         let folder = s.label.replace(' ', "_");
         let rel = format!("images/{folder}/{:04}.png", count[li]);
         count[li] += 1;
@@ -246,9 +306,16 @@ pub fn write_demo(dir: &Path, n_per_class: usize, image_size: u32, seed: u64) ->
         let parent = path.parent().expect("has a parent");
         std::fs::create_dir_all(parent).map_err(|e| werr(parent, &e))?;
         let mut png = Vec::new();
-        s.image.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| werr(&path, &e))?;
+        s.image
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .map_err(|e| werr(&path, &e))?;
         write_atomic(&path, &png)?;
-        csv.push_str(&format!("{},{},{}\n", csv_field(&rel), csv_field(&s.caption), csv_field(&s.label)));
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            csv_field(&rel),
+            csv_field(&s.caption),
+            csv_field(&s.label)
+        ));
     }
     std::fs::create_dir_all(dir).map_err(|e| werr(dir, &e))?;
     write_atomic(&dir.join("captions.csv"), csv.as_bytes())?;
@@ -257,9 +324,18 @@ pub fn write_demo(dir: &Path, n_per_class: usize, image_size: u32, seed: u64) ->
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    std::fs::write(&tmp, bytes).map_err(|e| DatasetError::Write { path: tmp.clone(), msg: e.to_string() })?;
-    std::fs::rename(&tmp, path).map_err(|e| DatasetError::Write { path: path.to_path_buf(), msg: e.to_string() })
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    std::fs::write(&tmp, bytes).map_err(|e| DatasetError::Write {
+        path: tmp.clone(),
+        msg: e.to_string(),
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| DatasetError::Write {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
 }
 
 fn csv_field(s: &str) -> String {
@@ -283,30 +359,52 @@ mod tests {
         assert_eq!(a.texts, b.texts);
         for (ra, rb) in a.records.iter().zip(&b.records) {
             match (&ra.image, &rb.image) {
-                (ImageSource::Rgb(x, _), ImageSource::Rgb(y, _)) => assert_eq!(x.as_raw(), y.as_raw()),
+                (ImageSource::Rgb(x, _), ImageSource::Rgb(y, _)) => {
+                    assert_eq!(x.as_raw(), y.as_raw())
+                }
                 _ => panic!("synthetic images are in memory"),
             }
         }
         let c = demo(3, 32, 6);
         assert_ne!(a.texts, c.texts, "another seed gives other captions");
         let cap = &a.texts[a.records[0].texts[0]];
-        assert!(cap.starts_with("a small red circle on a ") || cap.starts_with("a large red circle on a "), "{cap}");
+        assert!(
+            cap.starts_with("a small red circle on a ")
+                || cap.starts_with("a large red circle on a "),
+            "{cap}"
+        );
         assert_eq!(a.labels[a.records[0].label.unwrap()], "red circle");
     }
 
     #[test]
     fn shape_colour_is_where_the_shape_is() {
-        let cfg = SyntheticConfig { shapes: vec![Shape::Circle], colours: vec!["blue"], n_per_class: 4, image_size: 48, seed: 1 };
+        let cfg = SyntheticConfig {
+            shapes: vec![Shape::Circle],
+            colours: vec!["blue"],
+            n_per_class: 4,
+            image_size: 48,
+            seed: 1,
+        };
         for s in samples(&cfg) {
             // The most blue pixel is the shape's blue, not a neutral background.
-            let best = s.image.pixels().max_by_key(|p| i32::from(p[2]) - i32::from(p[0])).unwrap();
+            let best = s
+                .image
+                .pixels()
+                .max_by_key(|p| i32::from(p[2]) - i32::from(p[0]))
+                .unwrap();
             assert!(best[2] > 150 && best[0] < 100, "{best:?}");
         }
     }
 
     #[test]
     fn polygons_contain_their_centre_and_not_far_points() {
-        for shape in [Shape::Circle, Shape::Square, Shape::Triangle, Shape::Star, Shape::Cross] {
+        for shape in [
+            Shape::Circle,
+            Shape::Square,
+            Shape::Triangle,
+            Shape::Star,
+            Shape::Cross,
+        ] {
             let poly = polygon(shape);
             assert!(inside(shape, &poly, 0.0, 0.0), "{shape:?}");
             assert!(!inside(shape, &poly, 1.1, 1.1), "{shape:?}");

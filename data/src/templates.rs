@@ -92,7 +92,8 @@ impl Templates {
     /// # Panics
     /// If a template lacks `{}` or the list is empty (constants are a programmer's choice).
     pub fn from_static(list: &[&str]) -> Self {
-        Self::new(list.iter().map(|s| s.to_string()).collect(), "constant").expect("valid constant templates")
+        Self::new(list.iter().map(|s| s.to_string()).collect(), "constant")
+            .expect("valid constant templates")
     }
 
     /// Templates from strings; `origin` names them in errors.
@@ -105,7 +106,11 @@ impl Templates {
         }
         for (i, t) in templates.iter().enumerate() {
             if !t.contains("{}") {
-                return Err(TemplateError::NoPlaceholder { origin: origin.to_string(), line: i + 1, template: t.clone() });
+                return Err(TemplateError::NoPlaceholder {
+                    origin: origin.to_string(),
+                    line: i + 1,
+                    template: t.clone(),
+                });
             }
         }
         Ok(Self { templates })
@@ -130,7 +135,10 @@ impl Templates {
     /// # Errors
     /// [`TemplateError`] if the file cannot be read or a line lacks `{}`.
     pub fn from_file(path: &Path) -> Result<Self, TemplateError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let origin = path.display().to_string();
         let mut out = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -139,7 +147,11 @@ impl Templates {
                 continue;
             }
             if !t.contains("{}") {
-                return Err(TemplateError::NoPlaceholder { origin, line: i + 1, template: t.to_string() });
+                return Err(TemplateError::NoPlaceholder {
+                    origin,
+                    line: i + 1,
+                    template: t.to_string(),
+                });
             }
             out.push(t.to_string());
         }
@@ -163,7 +175,10 @@ impl Templates {
 
     /// The texts of `label`: every template with its first `{}` replaced by the label.
     pub fn apply(&self, label: &str) -> Vec<String> {
-        self.templates.iter().map(|t| t.replacen("{}", label, 1)).collect()
+        self.templates
+            .iter()
+            .map(|t| t.replacen("{}", label, 1))
+            .collect()
     }
 }
 
@@ -174,7 +189,10 @@ mod tests {
     #[test]
     fn applies_every_template() {
         let t = Templates::from_static(&["a photo of a {}.", "art of the {}."]);
-        assert_eq!(t.apply("red circle"), vec!["a photo of a red circle.", "art of the red circle."]);
+        assert_eq!(
+            t.apply("red circle"),
+            vec!["a photo of a red circle.", "art of the red circle."]
+        );
         assert_eq!(Templates::from_static(CLIP_CIFAR).len(), 18);
     }
 
@@ -182,7 +200,10 @@ mod tests {
     fn refuses_template_without_placeholder() {
         let e = Templates::new(vec!["a photo".into()], "argument").unwrap_err();
         assert!(e.to_string().contains("a photo"));
-        assert!(matches!(Templates::new(vec![], "x"), Err(TemplateError::Empty(_))));
+        assert!(matches!(
+            Templates::new(vec![], "x"),
+            Err(TemplateError::Empty(_))
+        ));
     }
 
     #[test]
@@ -191,7 +212,10 @@ mod tests {
         let p = dir.path().join("t.txt");
         std::fs::write(&p, "# mine\n\na sketch of a {}.\nitap of a {}.\n").unwrap();
         let t = Templates::from_name_or_file(p.to_str().unwrap()).unwrap();
-        assert_eq!(t.as_slice(), &["a sketch of a {}.".to_string(), "itap of a {}.".to_string()]);
+        assert_eq!(
+            t.as_slice(),
+            &["a sketch of a {}.".to_string(), "itap of a {}.".to_string()]
+        );
         std::fs::write(&p, "ok {}\nbroken\n").unwrap();
         let e = Templates::from_file(&p).unwrap_err();
         assert!(e.to_string().contains(":2:"), "{e}");

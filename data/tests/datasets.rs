@@ -2,7 +2,9 @@
 //! malformed input naming its file and line.
 
 use image::{Rgb, RgbImage};
-use siam_data::dataset::{Dataset, DatasetError, DatasetKind, ImageSource, OnBadImage, OpenOptions, Split};
+use siam_data::dataset::{
+    Dataset, DatasetError, DatasetKind, ImageSource, OnBadImage, OpenOptions, Split,
+};
 use siam_data::formats::Format;
 use siam_data::preprocess::Preprocessor;
 use std::path::Path;
@@ -45,11 +47,18 @@ fn image_folder_mapping_file_and_split_folders() {
     write_img(&r.join("train/n02/b.jpg"), 2);
     write_img(&r.join("val/n01/c.jpg"), 3);
     write_img(&r.join("test/n02/d.jpg"), 4);
-    std::fs::write(r.join("labels.txt"), "n01 tench, Tinca tinca\nn02\tgoldfish\n").unwrap();
+    std::fs::write(
+        r.join("labels.txt"),
+        "n01 tench, Tinca tinca\nn02\tgoldfish\n",
+    )
+    .unwrap();
     let ds = Dataset::open(r, &opts()).unwrap();
     assert_eq!(ds.labels, vec!["tench, Tinca tinca", "goldfish"]);
     let splits: Vec<Split> = ds.splits.clone();
-    assert_eq!(splits, vec![Split::Test, Split::Train, Split::Train, Split::Val]);
+    assert_eq!(
+        splits,
+        vec![Split::Test, Split::Train, Split::Train, Split::Val]
+    );
     assert_eq!(ds.split(Split::Val).len(), 1);
     // A malformed mapping names its line.
     std::fs::write(r.join("labels.txt"), "n01 tench\nbroken\n").unwrap();
@@ -68,19 +77,43 @@ fn captions_csv_groups_rows_lists_missing_and_refuses_escapes() {
     let ds = Dataset::open(r, &opts()).unwrap();
     assert_eq!(ds.kind, DatasetKind::Captions);
     assert_eq!(ds.len(), 2);
-    let a: Vec<&str> = ds.records[0].texts.iter().map(|&t| ds.texts[t].as_str()).collect();
+    let a: Vec<&str> = ds.records[0]
+        .texts
+        .iter()
+        .map(|&t| ds.texts[t].as_str())
+        .collect();
     assert_eq!(a, vec!["a dog, running", "a brown dog"]);
     assert_eq!(ds.missing, vec![r.join("img/gone.jpg")]);
-    assert!(!ds.texts.iter().any(|t| t == "lost"), "captions of missing images are dropped");
-    let fail = OpenOptions { on_bad_image: OnBadImage::Fail, ..opts() };
+    assert!(
+        !ds.texts.iter().any(|t| t == "lost"),
+        "captions of missing images are dropped"
+    );
+    let fail = OpenOptions {
+        on_bad_image: OnBadImage::Fail,
+        ..opts()
+    };
     let e = Dataset::open(&r.join("caps.csv"), &fail).unwrap_err();
-    assert!(matches!(e, DatasetError::MissingFiles { count: 1, .. }), "{e}");
+    assert!(
+        matches!(e, DatasetError::MissingFiles { count: 1, .. }),
+        "{e}"
+    );
 
-    std::fs::write(r.join("caps.csv"), "image,text\nimg/a.jpg,ok\n../outside.jpg,escape\n").unwrap();
+    std::fs::write(
+        r.join("caps.csv"),
+        "image,text\nimg/a.jpg,ok\n../outside.jpg,escape\n",
+    )
+    .unwrap();
     let e = Dataset::open(&r.join("caps.csv"), &opts()).unwrap_err();
-    assert!(matches!(e, DatasetError::PathEscapesRoot { line: 3, .. }), "{e}");
+    assert!(
+        matches!(e, DatasetError::PathEscapesRoot { line: 3, .. }),
+        "{e}"
+    );
 
-    std::fs::write(r.join("caps.csv"), "image,text\nimg/a.jpg,ok\nimg/b.jpg,too,many\n").unwrap();
+    std::fs::write(
+        r.join("caps.csv"),
+        "image,text\nimg/a.jpg,ok\nimg/b.jpg,too,many\n",
+    )
+    .unwrap();
     let e = Dataset::open(&r.join("caps.csv"), &opts()).unwrap_err();
     assert!(e.to_string().contains("caps.csv:3:"), "{e}");
 }
@@ -91,13 +124,20 @@ fn captions_tsv_jsonl_labels_and_splits() {
     let r = d.path();
     write_img(&r.join("a.jpg"), 1);
     write_img(&r.join("b.jpg"), 2);
-    std::fs::write(r.join("t.tsv"), "a.jpg\tfirst caption\nb.jpg\tsecond caption\n").unwrap();
+    std::fs::write(
+        r.join("t.tsv"),
+        "a.jpg\tfirst caption\nb.jpg\tsecond caption\n",
+    )
+    .unwrap();
     let ds = Dataset::open(&r.join("t.tsv"), &opts()).unwrap();
     assert_eq!(ds.texts, vec!["first caption", "second caption"]);
 
     let jl = "{\"image\": \"a.jpg\", \"text\": [\"x one\", \"x two\"], \"label\": \"dog\", \"split\": \"test\"}\n\n{\"image\": \"b.jpg\", \"text\": \"y\", \"label\": \"cat\", \"split\": \"train\"}\n";
     std::fs::write(r.join("t.jsonl"), jl).unwrap();
-    let o = OpenOptions { format: Some(Format::Captions), ..opts() };
+    let o = OpenOptions {
+        format: Some(Format::Captions),
+        ..opts()
+    };
     let ds = Dataset::open(&r.join("t.jsonl"), &o).unwrap();
     assert_eq!(ds.records[0].texts.len(), 2);
     assert_eq!(ds.labels, vec!["dog", "cat"]);
@@ -110,7 +150,11 @@ fn captions_tsv_jsonl_labels_and_splits() {
     assert_eq!(ds.kind, DatasetKind::Labels);
     assert_eq!(ds.texts[ds.records[1].texts[0]], "a photo of a cat.");
 
-    std::fs::write(r.join("t.jsonl"), "{\"image\": \"a.jpg\", \"text\": \"ok\"}\n{\"image\": \"b.jpg\"\n").unwrap();
+    std::fs::write(
+        r.join("t.jsonl"),
+        "{\"image\": \"a.jpg\", \"text\": \"ok\"}\n{\"image\": \"b.jpg\"\n",
+    )
+    .unwrap();
     let e = Dataset::open(&r.join("t.jsonl"), &opts()).unwrap_err();
     assert!(e.to_string().contains("t.jsonl:2:"), "{e}");
 }
@@ -132,14 +176,24 @@ fn karpathy_split_file() {
     assert_eq!(ds.root, r.join("Images"));
     assert_eq!(ds.len(), 3);
     assert_eq!(ds.splits, vec![Split::Train, Split::Train, Split::Test]);
-    assert_eq!(ds.texts[..2], ["A dog runs .".to_string(), "a dog".to_string()]);
+    assert_eq!(
+        ds.texts[..2],
+        ["A dog runs .".to_string(), "a dog".to_string()]
+    );
     assert_eq!(ds.missing, vec![r.join("Images/4.jpg")]);
 
-    std::fs::write(r.join("dataset_flickr8k.json"), r#"{"images": [{"filename": "1.jpg", "split": "holdout", "sentences": [{"raw": "x"}]}]}"#).unwrap();
+    std::fs::write(
+        r.join("dataset_flickr8k.json"),
+        r#"{"images": [{"filename": "1.jpg", "split": "holdout", "sentences": [{"raw": "x"}]}]}"#,
+    )
+    .unwrap();
     let e = Dataset::open(r, &opts()).unwrap_err();
     assert!(e.to_string().contains("image #1 (1.jpg)"), "{e}");
     std::fs::write(r.join("dataset_flickr8k.json"), r#"{"images": [{"filename": "../../x.jpg", "split": "test", "sentences": [{"raw": "x"}]}]}"#).unwrap();
-    assert!(matches!(Dataset::open(r, &opts()), Err(DatasetError::PathEscapesRoot { .. })));
+    assert!(matches!(
+        Dataset::open(r, &opts()),
+        Err(DatasetError::PathEscapesRoot { .. })
+    ));
 }
 
 fn cifar_record(label_bytes: &[u8], px: [u8; 3]) -> Vec<u8> {
@@ -196,13 +250,22 @@ fn webdataset_shards_stream_and_decode_by_range() {
     let r = d.path();
     let img = RgbImage::from_fn(9, 7, |x, y| Rgb([(x * 20) as u8, (y * 30) as u8, 77]));
     let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
     let mut b = tar::Builder::new(Vec::new());
     add(&mut b, "00/000.png", &png);
     add(&mut b, "00/000.txt", b"a striped square\n");
-    add(&mut b, "00/001.json", br#"{"status": "failed_to_download"}"#);
+    add(
+        &mut b,
+        "00/001.json",
+        br#"{"status": "failed_to_download"}"#,
+    );
     add(&mut b, "00/002.png", &png);
-    add(&mut b, "00/002.json", br#"{"caption": "from json", "url": "x"}"#);
+    add(
+        &mut b,
+        "00/002.json",
+        br#"{"caption": "from json", "url": "x"}"#,
+    );
     std::fs::write(r.join("shard-000.tar"), b.into_inner().unwrap()).unwrap();
     let ds = Dataset::open(r, &opts()).unwrap();
     assert_eq!(ds.len(), 2);
@@ -215,17 +278,32 @@ fn webdataset_shards_stream_and_decode_by_range() {
     add(&mut b, "k.jpg", &png);
     std::fs::write(r.join("shard-001.tar"), b.into_inner().unwrap()).unwrap();
     let e = Dataset::open(r, &opts()).unwrap_err();
-    assert!(e.to_string().contains("shard-001.tar") && e.to_string().contains("no caption"), "{e}");
+    assert!(
+        e.to_string().contains("shard-001.tar") && e.to_string().contains("no caption"),
+        "{e}"
+    );
 }
 
 #[test]
 fn detection_errors() {
     let d = tempfile::tempdir().unwrap();
     let r = d.path();
-    assert!(matches!(Dataset::open(&r.join("nope"), &opts()), Err(DatasetError::NotFound(_))));
-    assert!(matches!(Dataset::open(r, &opts()), Err(DatasetError::UnknownFormat { .. })));
+    assert!(matches!(
+        Dataset::open(&r.join("nope"), &opts()),
+        Err(DatasetError::NotFound(_))
+    ));
+    assert!(matches!(
+        Dataset::open(r, &opts()),
+        Err(DatasetError::UnknownFormat { .. })
+    ));
     std::fs::create_dir(r.join("cat")).unwrap();
-    assert!(matches!(Dataset::open(r, &opts()), Err(DatasetError::Empty(_))));
+    assert!(matches!(
+        Dataset::open(r, &opts()),
+        Err(DatasetError::Empty(_))
+    ));
     std::fs::write(r.join("x.csv"), "image,text\n").unwrap();
-    assert!(matches!(Dataset::open(&r.join("x.csv"), &opts()), Err(DatasetError::Empty(_))));
+    assert!(matches!(
+        Dataset::open(&r.join("x.csv"), &opts()),
+        Err(DatasetError::Empty(_))
+    ));
 }

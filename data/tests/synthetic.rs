@@ -17,9 +17,17 @@ fn written_demo_reads_back_as_folder_and_table() {
     assert_eq!(table.labels, mem.labels);
     for (t, m) in table.records.iter().zip(&mem.records) {
         assert_eq!(table.texts[t.texts[0]], mem.texts[m.texts[0]]);
-        let ImageSource::File(p) = &t.image else { panic!("files on disk") };
-        let ImageSource::Rgb(img, _) = &m.image else { panic!("in memory") };
-        assert_eq!(image::open(p).unwrap().to_rgb8().as_raw(), img.as_raw(), "PNG is lossless");
+        let ImageSource::File(p) = &t.image else {
+            panic!("files on disk")
+        };
+        let ImageSource::Rgb(img, _) = &m.image else {
+            panic!("in memory")
+        };
+        assert_eq!(
+            image::open(p).unwrap().to_rgb8().as_raw(),
+            img.as_raw(),
+            "PNG is lossless"
+        );
     }
 
     let folder = Dataset::open(&d.path().join("images"), &OpenOptions::default()).unwrap();
@@ -27,7 +35,12 @@ fn written_demo_reads_back_as_folder_and_table() {
     assert_eq!(folder.labels.len(), 12);
     assert!(folder.labels.contains(&"yellow triangle".to_string()));
     // The directory itself (one table in it) opens as the table.
-    assert_eq!(Dataset::open(d.path(), &OpenOptions::default()).unwrap().kind, DatasetKind::Captions);
+    assert_eq!(
+        Dataset::open(d.path(), &OpenOptions::default())
+            .unwrap()
+            .kind,
+        DatasetKind::Captions
+    );
 }
 
 #[test]

@@ -13,14 +13,32 @@ use siam_losses::{Loss, Miner};
 fn vm_hwm_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0)))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse()
+                    .unwrap_or(0)
+            })
+        })
         .unwrap_or(0)
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let loss: Loss = args.first().map(String::as_str).unwrap_or("triplet").parse().expect("loss");
-    let miner: Miner = args.get(1).map(String::as_str).unwrap_or("all").parse().expect("miner");
+    let loss: Loss = args
+        .first()
+        .map(String::as_str)
+        .unwrap_or("triplet")
+        .parse()
+        .expect("loss");
+    let miner: Miner = args
+        .get(1)
+        .map(String::as_str)
+        .unwrap_or("all")
+        .parse()
+        .expect("miner");
     let b: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(4096);
     let d: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(512);
     let dev = siam_losses::test_device().autodiff();
@@ -29,7 +47,9 @@ fn main() {
     let _ = x.clone().sum().into_data();
     let before = vm_hwm_kib();
     let t = Instant::now();
-    let out = loss.forward_self(x.clone(), &labels, &miner, None).expect("loss");
+    let out = loss
+        .forward_self(x.clone(), &labels, &miner, None)
+        .expect("loss");
     let grads = out.loss.backward();
     let g = x.grad(&grads).expect("gradient").into_data();
     let secs = t.elapsed().as_secs_f64();

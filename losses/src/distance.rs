@@ -188,7 +188,10 @@ mod tests {
         let b = t(&[&[0.0, 0.0], &[3.0, 0.0], &[0.0, 2.0]]);
         let close = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(p, q)| (p - q).abs() < 1e-5);
         let e = vals(Distance::Euclidean.matrix(a.clone(), b.clone()));
-        assert!(close(&e, &[5.0, 4.0, 13f32.sqrt(), 1.0, 2.0, 5f32.sqrt()]), "{e:?}");
+        assert!(
+            close(&e, &[5.0, 4.0, 13f32.sqrt(), 1.0, 2.0, 5f32.sqrt()]),
+            "{e:?}"
+        );
         let sq = vals(Distance::SquaredEuclidean.matrix(a.clone(), b.clone()));
         assert!(close(&sq, &[25.0, 16.0, 13.0, 1.0, 4.0, 5.0]), "{sq:?}");
         let dot = vals(Distance::Dot.matrix(a.clone(), b.clone()));
@@ -202,8 +205,12 @@ mod tests {
         // 3000 x 1500 exceeds BLOCK_ELEMENTS, so this takes the row-block path.
         let dev = test_device();
         let (b, r, d) = (3000, 1500, 4);
-        let a: Vec<f32> = (0..b * d).map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0).collect();
-        let c: Vec<f32> = (0..r * d).map(|i| ((i * 53 % 97) as f32) / 40.0 - 1.2).collect();
+        let a: Vec<f32> = (0..b * d)
+            .map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0)
+            .collect();
+        let c: Vec<f32> = (0..r * d)
+            .map(|i| ((i * 53 % 97) as f32) / 40.0 - 1.2)
+            .collect();
         let at = Tensor::<1>::from_floats(a.as_slice(), &dev).reshape([b, d]);
         let ct = Tensor::<1>::from_floats(c.as_slice(), &dev).reshape([r, d]);
         for dist in [Distance::Cosine, Distance::Euclidean] {
@@ -215,9 +222,18 @@ mod tests {
                 let ny = y.iter().map(|v| v * v).sum::<f32>().sqrt();
                 let want = match dist {
                     Distance::Cosine => dot / (nx * ny),
-                    _ => x.iter().zip(y).map(|(p, q)| (p - q) * (p - q)).sum::<f32>().sqrt(),
+                    _ => x
+                        .iter()
+                        .zip(y)
+                        .map(|(p, q)| (p - q) * (p - q))
+                        .sum::<f32>()
+                        .sqrt(),
                 };
-                assert!((m[i * r + j] - want).abs() < 1e-4, "{dist} ({i},{j}): {} vs {want}", m[i * r + j]);
+                assert!(
+                    (m[i * r + j] - want).abs() < 1e-4,
+                    "{dist} ({i},{j}): {} vs {want}",
+                    m[i * r + j]
+                );
             }
         }
     }
@@ -225,7 +241,10 @@ mod tests {
     #[test]
     fn parses_names() {
         assert_eq!("cosine".parse::<Distance>().unwrap(), Distance::Cosine);
-        assert_eq!("squared-euclidean".parse::<Distance>().unwrap(), Distance::SquaredEuclidean);
+        assert_eq!(
+            "squared-euclidean".parse::<Distance>().unwrap(),
+            Distance::SquaredEuclidean
+        );
         assert!("manhattan".parse::<Distance>().is_err());
         assert!(Distance::Dot.is_similarity() && !Distance::Euclidean.is_similarity());
     }

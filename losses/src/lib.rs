@@ -44,8 +44,8 @@ pub mod reducer;
 pub use distance::Distance;
 pub use error::{LossError, Result};
 pub use loss::{
-    ContrastiveLoss, HostLoss, Loss, LossOutput, LossStats, MultiSimilarityLoss, PairwiseLoss, Positives, TripletLoss,
-    MAX_LOGIT_SCALE,
+    ContrastiveLoss, HostLoss, Loss, LossOutput, LossStats, MultiSimilarityLoss, PairwiseLoss,
+    Positives, TripletLoss, MAX_LOGIT_SCALE,
 };
 pub use matrix::PairMatrix;
 pub use miner::{HardnessSchedule, Miner, MinerKind, TripletKind, Tuples};

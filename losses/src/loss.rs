@@ -59,7 +59,12 @@ pub struct HostLoss {
 
 impl HostLoss {
     fn zero(n: usize, stats: LossStats) -> Self {
-        Self { value: 0.0, grad: vec![0.0; n], grad_refs: None, stats }
+        Self {
+            value: 0.0,
+            grad: vec![0.0; n],
+            grad_refs: None,
+            stats,
+        }
     }
 }
 
@@ -76,9 +81,19 @@ struct Tally {
 
 impl Tally {
     fn stats(&self, d: Distance) -> LossStats {
-        let mean = |s: f64, n: usize| if n > 0 { d.orient((s / n as f64) as f32) } else { 0.0 };
+        let mean = |s: f64, n: usize| {
+            if n > 0 {
+                d.orient((s / n as f64) as f32)
+            } else {
+                0.0
+            }
+        };
         LossStats {
-            active_fraction: if self.mined > 0 { self.active as f32 / self.mined as f32 } else { 0.0 },
+            active_fraction: if self.mined > 0 {
+                self.active as f32 / self.mined as f32
+            } else {
+                0.0
+            },
             mean_positive: mean(self.pos_sum, self.pos_n),
             mean_negative: mean(self.neg_sum, self.neg_n),
             mined: self.mined,
@@ -132,14 +147,23 @@ pub struct TripletLoss {
 impl TripletLoss {
     /// Margin `m`, no swap, hinge, mean over non-zero triplets.
     pub fn new(distance: Distance, margin: f32) -> Self {
-        Self { distance, margin, swap: false, soft_margin: false, reducer: Reducer::MeanNonZero }
+        Self {
+            distance,
+            margin,
+            swap: false,
+            soft_margin: false,
+            reducer: Reducer::MeanNonZero,
+        }
     }
 
     fn validate(&self) -> Result<()> {
         if !(self.margin.is_finite() && self.margin >= 0.0) {
             return Err(LossError::BadMargin {
                 loss: "triplet",
-                what: format!("margin must be >= 0 (how much farther the negative must be), got {}", self.margin),
+                what: format!(
+                    "margin must be >= 0 (how much farther the negative must be), got {}",
+                    self.margin
+                ),
                 distance: self.distance.name(),
             });
         }
@@ -148,7 +172,12 @@ impl TripletLoss {
 
     /// Value and gradient on the host. `refs_matrix` is the oriented `R × R` matrix, needed
     /// only for `swap` when the references are not the anchors.
-    pub fn host(&self, m: &PairMatrix<'_>, tuples: &Tuples, refs_matrix: Option<&[f32]>) -> HostLoss {
+    pub fn host(
+        &self,
+        m: &PairMatrix<'_>,
+        tuples: &Tuples,
+        refs_matrix: Option<&[f32]>,
+    ) -> HostLoss {
         let (b, r) = (m.rows, m.cols);
         let mut grad = vec![0f32; b * r];
         let mut grad_refs = refs_matrix.map(|_| vec![0f32; r * r]);
@@ -179,7 +208,13 @@ impl TripletLoss {
                     }
                 }
                 let v = (ap - an_eff) as f64 + margin;
-                let (l, dl) = if self.soft_margin { (softplus(v), sigmoid(v)) } else if v > 0.0 { (v, 1.0) } else { (0.0, 0.0) };
+                let (l, dl) = if self.soft_margin {
+                    (softplus(v), sigmoid(v))
+                } else if v > 0.0 {
+                    (v, 1.0)
+                } else {
+                    (0.0, 0.0)
+                };
                 t.mined += 1;
                 t.pos_sum += ap as f64;
                 t.pos_n += 1;
@@ -197,7 +232,9 @@ impl TripletLoss {
                 }
             };
             match tuples {
-                Tuples::Triplets(ts) => ts.iter().for_each(|x| visit(x[0] as usize, x[1] as usize, x[2] as usize)),
+                Tuples::Triplets(ts) => ts
+                    .iter()
+                    .for_each(|x| visit(x[0] as usize, x[1] as usize, x[2] as usize)),
                 Tuples::Pairs { pos, neg } => {
                     // PML's convert_to_triplets: every positive pair with every negative pair of the same anchor.
                     let mut by_anchor: Vec<Vec<u32>> = vec![Vec::new(); b];
@@ -212,7 +249,9 @@ impl TripletLoss {
                     let (lo, hi) = band.expect("band");
                     let (mut pos, mut neg) = (Vec::new(), Vec::new());
                     for a in 0..b {
-                        for_each_band_triplet(m, a, lo, hi, &mut pos, &mut neg, |p, n| visit(a, p as usize, n as usize));
+                        for_each_band_triplet(m, a, lo, hi, &mut pos, &mut neg, |p, n| {
+                            visit(a, p as usize, n as usize)
+                        });
                     }
                 }
             }
@@ -224,7 +263,12 @@ impl TripletLoss {
                 if let Some(g) = grad_refs.as_mut() {
                     scale(g, 1.0 / div);
                 }
-                HostLoss { value: value / div, grad, grad_refs, stats }
+                HostLoss {
+                    value: value / div,
+                    grad,
+                    grad_refs,
+                    stats,
+                }
             }
             None => HostLoss::zero(b * r, stats),
         }
@@ -234,7 +278,14 @@ impl TripletLoss {
     /// the band and its active part are contiguous ranges found by binary search, their sums
     /// come from prefix sums, and each negative's gradient from a difference array.
     /// `O(R log R)` per anchor, no triplet is ever enumerated.
-    fn band_hinge(&self, m: &PairMatrix<'_>, lo: f32, hi: f32, grad: &mut [f32], t: &mut Tally) -> f64 {
+    fn band_hinge(
+        &self,
+        m: &PairMatrix<'_>,
+        lo: f32,
+        hi: f32,
+        grad: &mut [f32],
+        t: &mut Tally,
+    ) -> f64 {
         let r = m.cols;
         let margin = self.margin;
         let (mut pos, mut neg) = (Vec::new(), Vec::new());
@@ -293,7 +344,9 @@ impl TripletLoss {
             diff.resize(vals.len() + 1, 0i64);
             for &p in &pos {
                 let ap = row[p as usize];
-                let s = vals.partition_point(|&v| (v - ap).partial_cmp(&lo) != Some(std::cmp::Ordering::Greater));
+                let s = vals.partition_point(|&v| {
+                    (v - ap).partial_cmp(&lo) != Some(std::cmp::Ordering::Greater)
+                });
                 let e = vals.partition_point(|&v| v - ap <= hi).max(s);
                 if e == s {
                     continue;
@@ -343,12 +396,27 @@ pub struct PairwiseLoss {
 impl PairwiseLoss {
     /// PML's defaults for a distance (`m₊ = 0, m₋ = 1`); for a similarity `m₊ = 1, m₋ = 0`.
     pub fn new(distance: Distance) -> Self {
-        let (pos_margin, neg_margin) = if distance.is_similarity() { (1.0, 0.0) } else { (0.0, 1.0) };
-        Self { distance, pos_margin, neg_margin, reducer: Reducer::MeanNonZero }
+        let (pos_margin, neg_margin) = if distance.is_similarity() {
+            (1.0, 0.0)
+        } else {
+            (0.0, 1.0)
+        };
+        Self {
+            distance,
+            pos_margin,
+            neg_margin,
+            reducer: Reducer::MeanNonZero,
+        }
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |what: String| Err(LossError::BadMargin { loss: "pairwise", what, distance: self.distance.name() });
+        let bad = |what: String| {
+            Err(LossError::BadMargin {
+                loss: "pairwise",
+                what,
+                distance: self.distance.name(),
+            })
+        };
         if !(self.pos_margin.is_finite() && self.neg_margin.is_finite()) {
             return bad("margins must be finite".into());
         }
@@ -414,18 +482,24 @@ impl PairwiseLoss {
                 }
             }
             Tuples::Pairs { pos, neg } => {
-                pos.iter().for_each(|x| visit(true, x[0] as usize, x[1] as usize));
-                neg.iter().for_each(|x| visit(false, x[0] as usize, x[1] as usize));
+                pos.iter()
+                    .for_each(|x| visit(true, x[0] as usize, x[1] as usize));
+                neg.iter()
+                    .for_each(|x| visit(false, x[0] as usize, x[1] as usize));
             }
             Tuples::Triplets(ts) => {
-                ts.iter().for_each(|x| visit(true, x[0] as usize, x[1] as usize));
-                ts.iter().for_each(|x| visit(false, x[0] as usize, x[2] as usize));
+                ts.iter()
+                    .for_each(|x| visit(true, x[0] as usize, x[1] as usize));
+                ts.iter()
+                    .for_each(|x| visit(false, x[0] as usize, x[2] as usize));
             }
             Tuples::TripletBand { lo, hi } => {
                 let (mut pos, mut neg) = (Vec::new(), Vec::new());
                 let mut trips = Vec::new();
                 for a in 0..b {
-                    for_each_band_triplet(m, a, *lo, *hi, &mut pos, &mut neg, |p, n| trips.push((a, p as usize, n as usize)));
+                    for_each_band_triplet(m, a, *lo, *hi, &mut pos, &mut neg, |p, n| {
+                        trips.push((a, p as usize, n as usize))
+                    });
                 }
                 trips.iter().for_each(|&(a, p, _)| visit(true, a, p));
                 trips.iter().for_each(|&(a, _, n)| visit(false, a, n));
@@ -434,12 +508,21 @@ impl PairwiseLoss {
         if nt.mined == 0 {
             // No negative pair: nothing to contrast against, and pulling positives together alone
             // is the collapse direction, so the loss is zero (a one-label batch).
-            let t = Tally { mined: pt.mined, pos_sum: pt.pos_sum, pos_n: pt.pos_n, ..Tally::default() };
+            let t = Tally {
+                mined: pt.mined,
+                pos_sum: pt.pos_sum,
+                pos_n: pt.pos_n,
+                ..Tally::default()
+            };
             return HostLoss::zero(b * r, t.stats(m.distance));
         }
         let dp = self.reducer.divisor(pt.mined, pt.active);
         let dn = self.reducer.divisor(nt.mined, nt.active);
-        let (dp, dn) = if self.reducer == Reducer::Sum { (dp.map(|_| 1.0), dn.map(|_| 1.0)) } else { (dp, dn) };
+        let (dp, dn) = if self.reducer == Reducer::Sum {
+            (dp.map(|_| 1.0), dn.map(|_| 1.0))
+        } else {
+            (dp, dn)
+        };
         let value = dp.map_or(0.0, |d| pv / d) + dn.map_or(0.0, |d| nv / d);
         for g in grad.iter_mut() {
             if *g > 0.0 {
@@ -456,7 +539,12 @@ impl PairwiseLoss {
             neg_sum: nt.neg_sum,
             neg_n: nt.neg_n,
         };
-        HostLoss { value, grad, grad_refs: None, stats: t.stats(m.distance) }
+        HostLoss {
+            value,
+            grad,
+            grad_refs: None,
+            stats: t.stats(m.distance),
+        }
     }
 }
 
@@ -483,17 +571,30 @@ pub struct MultiSimilarityLoss {
 impl MultiSimilarityLoss {
     /// The paper's and PML's defaults: α = 2, β = 50, λ = 0.5, mean over anchors.
     pub fn new(distance: Distance) -> Self {
-        Self { distance, alpha: 2.0, beta: 50.0, base: 0.5, reducer: Reducer::Mean }
+        Self {
+            distance,
+            alpha: 2.0,
+            beta: 50.0,
+            base: 0.5,
+            reducer: Reducer::Mean,
+        }
     }
 
     fn validate(&self) -> Result<()> {
-        for (what, v) in [("multi-similarity alpha", self.alpha), ("multi-similarity beta", self.beta)] {
+        for (what, v) in [
+            ("multi-similarity alpha", self.alpha),
+            ("multi-similarity beta", self.beta),
+        ] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(LossError::NonPositive { what, value: v });
             }
         }
         if !self.base.is_finite() {
-            return Err(LossError::BadMargin { loss: "multi-similarity", what: "base must be finite".into(), distance: self.distance.name() });
+            return Err(LossError::BadMargin {
+                loss: "multi-similarity",
+                what: "base must be finite".into(),
+                distance: self.distance.name(),
+            });
         }
         Ok(())
     }
@@ -507,13 +608,21 @@ impl MultiSimilarityLoss {
             Tuples::All => {
                 for a in 0..b {
                     for j in 0..r {
-                        mask[a * r + j] = if m.is_pos(a, j) { 1 } else if m.is_neg(a, j) { 2 } else { 0 };
+                        mask[a * r + j] = if m.is_pos(a, j) {
+                            1
+                        } else if m.is_neg(a, j) {
+                            2
+                        } else {
+                            0
+                        };
                     }
                 }
             }
             Tuples::Pairs { pos, neg } => {
-                pos.iter().for_each(|x| mask[x[0] as usize * r + x[1] as usize] = 1);
-                neg.iter().for_each(|x| mask[x[0] as usize * r + x[1] as usize] = 2);
+                pos.iter()
+                    .for_each(|x| mask[x[0] as usize * r + x[1] as usize] = 1);
+                neg.iter()
+                    .for_each(|x| mask[x[0] as usize * r + x[1] as usize] = 2);
             }
             Tuples::Triplets(ts) => ts.iter().for_each(|x| {
                 mask[x[0] as usize * r + x[1] as usize] = 1;
@@ -550,7 +659,14 @@ impl MultiSimilarityLoss {
                 for j in 0..r {
                     if mask[a * r + j] == kind {
                         let o = row[j] as f64;
-                        xs.push((j, if kind == 1 { alpha * (o - ob) } else { beta * (ob - o) }));
+                        xs.push((
+                            j,
+                            if kind == 1 {
+                                alpha * (o - ob)
+                            } else {
+                                beta * (ob - o)
+                            },
+                        ));
                         if kind == 1 {
                             t.pos_sum += o;
                             t.pos_n += 1;
@@ -578,12 +694,21 @@ impl MultiSimilarityLoss {
         }
         t.mined = t.pos_n + t.neg_n;
         let mut stats = t.stats(m.distance);
-        stats.active_fraction = if b > 0 { nonzero_rows as f32 / b as f32 } else { 0.0 };
+        stats.active_fraction = if b > 0 {
+            nonzero_rows as f32 / b as f32
+        } else {
+            0.0
+        };
         // Without any negative pair there is nothing to contrast (a one-label batch): zero.
         match self.reducer.divisor(b, nonzero_rows) {
             Some(div) if t.neg_n > 0 => {
                 scale(&mut grad, 1.0 / div);
-                HostLoss { value: value / div, grad, grad_refs: None, stats }
+                HostLoss {
+                    value: value / div,
+                    grad,
+                    grad_refs: None,
+                    stats,
+                }
             }
             _ => HostLoss::zero(b * r, stats),
         }
@@ -625,12 +750,20 @@ pub struct ContrastiveLoss {
 impl ContrastiveLoss {
     /// Cosine, τ = 0.07, multi-positive, symmetric.
     pub fn new(distance: Distance) -> Self {
-        Self { distance, temperature: 0.07, positives: Positives::MultiPositive, symmetric: true }
+        Self {
+            distance,
+            temperature: 0.07,
+            positives: Positives::MultiPositive,
+            symmetric: true,
+        }
     }
 
     fn validate(&self, miner: &Miner) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(LossError::NonPositive { what: "temperature", value: self.temperature });
+            return Err(LossError::NonPositive {
+                what: "temperature",
+                value: self.temperature,
+            });
         }
         if !miner.is_all() {
             return Err(LossError::UnsupportedMiner {
@@ -650,9 +783,24 @@ impl ContrastiveLoss {
         let mut rows_counted = 0usize;
         let mut rows_active = 0usize;
         let mut grad = vec![0f32; b * r];
-        let (v_rows, n_rows) =
-            self.direction(&m.o, b, r, m.labels, m.ref_labels, m.same_set, c, &mut grad, &mut t, &mut rows_counted, &mut rows_active);
-        let mut value = if n_rows > 0 { v_rows / n_rows as f64 } else { 0.0 };
+        let (v_rows, n_rows) = self.direction(
+            &m.o,
+            b,
+            r,
+            m.labels,
+            m.ref_labels,
+            m.same_set,
+            c,
+            &mut grad,
+            &mut t,
+            &mut rows_counted,
+            &mut rows_active,
+        );
+        let mut value = if n_rows > 0 {
+            v_rows / n_rows as f64
+        } else {
+            0.0
+        };
         if n_rows > 0 {
             scale(&mut grad, 1.0 / n_rows as f64);
         }
@@ -665,8 +813,19 @@ impl ContrastiveLoss {
             }
             let mut gt = vec![0f32; b * r];
             let mut skip = Tally::default();
-            let (v_cols, n_cols) =
-                self.direction(&ot, r, b, m.ref_labels, m.labels, m.same_set, c, &mut gt, &mut skip, &mut rows_counted, &mut rows_active);
+            let (v_cols, n_cols) = self.direction(
+                &ot,
+                r,
+                b,
+                m.ref_labels,
+                m.labels,
+                m.same_set,
+                c,
+                &mut gt,
+                &mut skip,
+                &mut rows_counted,
+                &mut rows_active,
+            );
             let wc = if n_cols > 0 { 1.0 / n_cols as f64 } else { 0.0 };
             let halves = if n_rows > 0 && n_cols > 0 { 0.5 } else { 1.0 };
             value = halves * (value + v_cols * wc);
@@ -678,8 +837,17 @@ impl ContrastiveLoss {
             }
         }
         let mut stats = t.stats(m.distance);
-        stats.active_fraction = if rows_counted > 0 { rows_active as f32 / rows_counted as f32 } else { 0.0 };
-        HostLoss { value, grad, grad_refs: None, stats }
+        stats.active_fraction = if rows_counted > 0 {
+            rows_active as f32 / rows_counted as f32
+        } else {
+            0.0
+        };
+        HostLoss {
+            value,
+            grad,
+            grad_refs: None,
+            stats,
+        }
     }
 
     /// One direction: rows are anchors. Adds `∂(Σ row losses)/∂z` into `grad` and returns
@@ -850,7 +1018,13 @@ impl Loss {
         miner: &Miner,
         logit_scale: Option<Tensor<1>>,
     ) -> Result<LossOutput> {
-        self.run(anchors, anchor_labels, Some((refs, ref_labels)), miner, logit_scale)
+        self.run(
+            anchors,
+            anchor_labels,
+            Some((refs, ref_labels)),
+            miner,
+            logit_scale,
+        )
     }
 
     /// One set of embeddings against itself (unimodal metric learning, PML's default call):
@@ -881,17 +1055,28 @@ impl Loss {
         }
         let [b, d] = anchors.dims();
         if b != anchor_labels.len() {
-            return Err(LossError::LabelCount { side: "anchors", embeddings: b, labels: anchor_labels.len() });
+            return Err(LossError::LabelCount {
+                side: "anchors",
+                embeddings: b,
+                labels: anchor_labels.len(),
+            });
         }
         let same_set = refs.is_none();
         let (refs, ref_labels) = match refs {
             Some((t, l)) => {
                 let [r, dr] = t.dims();
                 if r != l.len() {
-                    return Err(LossError::LabelCount { side: "references", embeddings: r, labels: l.len() });
+                    return Err(LossError::LabelCount {
+                        side: "references",
+                        embeddings: r,
+                        labels: l.len(),
+                    });
                 }
                 if dr != d {
-                    return Err(LossError::DimensionMismatch { anchors: d, references: dr });
+                    return Err(LossError::DimensionMismatch {
+                        anchors: d,
+                        references: dr,
+                    });
                 }
                 (t, l)
             }
@@ -901,14 +1086,27 @@ impl Loss {
         let distance = self.distance();
         let device = anchors.device();
         if b == 0 || r == 0 {
-            return Ok(LossOutput { loss: Tensor::zeros([1], &device), stats: LossStats::default() });
+            return Ok(LossOutput {
+                loss: Tensor::zeros([1], &device),
+                stats: LossStats::default(),
+            });
         }
         let scale_value = match &logit_scale {
             Some(ls) if matches!(self, Loss::Contrastive(_)) => {
-                let v: Vec<f32> = ls.clone().into_data().try_into_vec_as::<f32>().map_err(|_| LossError::NonPositive { what: "logit scale", value: f32::NAN })?;
+                let v: Vec<f32> =
+                    ls.clone()
+                        .into_data()
+                        .try_into_vec_as::<f32>()
+                        .map_err(|_| LossError::NonPositive {
+                            what: "logit scale",
+                            value: f32::NAN,
+                        })?;
                 let v = v.first().copied().unwrap_or(f32::NAN);
                 if !v.is_finite() {
-                    return Err(LossError::NonPositive { what: "exp(logit scale)", value: v });
+                    return Err(LossError::NonPositive {
+                        what: "exp(logit scale)",
+                        value: v,
+                    });
                 }
                 Some(v.min(MAX_LOGIT_SCALE).exp())
             }
@@ -919,7 +1117,11 @@ impl Loss {
             _ => None,
         };
         let mat = distance.matrix(anchors, refs);
-        let raw = mat.clone().into_data().try_into_vec_as::<f32>().expect("f32 matrix");
+        let raw = mat
+            .clone()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .expect("f32 matrix");
         let pm = PairMatrix::new(raw, b, r, anchor_labels, ref_labels, same_set, distance, d)?;
         let sign = if distance.is_similarity() { -1.0 } else { 1.0 };
         let (host, target, rr) = match self {
@@ -929,7 +1131,9 @@ impl Loss {
                 // z = scale · s, with s = M for a similarity and −M for a distance.
                 let sim = if distance.is_similarity() { mat } else { -mat };
                 let logits = match (&logit_scale, scale_value) {
-                    (Some(ls), Some(_)) => sim * ls.clone().clamp_max(MAX_LOGIT_SCALE).exp().reshape([1, 1]),
+                    (Some(ls), Some(_)) => {
+                        sim * ls.clone().clamp_max(MAX_LOGIT_SCALE).exp().reshape([1, 1])
+                    }
                     _ => sim * c,
                 };
                 (host, logits, None)
@@ -945,8 +1149,13 @@ impl Loss {
                     Loss::Triplet(t) => match refs_for_swap {
                         Some(refs) => {
                             let rr_t = distance.matrix(refs.clone(), refs);
-                            let rr_raw = rr_t.clone().into_data().try_into_vec_as::<f32>().expect("f32 matrix");
-                            let rr_o: Vec<f32> = rr_raw.iter().map(|&v| distance.orient(v)).collect();
+                            let rr_raw = rr_t
+                                .clone()
+                                .into_data()
+                                .try_into_vec_as::<f32>()
+                                .expect("f32 matrix");
+                            let rr_o: Vec<f32> =
+                                rr_raw.iter().map(|&v| distance.orient(v)).collect();
                             (t.host(&pm, &tuples, Some(&rr_o)), Some(rr_t))
                         }
                         None => (t.host(&pm, &tuples, None), None),
@@ -969,7 +1178,10 @@ impl Loss {
         if let (Some(rr), Some(g)) = (rr, host.grad_refs) {
             loss = loss + attach(0.0, rr, g);
         }
-        Ok(LossOutput { loss, stats: host.stats })
+        Ok(LossOutput {
+            loss,
+            stats: host.stats,
+        })
     }
 }
 
@@ -994,7 +1206,11 @@ impl FromStr for Loss {
             "pairwise" => Ok(Loss::Pairwise(PairwiseLoss::new(d))),
             "triplet" => Ok(Loss::Triplet(TripletLoss::new(d, 0.1))),
             "multi-similarity" | "ms" => Ok(Loss::MultiSimilarity(MultiSimilarityLoss::new(d))),
-            _ => Err(LossError::Parse { what: "loss", input: s.into(), why: "expected contrastive | pairwise | triplet | multi-similarity".into() }),
+            _ => Err(LossError::Parse {
+                what: "loss",
+                input: s.into(),
+                why: "expected contrastive | pairwise | triplet | multi-similarity".into(),
+            }),
         }
     }
 }

@@ -48,15 +48,37 @@ impl<'a> PairMatrix<'a> {
             let row_bad = raw[i * cols..(i + 1) * cols].iter().all(|v| !v.is_finite());
             let col_bad = (0..rows).all(|r| !raw[r * cols + j].is_finite());
             return Err(if row_bad || !col_bad {
-                LossError::NonFinite { side: "anchor", row: i }
+                LossError::NonFinite {
+                    side: "anchor",
+                    row: i,
+                }
             } else if same_set {
-                LossError::NonFinite { side: "anchor", row: j }
+                LossError::NonFinite {
+                    side: "anchor",
+                    row: j,
+                }
             } else {
-                LossError::NonFinite { side: "reference", row: j }
+                LossError::NonFinite {
+                    side: "reference",
+                    row: j,
+                }
             });
         }
-        let o = if distance.is_similarity() { raw.into_iter().map(|v| -v).collect() } else { raw };
-        Ok(Self { o, rows, cols, labels, ref_labels, same_set, distance, dim })
+        let o = if distance.is_similarity() {
+            raw.into_iter().map(|v| -v).collect()
+        } else {
+            raw
+        };
+        Ok(Self {
+            o,
+            rows,
+            cols,
+            labels,
+            ref_labels,
+            same_set,
+            distance,
+            dim,
+        })
     }
 
     /// Row `i` of the oriented matrix.

@@ -113,7 +113,10 @@ pub struct Miner {
 impl Miner {
     /// A miner without a cap.
     pub fn new(kind: MinerKind) -> Self {
-        Self { kind, per_anchor_cap: None }
+        Self {
+            kind,
+            per_anchor_cap: None,
+        }
     }
 
     /// Every tuple (no mining).
@@ -163,9 +166,11 @@ impl Miner {
                 Tuples::TripletBand { lo, hi }
             }
             MinerKind::MaxViolation => max_violation(m),
-            MinerKind::DistanceWeighted { cutoff, nonzero_loss_cutoff, seed } => {
-                distance_weighted(m, *cutoff, *nonzero_loss_cutoff, *seed)
-            }
+            MinerKind::DistanceWeighted {
+                cutoff,
+                nonzero_loss_cutoff,
+                seed,
+            } => distance_weighted(m, *cutoff, *nonzero_loss_cutoff, *seed),
             MinerKind::MultiSimilarity { epsilon } => multi_similarity(m, *epsilon),
         };
         match self.per_anchor_cap {
@@ -223,7 +228,11 @@ fn semi_hard(m: &PairMatrix<'_>, margin: f32) -> Tuples {
             let ap = row[p as usize];
             // First negative strictly farther than the positive.
             let k = neg.partition_point(|&n| row[n as usize] <= ap);
-            let n = if k < neg.len() && row[neg[k] as usize] < ap + margin { neg[k] } else { neg[0] };
+            let n = if k < neg.len() && row[neg[k] as usize] < ap + margin {
+                neg[k]
+            } else {
+                neg[0]
+            };
             out.push([a as u32, p, n]);
         }
     }
@@ -238,7 +247,11 @@ fn max_violation(m: &PairMatrix<'_>) -> Tuples {
             .filter(|&j| m.is_neg(a, j))
             .min_by(|&x, &y| row[x].total_cmp(&row[y]).then(x.cmp(&y)));
         if let Some(n) = hardest {
-            out.extend((0..m.cols).filter(|&j| m.is_pos(a, j)).map(|p| [a as u32, p as u32, n as u32]));
+            out.extend(
+                (0..m.cols)
+                    .filter(|&j| m.is_pos(a, j))
+                    .map(|p| [a as u32, p as u32, n as u32]),
+            );
         }
     }
     Tuples::Triplets(out)
@@ -270,12 +283,20 @@ impl SplitMix64 {
     }
 }
 
-fn distance_weighted(m: &PairMatrix<'_>, cutoff: f32, nonzero_loss_cutoff: f32, seed: u64) -> Tuples {
+fn distance_weighted(
+    m: &PairMatrix<'_>,
+    cutoff: f32,
+    nonzero_loss_cutoff: f32,
+    seed: u64,
+) -> Tuples {
     let n_dim = m.dim.max(4) as f64;
     // Mix a few matrix values into the seed so every batch draws differently.
-    let mix = m.o.iter().step_by((m.o.len() / 16).max(1)).fold(seed, |h, v| {
-        (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01B3)
-    });
+    let mix =
+        m.o.iter()
+            .step_by((m.o.len() / 16).max(1))
+            .fold(seed, |h, v| {
+                (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01B3)
+            });
     let mut rng = SplitMix64(mix);
     let (mut pos, mut neg) = (Vec::new(), Vec::new());
     let mut w = Vec::new();
@@ -297,7 +318,8 @@ fn distance_weighted(m: &PairMatrix<'_>, cutoff: f32, nonzero_loss_cutoff: f32, 
                     return None;
                 }
                 let d = d.max(cutoff) as f64;
-                let lw = (2.0 - n_dim) * d.ln() - (n_dim - 3.0) / 2.0 * (1.0 - 0.25 * d * d).max(1e-8).ln();
+                let lw = (2.0 - n_dim) * d.ln()
+                    - (n_dim - 3.0) / 2.0 * (1.0 - 0.25 * d * d).max(1e-8).ln();
                 max_lw = max_lw.max(lw);
                 Some(lw)
             })
@@ -338,27 +360,44 @@ fn multi_similarity(m: &PairMatrix<'_>, eps: f32) -> Tuples {
             continue;
         }
         let row = m.row(a);
-        let min_neg = neg.iter().map(|&j| row[j as usize]).fold(f32::INFINITY, f32::min);
-        let max_pos = pos.iter().map(|&j| row[j as usize]).fold(f32::NEG_INFINITY, f32::max);
+        let min_neg = neg
+            .iter()
+            .map(|&j| row[j as usize])
+            .fold(f32::INFINITY, f32::min);
+        let max_pos = pos
+            .iter()
+            .map(|&j| row[j as usize])
+            .fold(f32::NEG_INFINITY, f32::max);
         // PML compares raw values: similarity s_ap − ε < max s_an, distance d_ap + ε > min d_an.
         // In the oriented scale both read o_ap + ε > min o_an and o_an − ε < max o_ap.
         let sim = m.distance.is_similarity();
         for &p in &pos {
             let v = row[p as usize];
-            let hard = if sim { -v - eps < -min_neg } else { v + eps > min_neg };
+            let hard = if sim {
+                -v - eps < -min_neg
+            } else {
+                v + eps > min_neg
+            };
             if hard {
                 out_p.push([a as u32, p]);
             }
         }
         for &n in &neg {
             let v = row[n as usize];
-            let hard = if sim { -v + eps > -max_pos } else { v - eps < max_pos };
+            let hard = if sim {
+                -v + eps > -max_pos
+            } else {
+                v - eps < max_pos
+            };
             if hard {
                 out_n.push([a as u32, n]);
             }
         }
     }
-    Tuples::Pairs { pos: out_p, neg: out_n }
+    Tuples::Pairs {
+        pos: out_p,
+        neg: out_n,
+    }
 }
 
 /// Enumerates the triplets of a band or of "all" for one anchor (used by caps and by pair
@@ -386,7 +425,8 @@ pub(crate) fn for_each_band_triplet(
 }
 
 fn cap_per_anchor(m: &PairMatrix<'_>, tuples: Tuples, cap: usize) -> Tuples {
-    let violation = |t: &[u32; 3]| m.at(t[0] as usize, t[1] as usize) - m.at(t[0] as usize, t[2] as usize);
+    let violation =
+        |t: &[u32; 3]| m.at(t[0] as usize, t[1] as usize) - m.at(t[0] as usize, t[2] as usize);
     let keep_hardest = |group: &mut Vec<[u32; 3]>, out: &mut Vec<[u32; 3]>| {
         if group.len() > cap {
             group.sort_by(|x, y| violation(y).total_cmp(&violation(x)));
@@ -417,7 +457,9 @@ fn cap_per_anchor(m: &PairMatrix<'_>, tuples: Tuples, cap: usize) -> Tuples {
             let mut out = Vec::new();
             let mut group = Vec::new();
             for a in 0..m.rows {
-                for_each_band_triplet(m, a, lo, hi, &mut pos, &mut neg, |p, n| group.push([a as u32, p, n]));
+                for_each_band_triplet(m, a, lo, hi, &mut pos, &mut neg, |p, n| {
+                    group.push([a as u32, p, n])
+                });
                 keep_hardest(&mut group, &mut out);
             }
             Tuples::Triplets(out)
@@ -428,7 +470,11 @@ fn cap_per_anchor(m: &PairMatrix<'_>, tuples: Tuples, cap: usize) -> Tuples {
 }
 
 fn parse_err(what: &'static str, input: &str, why: impl Into<String>) -> LossError {
-    LossError::Parse { what, input: input.to_string(), why: why.into() }
+    LossError::Parse {
+        what,
+        input: input.to_string(),
+        why: why.into(),
+    }
 }
 
 impl FromStr for Miner {
@@ -441,7 +487,9 @@ impl FromStr for Miner {
         let (name, cap) = match s.split_once('@') {
             Some((n, c)) => {
                 let cap = c.trim().parse::<usize>().ok().filter(|&c| c > 0);
-                let cap = cap.ok_or_else(|| parse_err("miner", s, "the cap after `@` must be a positive integer"))?;
+                let cap = cap.ok_or_else(|| {
+                    parse_err("miner", s, "the cap after `@` must be a positive integer")
+                })?;
                 (n.trim(), Some(cap))
             }
             None => (s, None),
@@ -462,7 +510,10 @@ impl FromStr for Miner {
                 ))
             }
         };
-        Ok(Miner { kind, per_anchor_cap: cap })
+        Ok(Miner {
+            kind,
+            per_anchor_cap: cap,
+        })
     }
 }
 
@@ -490,7 +541,9 @@ pub struct HardnessSchedule {
 impl HardnessSchedule {
     /// A one-stage schedule.
     pub fn constant(miner: Miner) -> Self {
-        Self { stages: vec![(miner, None)] }
+        Self {
+            stages: vec![(miner, None)],
+        }
     }
 
     /// The miner for 0-based `epoch`.
@@ -499,7 +552,13 @@ impl HardnessSchedule {
             .iter()
             .find(|(_, until)| until.is_none_or(|u| epoch < u))
             .map(|(m, _)| m)
-            .unwrap_or_else(|| &self.stages.last().expect("a schedule has at least one stage").0)
+            .unwrap_or_else(|| {
+                &self
+                    .stages
+                    .last()
+                    .expect("a schedule has at least one stage")
+                    .0
+            })
     }
 }
 
@@ -513,18 +572,31 @@ impl FromStr for HardnessSchedule {
             let is_last = i + 1 == parts.len();
             match part.rsplit_once(':') {
                 Some((name, until)) => {
-                    let until: usize = until
-                        .trim()
-                        .parse()
-                        .map_err(|_| parse_err("hardness schedule", s, format!("`{part}`: the epoch after `:` must be an integer")))?;
+                    let until: usize = until.trim().parse().map_err(|_| {
+                        parse_err(
+                            "hardness schedule",
+                            s,
+                            format!("`{part}`: the epoch after `:` must be an integer"),
+                        )
+                    })?;
                     if until <= last_until && i > 0 {
-                        return Err(parse_err("hardness schedule", s, "stage epochs must increase"));
+                        return Err(parse_err(
+                            "hardness schedule",
+                            s,
+                            "stage epochs must increase",
+                        ));
                     }
                     last_until = until;
                     stages.push((name.parse()?, Some(until)));
                 }
                 None if is_last => stages.push((part.parse()?, None)),
-                None => return Err(parse_err("hardness schedule", s, format!("`{part}` needs `:epoch` (only the last stage may omit it)"))),
+                None => {
+                    return Err(parse_err(
+                        "hardness schedule",
+                        s,
+                        format!("`{part}` needs `:epoch` (only the last stage may omit it)"),
+                    ))
+                }
             }
         }
         if stages.is_empty() {

@@ -36,7 +36,11 @@ impl FromStr for Reducer {
             "mean" => Ok(Reducer::Mean),
             "sum" => Ok(Reducer::Sum),
             "mean-nonzero" | "avg-nonzero" | "nonzero" => Ok(Reducer::MeanNonZero),
-            _ => Err(LossError::Parse { what: "reducer", input: s.into(), why: "expected mean | sum | mean-nonzero".into() }),
+            _ => Err(LossError::Parse {
+                what: "reducer",
+                input: s.into(),
+                why: "expected mean | sum | mean-nonzero".into(),
+            }),
         }
     }
 }

@@ -6,16 +6,31 @@ mod common;
 use common::*;
 
 use siam_losses::{
-    ContrastiveLoss, Distance, HardnessSchedule, Loss, Miner, MinerKind, MultiSimilarityLoss, PairMatrix, PairwiseLoss,
-    TripletKind, TripletLoss, Tuples,
+    ContrastiveLoss, Distance, HardnessSchedule, Loss, Miner, MinerKind, MultiSimilarityLoss,
+    PairMatrix, PairwiseLoss, TripletKind, TripletLoss, Tuples,
 };
 
 fn all_miners() -> Vec<Miner> {
-    let mut v: Vec<Miner> = ["all", "hard", "semihard", "max-violation", "distance-weighted", "multi-similarity", "none", "all@3", "semihard@2"]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
-    for kind in [TripletKind::All, TripletKind::Hard, TripletKind::SemiHard, TripletKind::Easy] {
+    let mut v: Vec<Miner> = [
+        "all",
+        "hard",
+        "semihard",
+        "max-violation",
+        "distance-weighted",
+        "multi-similarity",
+        "none",
+        "all@3",
+        "semihard@2",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    for kind in [
+        TripletKind::All,
+        TripletKind::Hard,
+        TripletKind::SemiHard,
+        TripletKind::Easy,
+    ] {
         v.push(Miner::new(MinerKind::TripletMargin { margin: 0.2, kind }));
     }
     v
@@ -27,11 +42,20 @@ fn miners_respect_labels_and_never_pair_an_anchor_with_itself() {
     let emb = noise(n * d, 7);
     let labels: Vec<usize> = (0..n).map(|i| (i * 7) % 5).collect();
     // Cosine matrix of the batch with itself.
-    let norm: Vec<f32> = (0..n).map(|i| emb[i * d..(i + 1) * d].iter().map(|v| v * v).sum::<f32>().sqrt()).collect();
+    let norm: Vec<f32> = (0..n)
+        .map(|i| {
+            emb[i * d..(i + 1) * d]
+                .iter()
+                .map(|v| v * v)
+                .sum::<f32>()
+                .sqrt()
+        })
+        .collect();
     let mut raw = vec![0f32; n * n];
     for i in 0..n {
         for j in 0..n {
-            raw[i * n + j] = (0..d).map(|k| emb[i * d + k] * emb[j * d + k]).sum::<f32>() / (norm[i] * norm[j]);
+            raw[i * n + j] =
+                (0..d).map(|k| emb[i * d + k] * emb[j * d + k]).sum::<f32>() / (norm[i] * norm[j]);
         }
     }
     let m = PairMatrix::new(raw, n, n, &labels, &labels, true, Distance::Cosine, d).unwrap();
@@ -40,7 +64,10 @@ fn miners_respect_labels_and_never_pair_an_anchor_with_itself() {
             let (a, p, nn) = (a as usize, p as usize, nn as usize);
             assert_ne!(a, p, "{miner}: anchor as its own positive");
             assert_eq!(labels[a], labels[p], "{miner}: positive with another label");
-            assert_ne!(labels[a], labels[nn], "{miner}: positive returned as a negative");
+            assert_ne!(
+                labels[a], labels[nn],
+                "{miner}: positive returned as a negative"
+            );
         };
         match miner.mine(&m, 0.2) {
             Tuples::Triplets(ts) => {
@@ -52,8 +79,11 @@ fn miners_respect_labels_and_never_pair_an_anchor_with_itself() {
                 }
             }
             Tuples::Pairs { pos, neg } => {
-                pos.iter().for_each(|p| assert!(p[0] != p[1] && labels[p[0] as usize] == labels[p[1] as usize]));
-                neg.iter().for_each(|p| assert_ne!(labels[p[0] as usize], labels[p[1] as usize]));
+                pos.iter().for_each(|p| {
+                    assert!(p[0] != p[1] && labels[p[0] as usize] == labels[p[1] as usize])
+                });
+                neg.iter()
+                    .for_each(|p| assert_ne!(labels[p[0] as usize], labels[p[1] as usize]));
             }
             Tuples::All | Tuples::TripletBand { .. } => {}
         }
@@ -65,7 +95,11 @@ fn losses() -> Vec<Loss> {
         Loss::Contrastive(ContrastiveLoss::new(Distance::Cosine)),
         Loss::Pairwise(PairwiseLoss::new(Distance::Euclidean)),
         Loss::Triplet(TripletLoss::new(Distance::Cosine, 0.2)),
-        Loss::Triplet(TripletLoss { soft_margin: true, swap: true, ..TripletLoss::new(Distance::Euclidean, 0.2) }),
+        Loss::Triplet(TripletLoss {
+            soft_margin: true,
+            swap: true,
+            ..TripletLoss::new(Distance::Euclidean, 0.2)
+        }),
         Loss::MultiSimilarity(MultiSimilarityLoss::new(Distance::Cosine)),
     ]
 }
@@ -75,14 +109,22 @@ fn assert_zero(loss: &Loss, x: burn::tensor::Tensor<2>, labels: &[usize], miner:
     let v = scalar(out.loss.clone());
     assert_eq!(v, 0.0, "{} / {miner}", loss.name());
     let g = x.grad(&out.loss.backward()).map(vec2).unwrap_or_default();
-    assert!(g.iter().all(|v| *v == 0.0), "{} / {miner}: gradient {g:?}", loss.name());
+    assert!(
+        g.iter().all(|v| *v == 0.0),
+        "{} / {miner}: gradient {g:?}",
+        loss.name()
+    );
 }
 
 #[test]
 fn one_label_one_item_or_nothing_mined_gives_zero_without_nan() {
     let dev = dev();
     for loss in losses() {
-        let miners: Vec<Miner> = if matches!(loss, Loss::Contrastive(_)) { vec![Miner::none()] } else { all_miners() };
+        let miners: Vec<Miner> = if matches!(loss, Loss::Contrastive(_)) {
+            vec![Miner::none()]
+        } else {
+            all_miners()
+        };
         for miner in &miners {
             let x = from_vec(&noise(6 * 4, 3), 6, 4, &dev).require_grad();
             assert_zero(&loss, x, &[2; 6], miner);
@@ -90,10 +132,16 @@ fn one_label_one_item_or_nothing_mined_gives_zero_without_nan() {
             assert_zero(&loss, x, &[0], miner);
             // Identical embeddings (distance exactly 0) with distinct labels: finite loss and gradient.
             let x = from_vec(&[0.5; 12], 3, 4, &dev).require_grad();
-            let out = loss.forward_self(x.clone(), &[0, 1, 2], miner, None).unwrap();
+            let out = loss
+                .forward_self(x.clone(), &[0, 1, 2], miner, None)
+                .unwrap();
             assert!(scalar(out.loss.clone()).is_finite());
             let g = x.grad(&out.loss.backward()).map(vec2).unwrap_or_default();
-            assert!(g.iter().all(|v| v.is_finite()), "{} / {miner}: {g:?}", loss.name());
+            assert!(
+                g.iter().all(|v| v.is_finite()),
+                "{} / {miner}: {g:?}",
+                loss.name()
+            );
         }
     }
 }
@@ -104,7 +152,14 @@ fn duplicate_embeddings_give_finite_gradients() {
     let dev = dev();
     let loss = Loss::Triplet(TripletLoss::new(Distance::Euclidean, 0.5));
     let x = from_vec(&[1.0, 2.0, 1.0, 2.0, 0.0, 1.0], 3, 2, &dev).require_grad();
-    let out = loss.forward_self(x.clone(), &[0, 0, 1], &Miner::new(MinerKind::BatchHard), None).unwrap();
+    let out = loss
+        .forward_self(
+            x.clone(),
+            &[0, 0, 1],
+            &Miner::new(MinerKind::BatchHard),
+            None,
+        )
+        .unwrap();
     assert!(scalar(out.loss.clone()).is_finite());
     let g = vec2(x.grad(&out.loss.backward()).unwrap());
     assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
@@ -122,7 +177,13 @@ fn hardness_schedule_switches_miners_by_epoch() {
     assert_eq!(s.miner_for_epoch(2).name(), "semihard");
     let one: HardnessSchedule = "max-violation".parse().unwrap();
     assert_eq!(one.miner_for_epoch(5).name(), "max-violation");
-    for bad in ["semihard,hard", "hard:x", "hard:3,semihard:2,all", "bogus", "all@0"] {
+    for bad in [
+        "semihard,hard",
+        "hard:x",
+        "hard:3,semihard:2,all",
+        "bogus",
+        "all@0",
+    ] {
         assert!(bad.parse::<HardnessSchedule>().is_err(), "{bad}");
     }
 }
@@ -132,7 +193,15 @@ fn distance_weighted_is_deterministic_and_prefers_closer_negatives() {
     let (n, d) = (32, 16);
     let emb = noise(n * d, 11);
     let labels: Vec<usize> = (0..n).map(|i| i % 4).collect();
-    let norm: Vec<f32> = (0..n).map(|i| emb[i * d..(i + 1) * d].iter().map(|v| v * v).sum::<f32>().sqrt()).collect();
+    let norm: Vec<f32> = (0..n)
+        .map(|i| {
+            emb[i * d..(i + 1) * d]
+                .iter()
+                .map(|v| v * v)
+                .sum::<f32>()
+                .sqrt()
+        })
+        .collect();
     let raw: Vec<f32> = (0..n * n)
         .map(|k| {
             let (i, j) = (k / n, k % n);
@@ -146,7 +215,11 @@ fn distance_weighted_is_deterministic_and_prefers_closer_negatives() {
     let Tuples::Triplets(ts) = a else { panic!() };
     assert_eq!(ts.len(), n * (n / 4 - 1));
     // Sampled negatives are closer on average than a uniform draw (1/q(d) grows as d shrinks in 16-d).
-    let mean_sampled: f32 = ts.iter().map(|t| m.raw(t[0] as usize, t[2] as usize)).sum::<f32>() / ts.len() as f32;
+    let mean_sampled: f32 = ts
+        .iter()
+        .map(|t| m.raw(t[0] as usize, t[2] as usize))
+        .sum::<f32>()
+        / ts.len() as f32;
     let mut negs = Vec::new();
     for i in 0..n {
         for j in 0..n {
@@ -156,7 +229,10 @@ fn distance_weighted_is_deterministic_and_prefers_closer_negatives() {
         }
     }
     let mean_all = negs.iter().sum::<f32>() / negs.len() as f32;
-    assert!(mean_sampled > mean_all, "sampled {mean_sampled} vs all {mean_all}");
+    assert!(
+        mean_sampled > mean_all,
+        "sampled {mean_sampled} vs all {mean_all}"
+    );
 }
 
 #[test]
@@ -170,8 +246,15 @@ fn implicit_band_paths_match_explicit_triplets() {
         for (miner, explicit) in [
             (Miner::none(), "all@1000000".parse::<Miner>().unwrap()),
             (
-                Miner::new(MinerKind::TripletMargin { margin: 0.3, kind: TripletKind::SemiHard }),
-                Miner::new(MinerKind::TripletMargin { margin: 0.3, kind: TripletKind::SemiHard }).with_cap(1_000_000),
+                Miner::new(MinerKind::TripletMargin {
+                    margin: 0.3,
+                    kind: TripletKind::SemiHard,
+                }),
+                Miner::new(MinerKind::TripletMargin {
+                    margin: 0.3,
+                    kind: TripletKind::SemiHard,
+                })
+                .with_cap(1_000_000),
             ),
         ] {
             let loss = Loss::Triplet(TripletLoss::new(Distance::Euclidean, 0.4));
@@ -185,7 +268,10 @@ fn implicit_band_paths_match_explicit_triplets() {
             let (v2, g2, s2) = run(&explicit);
             assert!((v1 - v2).abs() <= 1e-5 * v2.abs().max(1e-3), "{v1} vs {v2}");
             assert_eq!(s1.mined, s2.mined);
-            assert!(g1.iter().zip(&g2).all(|(a, b)| (a - b).abs() <= 1e-5), "gradients differ");
+            assert!(
+                g1.iter().zip(&g2).all(|(a, b)| (a - b).abs() <= 1e-5),
+                "gradients differ"
+            );
         }
     }
 }

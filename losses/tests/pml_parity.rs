@@ -6,12 +6,15 @@
 use burn::tensor::Tensor;
 use serde_json::Value;
 use siam_losses::{
-    test_device, ContrastiveLoss, Distance, Loss, Miner, MinerKind, MultiSimilarityLoss, PairwiseLoss, Positives,
-    Reducer, TripletKind, TripletLoss,
+    test_device, ContrastiveLoss, Distance, Loss, Miner, MinerKind, MultiSimilarityLoss,
+    PairwiseLoss, Positives, Reducer, TripletKind, TripletLoss,
 };
 
 fn fixtures() -> Vec<Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pml_fixtures.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/pml_fixtures.json"
+    );
     let text = std::fs::read_to_string(path).expect("fixture file (run make_pml_fixtures.py)");
     let v: Value = serde_json::from_str(&text).expect("valid JSON");
     assert_eq!(v["pytorch_metric_learning"], "2.9.0");
@@ -25,12 +28,19 @@ fn f(v: &Value) -> f32 {
 fn matrix(v: &Value) -> (Vec<f32>, usize, usize) {
     let rows = v.as_array().expect("rows");
     let d = rows[0].as_array().unwrap().len();
-    let flat = rows.iter().flat_map(|r| r.as_array().unwrap().iter().map(f)).collect();
+    let flat = rows
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(f))
+        .collect();
     (flat, rows.len(), d)
 }
 
 fn labels(v: &Value) -> Vec<usize> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect()
 }
 
 fn build(case: &Value) -> (Loss, Miner) {
@@ -85,7 +95,9 @@ fn build(case: &Value) -> (Loss, Miner) {
                 t => panic!("{t}"),
             },
         },
-        "multi-similarity" => MinerKind::MultiSimilarity { epsilon: f(&m["epsilon"]) },
+        "multi-similarity" => MinerKind::MultiSimilarity {
+            epsilon: f(&m["epsilon"]),
+        },
         other => panic!("unknown miner {other}"),
     };
     (loss, Miner::new(kind))
@@ -106,15 +118,26 @@ fn agrees_with_pytorch_metric_learning() {
         let (loss, miner) = build(case);
         let (emb, b, d) = matrix(&case["embeddings"]);
         let lab = labels(&case["labels"]);
-        let x = Tensor::<1>::from_floats(emb.as_slice(), &dev).reshape([b, d]).require_grad();
+        let x = Tensor::<1>::from_floats(emb.as_slice(), &dev)
+            .reshape([b, d])
+            .require_grad();
         let cross = !case["ref_embeddings"].is_null();
         let (out, y) = if cross {
             let (re, r, _) = matrix(&case["ref_embeddings"]);
             let rl = labels(&case["ref_labels"]);
-            let y = Tensor::<1>::from_floats(re.as_slice(), &dev).reshape([r, d]).require_grad();
-            (loss.forward(x.clone(), &lab, y.clone(), &rl, &miner, None).unwrap(), Some(y))
+            let y = Tensor::<1>::from_floats(re.as_slice(), &dev)
+                .reshape([r, d])
+                .require_grad();
+            (
+                loss.forward(x.clone(), &lab, y.clone(), &rl, &miner, None)
+                    .unwrap(),
+                Some(y),
+            )
         } else {
-            (loss.forward_self(x.clone(), &lab, &miner, None).unwrap(), None)
+            (
+                loss.forward_self(x.clone(), &lab, &miner, None).unwrap(),
+                None,
+            )
         };
         let got = out.loss.clone().into_data().try_into_vec::<f32>().unwrap()[0];
         let want = f(&case["loss_value"]);
@@ -126,11 +149,20 @@ fn agrees_with_pytorch_metric_learning() {
         let grads = out.loss.backward();
         let mut check_grad = |t: &Tensor<2>, key: &str| {
             let (want_g, _, _) = matrix(&case[key]);
-            let got_g = t.grad(&grads).map(|g| g.into_data().try_into_vec::<f32>().unwrap()).unwrap_or(vec![0.0; want_g.len()]);
+            let got_g = t
+                .grad(&grads)
+                .map(|g| g.into_data().try_into_vec::<f32>().unwrap())
+                .unwrap_or(vec![0.0; want_g.len()]);
             let tol = 1e-4 * max_abs(&want_g).max(1e-3);
-            let worst = got_g.iter().zip(&want_g).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let worst = got_g
+                .iter()
+                .zip(&want_g)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             if worst > tol {
-                failures.push(format!("{name}: {key} differs by {worst:.3e} (tol {tol:.3e})"));
+                failures.push(format!(
+                    "{name}: {key} differs by {worst:.3e} (tol {tol:.3e})"
+                ));
             }
         };
         check_grad(&x, "grad_embeddings");
@@ -141,10 +173,19 @@ fn agrees_with_pytorch_metric_learning() {
             // Triplet miners report triplets; pair miners positive + negative pairs.
             let ours = out.stats.mined;
             let pml_kind = case["miner"]["kind"].as_str().unwrap();
-            if matches!(loss, Loss::Triplet(_)) && pml_kind != "multi-similarity" && ours != mined as usize {
+            if matches!(loss, Loss::Triplet(_))
+                && pml_kind != "multi-similarity"
+                && ours != mined as usize
+            {
                 failures.push(format!("{name}: mined {ours} vs PML {mined}"));
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }

@@ -50,7 +50,10 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
     if let Some(f) = &args.labels_file {
         labels.extend(read_lines(f)?);
     }
-    anyhow::ensure!(!labels.is_empty(), "no labels: give --labels a,b,c or --labels-file FILE");
+    anyhow::ensure!(
+        !labels.is_empty(),
+        "no labels: give --labels a,b,c or --labels-file FILE"
+    );
     anyhow::ensure!(args.top_k > 0, "--top-k must be at least 1");
     for t in &args.templates {
         anyhow::ensure!(t.contains("{}"), "template {t:?} has no {{}} for the label");
@@ -64,7 +67,14 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
     let device = args.device.open()?;
     let enc = args.model.load(&device)?;
     let classes = class_embeddings(&enc, &labels, &templates)?;
-    let emb = embed_image_files(&enc, &images, args.batch_size, 2, OnBadImage::Fail, &mut |_| {})?;
+    let emb = embed_image_files(
+        &enc,
+        &images,
+        args.batch_size,
+        2,
+        OnBadImage::Fail,
+        &mut |_| {},
+    )?;
     let scale = enc.logit_scale();
     let mut results = Vec::new();
     for (row, &i) in emb.data.chunks(emb.dim).zip(&emb.kept) {
@@ -72,7 +82,13 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
         let mut order: Vec<usize> = (0..labels.len()).collect();
         order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
         order.truncate(args.top_k);
-        results.push((images[i].display().to_string(), order.into_iter().map(|c| (labels[c].clone(), p[c])).collect::<Vec<_>>()));
+        results.push((
+            images[i].display().to_string(),
+            order
+                .into_iter()
+                .map(|c| (labels[c].clone(), p[c]))
+                .collect::<Vec<_>>(),
+        ));
     }
     if args.json {
         let v: Vec<serde_json::Value> = results

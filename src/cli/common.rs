@@ -66,11 +66,9 @@ pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
         ProgressBar::new(len as u64)
     };
     pb.set_style(
-        ProgressStyle::with_template(
-            "{msg:>10} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb

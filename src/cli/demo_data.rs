@@ -24,7 +24,8 @@ pub struct DemoDataArgs {
 pub fn run(args: DemoDataArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.per_class > 0, "--per-class must be at least 1");
     anyhow::ensure!(args.image_size >= 16, "--image-size must be at least 16");
-    let n = siam_data::synthetic::write_demo(&args.out, args.per_class, args.image_size, args.seed)?;
+    let n =
+        siam_data::synthetic::write_demo(&args.out, args.per_class, args.image_size, args.seed)?;
     eprintln!(
         "wrote {n} images to {} (image folder: {}/images, captions table: {}/captions.csv)",
         args.out.display(),

@@ -122,8 +122,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         };
         crate::io::atomic_write_bytes(json, &serde_json::to_vec_pretty(&value)?)?;
         let png = json.with_extension("png");
-        let named: Vec<(&str, &RetrievalReport)> =
-            reports.iter().map(|r| (r.model.as_str(), &r.retrieval)).collect();
+        let named: Vec<(&str, &RetrievalReport)> = reports
+            .iter()
+            .map(|r| (r.model.as_str(), &r.retrieval))
+            .collect();
         recall_curves(&named, 10, &png)?;
         eprintln!("wrote {} and {}", json.display(), png.display());
     }
@@ -157,9 +159,16 @@ pub fn evaluate(
         DatasetKind::Labels => {
             let labels: Vec<usize> = kept
                 .iter()
-                .map(|&r| ds.records[r].label.context("a label dataset record without a label"))
+                .map(|&r| {
+                    ds.records[r]
+                        .label
+                        .context("a label dataset record without a label")
+                })
                 .collect::<anyhow::Result<_>>()?;
-            let class_ids: Vec<usize> = entries.iter().map(|e| e.label.unwrap_or(usize::MAX)).collect();
+            let class_ids: Vec<usize> = entries
+                .iter()
+                .map(|e| e.label.unwrap_or(usize::MAX))
+                .collect();
             let retrieval = retrieval_report(
                 &img.data,
                 &texts,
@@ -183,8 +192,18 @@ pub fn evaluate(
             (retrieval, Some(zero), neighbours, probe)
         }
         DatasetKind::Captions => {
-            let owners: Vec<usize> = entries.iter().map(|e| e.image.unwrap_or(usize::MAX)).collect();
-            let r = retrieval_report(&img.data, &texts, d, Positives::Captions { text_to_image: &owners })?;
+            let owners: Vec<usize> = entries
+                .iter()
+                .map(|e| e.image.unwrap_or(usize::MAX))
+                .collect();
+            let r = retrieval_report(
+                &img.data,
+                &texts,
+                d,
+                Positives::Captions {
+                    text_to_image: &owners,
+                },
+            )?;
             (r, None, None, None)
         }
     };
@@ -234,7 +253,11 @@ fn linear_probe_on_train(
         &mut |n| pb.set_position(n as u64),
     )?;
     pb.finish_and_clear();
-    let y: Vec<usize> = e.kept.iter().filter_map(|&i| ds.records[train[i]].label).collect();
+    let y: Vec<usize> = e
+        .kept
+        .iter()
+        .filter_map(|&i| ds.records[train[i]].label)
+        .collect();
     let distinct: std::collections::BTreeSet<usize> = y.iter().copied().collect();
     if distinct.len() < 2 {
         return Ok(None);
@@ -243,7 +266,9 @@ fn linear_probe_on_train(
         c: args.probe_c,
         ..LinearProbeConfig::default()
     };
-    Ok(Some(linear_probe(&e.data, &y, test_x, test_y, e.dim, &config)?))
+    Ok(Some(linear_probe(
+        &e.data, &y, test_x, test_y, e.dim, &config,
+    )?))
 }
 
 /// Recall@10 of HNSW search against exact search, both directions.
@@ -257,9 +282,16 @@ fn ann_recall(images: &[f32], texts: &[f32], d: usize) -> anyhow::Result<AnnReca
         }
         let (mut hit, mut total) = (0usize, 0usize);
         for q in queries.chunks(d) {
-            let exact: std::collections::HashSet<usize> =
-                idx.search_exact(q, k)?.into_iter().map(|(i, _)| i).collect();
-            hit += idx.search(q, k, params.ef_search)?.iter().filter(|(i, _)| exact.contains(i)).count();
+            let exact: std::collections::HashSet<usize> = idx
+                .search_exact(q, k)?
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect();
+            hit += idx
+                .search(q, k, params.ef_search)?
+                .iter()
+                .filter(|(i, _)| exact.contains(i))
+                .count();
             total += k;
         }
         Ok(hit as f64 / total.max(1) as f64)
@@ -272,37 +304,85 @@ fn ann_recall(images: &[f32], texts: &[f32], d: usize) -> anyhow::Result<AnnReca
 
 fn print_reports(reports: &[EvalReport]) {
     // NaN (e.g. R-precision when every class has one image) prints as "n/a".
-    let pct = |v: f64| if v.is_nan() { "   n/a".to_string() } else { format!("{:6.2}", 100.0 * v) };
+    let pct = |v: f64| {
+        if v.is_nan() {
+            "   n/a".to_string()
+        } else {
+            format!("{:6.2}", 100.0 * v)
+        }
+    };
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     let mut add = |name: &str, f: &dyn Fn(&EvalReport) -> Option<String>| {
-        let vals: Vec<String> = reports.iter().map(|r| f(r).unwrap_or_else(|| "     -".into())).collect();
+        let vals: Vec<String> = reports
+            .iter()
+            .map(|r| f(r).unwrap_or_else(|| "     -".into()))
+            .collect();
         rows.push((name.to_string(), vals));
     };
-    for (k, name) in [(1, "image->text R@1"), (5, "image->text R@5"), (10, "image->text R@10")] {
+    for (k, name) in [
+        (1, "image->text R@1"),
+        (5, "image->text R@5"),
+        (10, "image->text R@10"),
+    ] {
         add(name, &|r| Some(pct(r.retrieval.image_to_text.recall_at(k))));
     }
-    add("image->text mean rank", &|r| Some(format!("{:6.2}", r.retrieval.image_to_text.mean_rank)));
-    add("image->text median rank", &|r| Some(format!("{:6.1}", r.retrieval.image_to_text.median_rank)));
-    for (k, name) in [(1, "text->image R@1"), (5, "text->image R@5"), (10, "text->image R@10")] {
+    add("image->text mean rank", &|r| {
+        Some(format!("{:6.2}", r.retrieval.image_to_text.mean_rank))
+    });
+    add("image->text median rank", &|r| {
+        Some(format!("{:6.1}", r.retrieval.image_to_text.median_rank))
+    });
+    for (k, name) in [
+        (1, "text->image R@1"),
+        (5, "text->image R@5"),
+        (10, "text->image R@10"),
+    ] {
         add(name, &|r| Some(pct(r.retrieval.text_to_image.recall_at(k))));
     }
-    add("text->image mean rank", &|r| Some(format!("{:6.2}", r.retrieval.text_to_image.mean_rank)));
-    add("text->image median rank", &|r| Some(format!("{:6.1}", r.retrieval.text_to_image.median_rank)));
-    add("zero-shot top-1", &|r| r.zero_shot.as_ref().map(|z| pct(z.top1)));
-    add("zero-shot top-5", &|r| r.zero_shot.as_ref().map(|z| pct(z.top5)));
-    add("precision@1", &|r| r.neighbours.as_ref().map(|n| pct(n.precision_at_1)));
-    add("R-precision", &|r| r.neighbours.as_ref().map(|n| pct(n.r_precision)));
+    add("text->image mean rank", &|r| {
+        Some(format!("{:6.2}", r.retrieval.text_to_image.mean_rank))
+    });
+    add("text->image median rank", &|r| {
+        Some(format!("{:6.1}", r.retrieval.text_to_image.median_rank))
+    });
+    add("zero-shot top-1", &|r| {
+        r.zero_shot.as_ref().map(|z| pct(z.top1))
+    });
+    add("zero-shot top-5", &|r| {
+        r.zero_shot.as_ref().map(|z| pct(z.top5))
+    });
+    add("precision@1", &|r| {
+        r.neighbours.as_ref().map(|n| pct(n.precision_at_1))
+    });
+    add("R-precision", &|r| {
+        r.neighbours.as_ref().map(|n| pct(n.r_precision))
+    });
     add("MAP@R", &|r| r.neighbours.as_ref().map(|n| pct(n.map_at_r)));
-    add("linear probe", &|r| r.linear_probe.as_ref().map(|p| pct(p.accuracy)));
-    add("HNSW recall@10 (i->t)", &|r| r.ann_recall_at_10.as_ref().map(|a| pct(a.image_to_text)));
-    add("HNSW recall@10 (t->i)", &|r| r.ann_recall_at_10.as_ref().map(|a| pct(a.text_to_image)));
+    add("linear probe", &|r| {
+        r.linear_probe.as_ref().map(|p| pct(p.accuracy))
+    });
+    add("HNSW recall@10 (i->t)", &|r| {
+        r.ann_recall_at_10.as_ref().map(|a| pct(a.image_to_text))
+    });
+    add("HNSW recall@10 (t->i)", &|r| {
+        r.ann_recall_at_10.as_ref().map(|a| pct(a.text_to_image))
+    });
     let first = &reports[0];
     println!(
         "{} split of {}: {} images, {} texts (percent)",
         first.split, first.data, first.images, first.texts
     );
     if reports.len() > 1 {
-        println!("{:<26} {}", "", reports.iter().enumerate().map(|(i, _)| format!("  M{}", i + 1)).collect::<Vec<_>>().join("    "));
+        println!(
+            "{:<26} {}",
+            "",
+            reports
+                .iter()
+                .enumerate()
+                .map(|(i, _)| format!("  M{}", i + 1))
+                .collect::<Vec<_>>()
+                .join("    ")
+        );
         for (i, r) in reports.iter().enumerate() {
             println!("  M{} = {}", i + 1, r.model);
         }

@@ -97,7 +97,10 @@ pub fn dataset_texts(
             let mut out = Vec::with_capacity(ds.labels.len() * d);
             let mut entries = Vec::new();
             for (c, label) in ds.labels.iter().enumerate() {
-                let prompts: Vec<&str> = ds.label_texts[c].iter().map(|&t| ds.texts[t].as_str()).collect();
+                let prompts: Vec<&str> = ds.label_texts[c]
+                    .iter()
+                    .map(|&t| ds.texts[t].as_str())
+                    .collect();
                 let e = embed_texts(enc, &prompts, 256, &mut |_| {})?;
                 let mut mean = vec![0f32; d];
                 for row in e.chunks(d) {
@@ -105,7 +108,11 @@ pub fn dataset_texts(
                 }
                 normalize(&mut mean);
                 out.extend(mean);
-                entries.push(TextEntry { text: label.clone(), image: None, label: Some(c) });
+                entries.push(TextEntry {
+                    text: label.clone(),
+                    image: None,
+                    label: Some(c),
+                });
             }
             Ok((out, entries))
         }
@@ -113,7 +120,11 @@ pub fn dataset_texts(
             let mut entries = Vec::new();
             for (pos, &r) in records.iter().enumerate() {
                 for &t in &ds.records[r].texts {
-                    entries.push(TextEntry { text: ds.texts[t].clone(), image: Some(pos), label: None });
+                    entries.push(TextEntry {
+                        text: ds.texts[t].clone(),
+                        image: Some(pos),
+                        label: None,
+                    });
                 }
             }
             let texts: Vec<&str> = entries.iter().map(|e| e.text.as_str()).collect();
@@ -138,8 +149,13 @@ pub fn build_index(
     batch_size: usize,
     threads: usize,
 ) -> anyhow::Result<(usize, usize)> {
-    let fingerprint = crate::fingerprint::model_fingerprint(model_path, arch)
-        .with_context(|| format!("{}: reading the model to fingerprint it", model_path.display()))?;
+    let fingerprint =
+        crate::fingerprint::model_fingerprint(model_path, arch).with_context(|| {
+            format!(
+                "{}: reading the model to fingerprint it",
+                model_path.display()
+            )
+        })?;
     let pb = progress_bar(records.len(), "images");
     let images = embed_records(
         enc,
@@ -155,7 +171,15 @@ pub fn build_index(
     let kept: Vec<usize> = images.kept.iter().map(|&i| records[i]).collect();
     let image_ids: Vec<String> = kept.iter().map(|&r| ds.records[r].image.name()).collect();
     let (texts, entries) = dataset_texts(enc, &ds, &kept)?;
-    let index = JointIndex::build(&fingerprint, enc.dim(), &images.data, image_ids, &texts, entries, params)?;
+    let index = JointIndex::build(
+        &fingerprint,
+        enc.dim(),
+        &images.data,
+        image_ids,
+        &texts,
+        entries,
+        params,
+    )?;
     let model = IndexModel {
         path: std::fs::canonicalize(model_path).unwrap_or_else(|_| model_path.to_path_buf()),
         arch: arch.map(String::from),
@@ -164,7 +188,10 @@ pub fn build_index(
     let counts = (index.manifest().images, index.manifest().texts);
     crate::io::atomic_dir(out, |tmp| {
         index.save(&hnsw_dir(tmp))?;
-        crate::io::atomic_write_bytes(&tmp.join("model.json"), &serde_json::to_vec_pretty(&model)?)?;
+        crate::io::atomic_write_bytes(
+            &tmp.join("model.json"),
+            &serde_json::to_vec_pretty(&model)?,
+        )?;
         Ok(())
     })
     .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
@@ -194,6 +221,9 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
         args.batch_size,
         args.threads,
     )?;
-    eprintln!("indexed {ni} images and {nt} texts in {}", args.out.display());
+    eprintln!(
+        "indexed {ni} images and {nt} texts in {}",
+        args.out.display()
+    );
     Ok(())
 }

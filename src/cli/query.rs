@@ -53,11 +53,11 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(dir.exists(), "{}: no such index folder", dir.display());
     let card_path = dir.join("model.json");
-    let card: IndexModel = serde_json::from_slice(
-        &std::fs::read(&card_path)
-            .with_context(|| format!("{}: not a siam index folder (no model.json)", dir.display()))?,
-    )
-    .with_context(|| format!("{}: not a siam index manifest", card_path.display()))?;
+    let card: IndexModel =
+        serde_json::from_slice(&std::fs::read(&card_path).with_context(|| {
+            format!("{}: not a siam index folder (no model.json)", dir.display())
+        })?)
+        .with_context(|| format!("{}: not a siam index manifest", card_path.display()))?;
     let images = expand_image_args(&args.images)?;
     let (model_path, arch) = match &args.model {
         Some(m) => (m.clone(), args.arch.clone()),
@@ -76,22 +76,40 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
     let results: Vec<(String, Vec<Hit>)> = if !images.is_empty() {
         let n = index.manifest().texts;
         anyhow::ensure!(n > 0, "{}: the index holds no texts", dir.display());
-        anyhow::ensure!(args.k <= n, "--k {} is larger than the {n} texts in the index", args.k);
+        anyhow::ensure!(
+            args.k <= n,
+            "--k {} is larger than the {n} texts in the index",
+            args.k
+        );
         let e = embed_image_files(&enc, &images, 32, 2, OnBadImage::Fail, &mut |_| {})?;
         e.data
             .chunks(e.dim)
             .zip(&e.kept)
-            .map(|(q, &i)| Ok((images[i].display().to_string(), index.query_by_image_embedding(q, args.k, args.exact)?)))
+            .map(|(q, &i)| {
+                Ok((
+                    images[i].display().to_string(),
+                    index.query_by_image_embedding(q, args.k, args.exact)?,
+                ))
+            })
             .collect::<anyhow::Result<_>>()?
     } else {
         let n = index.manifest().images;
         anyhow::ensure!(n > 0, "{}: the index holds no images", dir.display());
-        anyhow::ensure!(args.k <= n, "--k {} is larger than the {n} images in the index", args.k);
+        anyhow::ensure!(
+            args.k <= n,
+            "--k {} is larger than the {n} images in the index",
+            args.k
+        );
         let refs: Vec<&str> = args.text.iter().map(String::as_str).collect();
         let e = embed_texts(&enc, &refs, 256, &mut |_| {})?;
         e.chunks(enc.dim())
             .zip(&args.text)
-            .map(|(q, t)| Ok((t.clone(), index.query_by_text_embedding(q, args.k, args.exact)?)))
+            .map(|(q, t)| {
+                Ok((
+                    t.clone(),
+                    index.query_by_text_embedding(q, args.k, args.exact)?,
+                ))
+            })
             .collect::<anyhow::Result<_>>()?
     };
     print_results(&results, args.json)

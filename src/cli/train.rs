@@ -191,7 +191,10 @@ impl TrainArgs {
                 ..AdamWSettings::default()
             },
             max_grad_norm: (self.clip_grad > 0.0).then_some(self.clip_grad),
-            head: self.head.parse::<HeadKind>().map_err(|e| anyhow::anyhow!("--head: {e}"))?,
+            head: self
+                .head
+                .parse::<HeadKind>()
+                .map_err(|e| anyhow::anyhow!("--head: {e}"))?,
             joint_dim: self.joint_dim,
             adapter_ratio: self.adapter_ratio,
             adapter_reduction: 4,
@@ -204,7 +207,10 @@ impl TrainArgs {
             checkpoint_every: self.checkpoint_every,
             feature_cache: !self.no_cache,
             cache_dir: self.cache_dir.clone(),
-            dtype: self.dtype.parse::<TowerDtype>().map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
+            dtype: self
+                .dtype
+                .parse::<TowerDtype>()
+                .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
             threads: self.threads,
             resume: self.resume,
             max_steps: self.max_steps,
@@ -230,7 +236,10 @@ impl Console {
 fn fmt_metrics(m: &std::collections::BTreeMap<String, f64>) -> String {
     ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
         .iter()
-        .filter_map(|k| m.get(*k).map(|v| format!("{} {:.3}", k.replace("_r", " R@"), v)))
+        .filter_map(|k| {
+            m.get(*k)
+                .map(|v| format!("{} {:.3}", k.replace("_r", " R@"), v))
+        })
         .collect::<Vec<_>>()
         .join("  ")
 }
@@ -241,7 +250,10 @@ impl Observer for Console {
             Event::Info(s) => self.line(s),
             Event::Start { total_steps, done } => {
                 if !self.quiet {
-                    let bar = ProgressBar::with_draw_target(Some(*total_steps as u64), ProgressDrawTarget::stderr());
+                    let bar = ProgressBar::with_draw_target(
+                        Some(*total_steps as u64),
+                        ProgressDrawTarget::stderr(),
+                    );
                     bar.set_style(
                         ProgressStyle::with_template(
                             "{bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
@@ -266,7 +278,11 @@ impl Observer for Console {
                 let what = if r.epoch == 0 {
                     "before training".to_string()
                 } else {
-                    format!("epoch {} (loss {:.4})", r.epoch, r.train_loss.unwrap_or(f64::NAN))
+                    format!(
+                        "epoch {} (loss {:.4})",
+                        r.epoch,
+                        r.train_loss.unwrap_or(f64::NAN)
+                    )
                 };
                 if !r.metrics.is_empty() {
                     self.line(&format!("{what}: {}", fmt_metrics(&r.metrics)));
@@ -283,7 +299,11 @@ impl Observer for Console {
 pub fn run(args: TrainArgs) -> Result<()> {
     let cfg = args.config()?;
     let spec: DeviceSpec = args.device.parse()?;
-    let backend = args.backend.as_deref().map(str::parse::<Backend>).transpose()?;
+    let backend = args
+        .backend
+        .as_deref()
+        .map(str::parse::<Backend>)
+        .transpose()?;
     let device = device::open(spec, backend)?;
     let demo = cfg
         .data
@@ -296,7 +316,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             12, cfg.demo_per_class
         );
     }
-    let mut console = Console { bar: None, quiet: args.quiet };
+    let mut console = Console {
+        bar: None,
+        quiet: args.quiet,
+    };
     let result = crate::train::train(&cfg, &device, demo, &mut console);
     if let Some(b) = console.bar.take() {
         b.finish_and_clear();
@@ -308,7 +331,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     if let Some(p) = &args.report {
         let json = serde_json::to_vec_pretty(&report)?;
-        crate::io::atomic_write_bytes(p, &json).with_context(|| format!("writing --report {}", p.display()))?;
+        crate::io::atomic_write_bytes(p, &json)
+            .with_context(|| format!("writing --report {}", p.display()))?;
         eprintln!("report: {}", p.display());
     }
     Ok(())
@@ -369,7 +393,12 @@ fn summarise(r: &TrainReport) {
     if let (Some(b), Some(a)) = (&r.before, &r.after) {
         for k in ["i2t_r1", "t2i_r1"] {
             if let (Some(x), Some(y)) = (b.get(k), a.get(k)) {
-                eprintln!("{}: {:.3} before -> {:.3} after", k.replace("_r", " recall@"), x, y);
+                eprintln!(
+                    "{}: {:.3} before -> {:.3} after",
+                    k.replace("_r", " recall@"),
+                    x,
+                    y
+                );
             }
         }
     }

@@ -140,7 +140,9 @@ impl FlatGraph {
             max_level = max_level.max(node.len() - 1);
             for (l, ids) in node.iter().enumerate() {
                 if let Some(&bad) = ids.iter().find(|&&j| j as usize >= n) {
-                    return Err(format!("node {i} links to {bad} on layer {l}, past {n} nodes"));
+                    return Err(format!(
+                        "node {i} links to {bad} on layer {l}, past {n} nodes"
+                    ));
                 }
                 if l == 0 {
                     cap0 = cap0.max(ids.len());
@@ -150,7 +152,9 @@ impl FlatGraph {
             }
         }
         if entry >= n || layers[entry].len() - 1 != max_level {
-            return Err(format!("entry point {entry} is not on the top layer {max_level}"));
+            return Err(format!(
+                "entry point {entry} is not on the top layer {max_level}"
+            ));
         }
         let (stride0, stride_up) = (cap0 + 1, cap_up + 1);
         let mut links0 = vec![0u32; n * stride0];

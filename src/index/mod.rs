@@ -12,8 +12,8 @@
 //! index saves and loads.
 
 pub mod dot;
-mod joint;
 mod flat;
+mod joint;
 mod vector;
 
 pub use joint::{Hit, JointIndex, Manifest, TextEntry, FORMAT_VERSION};

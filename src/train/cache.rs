@@ -26,7 +26,7 @@ use siam_data::pipeline::{Loader, LoaderOptions};
 use siam_data::preprocess::Preprocessor;
 use siam_data::tokenizer::ClipTokenizer;
 
-use super::encoder::{token_tensor, to_vec};
+use super::encoder::{to_vec, token_tensor};
 use super::run::hex;
 use super::twin::TwinTowers;
 use super::TrainError;
@@ -118,7 +118,10 @@ impl FeatureSource {
         for &i in idx {
             assert!(i < self.rows, "feature row {i} out of {}", self.rows);
             let row = &bytes[i * self.dim * 4..(i + 1) * self.dim * 4];
-            out.extend(row.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            out.extend(
+                row.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
         }
         Tensor::from_data(TensorData::new(out, [idx.len(), self.dim]), device)
     }

@@ -27,7 +27,9 @@ use super::schedule::CosineSchedule;
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// Writing the checkpoint failed (disk full, permissions); the previous one is untouched.
-    #[error("could not write checkpoint {path}: {why}; the previous checkpoint (if any) is untouched")]
+    #[error(
+        "could not write checkpoint {path}: {why}; the previous checkpoint (if any) is untouched"
+    )]
     Write {
         /// The checkpoint folder.
         path: PathBuf,
@@ -255,7 +257,12 @@ mod tests {
     }
 
     fn values(m: &Linear) -> Vec<f32> {
-        m.weight.val().into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+        m.weight
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
     }
 
     /// Training 2 steps, checkpointing, then 2 more must equal training 2 steps, reloading

@@ -229,11 +229,19 @@ pub fn eval_plan(ds: &Dataset, split: Split, mode: TextMode) -> EvalPlan {
     let records = ds.indices_of(split);
     match mode {
         TextMode::Labels => {
-            let mut classes: Vec<usize> = records.iter().filter_map(|&r| ds.records[r].label).collect();
+            let mut classes: Vec<usize> = records
+                .iter()
+                .filter_map(|&r| ds.records[r].label)
+                .collect();
             classes.sort_unstable();
             classes.dedup();
             EvalPlan {
-                image_keys: Some(records.iter().map(|&r| ds.records[r].label.unwrap_or(usize::MAX)).collect()),
+                image_keys: Some(
+                    records
+                        .iter()
+                        .map(|&r| ds.records[r].label.unwrap_or(usize::MAX))
+                        .collect(),
+                ),
                 texts: classes.iter().map(|&c| ds.label_texts[c][0]).collect(),
                 text_keys: classes,
                 text_to_image: None,

@@ -70,7 +70,10 @@ impl Encoder {
                 InitialWeights::Checkpoint {
                     path: path.display().to_string(),
                 },
-                loaded.tokenizer_path.as_ref().map(|_| "tokenizer.json".to_string()),
+                loaded
+                    .tokenizer_path
+                    .as_ref()
+                    .map(|_| "tokenizer.json".to_string()),
             );
             let model = TwinTowers {
                 clip: loaded.clip,
@@ -93,7 +96,12 @@ impl Encoder {
     }
 
     /// Wraps a model already in memory (e.g. at the end of training).
-    pub fn from_parts(model: TwinTowers, card: ModelCard, tokenizer: ClipTokenizer, device: &Device) -> Self {
+    pub fn from_parts(
+        model: TwinTowers,
+        card: ModelCard,
+        tokenizer: ClipTokenizer,
+        device: &Device,
+    ) -> Self {
         Self {
             model,
             card,
@@ -151,7 +159,8 @@ impl Encoder {
             });
         }
         let b = pixels.len() / per;
-        let t = Tensor::<4>::from_data(TensorData::new(pixels.to_vec(), [b, 3, s, s]), &self.device);
+        let t =
+            Tensor::<4>::from_data(TensorData::new(pixels.to_vec(), [b, 3, s, s]), &self.device);
         Ok(to_vec(self.encode_images(t)))
     }
 
@@ -159,7 +168,9 @@ impl Encoder {
     pub fn embed_texts(&self, texts: &[&str]) -> Result<Vec<f32>, EncoderError> {
         let mut out = Vec::with_capacity(texts.len() * self.dim());
         for chunk in texts.chunks(256) {
-            let tb = self.tokenizer.encode_batch(chunk, self.card.context_length)?;
+            let tb = self
+                .tokenizer
+                .encode_batch(chunk, self.card.context_length)?;
             let ids = token_tensor(&tb.ids, tb.rows, tb.len, &self.device);
             out.extend(to_vec(self.encode_texts(ids, &tb.lengths)));
         }
@@ -174,7 +185,11 @@ impl Encoder {
 }
 
 /// A card for a plain CLIP (identity heads).
-pub fn clip_card(config: &ClipConfig, initial: InitialWeights, tokenizer: Option<String>) -> ModelCard {
+pub fn clip_card(
+    config: &ClipConfig,
+    initial: InitialWeights,
+    tokenizer: Option<String>,
+) -> ModelCard {
     let d = config.embed_dim;
     ModelCard {
         format: FORMAT.into(),

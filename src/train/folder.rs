@@ -179,8 +179,7 @@ pub fn save(
     crate::io::atomic_write_bytes(&dir.join(WEIGHTS_FILE), &weights)
         .map_err(|e| werr(e.to_string()))?;
     if let (Some(src), Some(name)) = (tokenizer_src, &card.tokenizer) {
-        let bytes =
-            std::fs::read(src).map_err(|e| werr(format!("{}: {e}", src.display())))?;
+        let bytes = std::fs::read(src).map_err(|e| werr(format!("{}: {e}", src.display())))?;
         crate::io::atomic_write_bytes(&dir.join(name), &bytes).map_err(|e| werr(e.to_string()))?;
     }
     crate::io::atomic_write_bytes(&dir.join(CARD_FILE), &json).map_err(|e| werr(e.to_string()))
@@ -268,12 +267,21 @@ mod tests {
         let (back, card2) = load(&out, &d).unwrap();
         assert_eq!(card, card2);
         let px = Tensor::<4>::random([2, 3, 64, 64], Distribution::Normal(0.0, 1.0), &d);
-        let a = model.embed_images(ImageInput::Pixels(px.clone())).into_data();
+        let a = model
+            .embed_images(ImageInput::Pixels(px.clone()))
+            .into_data();
         let b = back.embed_images(ImageInput::Pixels(px)).into_data();
         assert_eq!(a, b);
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![49406i64, 320, 49407], [1, 3]), &d);
-        let ta = model.embed_texts(TextInput::Tokens { ids: ids.clone(), lengths: vec![3] });
-        let tb = back.embed_texts(TextInput::Tokens { ids, lengths: vec![3] });
+        let ids =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![49406i64, 320, 49407], [1, 3]), &d);
+        let ta = model.embed_texts(TextInput::Tokens {
+            ids: ids.clone(),
+            lengths: vec![3],
+        });
+        let tb = back.embed_texts(TextInput::Tokens {
+            ids,
+            lengths: vec![3],
+        });
         assert_eq!(ta.into_data(), tb.into_data());
     }
 

@@ -168,7 +168,10 @@ mod tests {
     use burn::tensor::TensorData;
 
     fn rows(t: Tensor<2>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -199,7 +202,8 @@ mod tests {
         .init(&d);
         let a = head.adapter.as_mut().unwrap();
         // W1 = [[1],[1]] (sum), W2 = [[1, 2]]: A(x) = relu(relu(x0 + x1) * [1, 2]).
-        a.down.weight = Param::from_tensor(Tensor::from_data(TensorData::from([[1.0f32], [1.0]]), &d));
+        a.down.weight =
+            Param::from_tensor(Tensor::from_data(TensorData::from([[1.0f32], [1.0]]), &d));
         a.up.weight = Param::from_tensor(Tensor::from_data(TensorData::from([[1.0f32, 2.0]]), &d));
         let x = Tensor::<2>::from_data(TensorData::from([[1.0f32, 3.0], [-1.0, -3.0]]), &d);
         let y = rows(head.forward(x));

@@ -44,7 +44,9 @@ pub fn build_objective(s: &LossSettings) -> Result<Box<dyn Objective>, TrainErro
         if v.is_finite() {
             Ok(v as f32)
         } else {
-            Err(TrainError::Config(format!("{what} must be a finite number, got {v}")))
+            Err(TrainError::Config(format!(
+                "{what} must be a finite number, got {v}"
+            )))
         }
     };
     match &mut loss {
@@ -114,7 +116,14 @@ impl Objective for MetricObjective {
         }
         let a = self
             .loss
-            .forward(img.clone(), img_labels, txt.clone(), txt_labels, miner, scale.clone())
+            .forward(
+                img.clone(),
+                img_labels,
+                txt.clone(),
+                txt_labels,
+                miner,
+                scale.clone(),
+            )
             .map_err(|e| format!("image anchors: {e}"))?;
         let b = self
             .loss
@@ -136,9 +145,13 @@ impl Objective for MetricObjective {
     fn describe(&self) -> String {
         let params = match &self.loss {
             Loss::Triplet(t) => format!("margin {}", t.margin),
-            Loss::Pairwise(p) => format!("pos margin {}, neg margin {}", p.pos_margin, p.neg_margin),
+            Loss::Pairwise(p) => {
+                format!("pos margin {}, neg margin {}", p.pos_margin, p.neg_margin)
+            }
             Loss::Contrastive(c) => format!("initial temperature {}", c.temperature),
-            Loss::MultiSimilarity(m) => format!("alpha {}, beta {}, base {}", m.alpha, m.beta, m.base),
+            Loss::MultiSimilarity(m) => {
+                format!("alpha {}, beta {}, base {}", m.alpha, m.beta, m.base)
+            }
         };
         format!("{} ({params}), miner {}", self.loss.name(), self.miner_text)
     }

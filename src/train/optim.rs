@@ -163,7 +163,10 @@ impl ModuleVisitor for ScaleVisitor<'_> {
 
 /// The global L2 norm of all gradients of `module`'s parameters held in `grads`.
 pub fn grad_norm<M: Module>(grads: &GradientsParams, module: &M) -> f64 {
-    let mut v = NormVisitor { grads, sum_sq: None };
+    let mut v = NormVisitor {
+        grads,
+        sum_sq: None,
+    };
     module.visit(&mut v);
     match v.sum_sq {
         Some(s) => (s.into_scalar_f64()).sqrt(),
@@ -223,8 +226,14 @@ mod tests {
 
     #[test]
     fn open_clip_decay_rule() {
-        assert!(!exempt_from_decay("visual.transformer.resblocks.0.mlp.c_fc.weight", 2));
-        assert!(exempt_from_decay("visual.transformer.resblocks.0.mlp.c_fc.bias", 1));
+        assert!(!exempt_from_decay(
+            "visual.transformer.resblocks.0.mlp.c_fc.weight",
+            2
+        ));
+        assert!(exempt_from_decay(
+            "visual.transformer.resblocks.0.mlp.c_fc.bias",
+            1
+        ));
         assert!(exempt_from_decay("visual.ln_pre.gamma", 1));
         assert!(exempt_from_decay("visual.class_embedding", 1));
         assert!(exempt_from_decay("logit_scale", 1));
@@ -277,8 +286,8 @@ mod tests {
         let w0 = m.proj.weight.val().into_data();
         let s0 = m.logit_scale.val().into_data();
         // Zero gradients: Adam's update is 0, so only decay moves a parameter.
-        let loss = m.proj.weight.val().sum().mul_scalar(0.0)
-            + m.logit_scale.val().sum().mul_scalar(0.0);
+        let loss =
+            m.proj.weight.val().sum().mul_scalar(0.0) + m.logit_scale.val().sum().mul_scalar(0.0);
         let grads = GradientsParams::from_grads(loss.backward(), &m);
         let m = opt.step(0.1, m, grads);
         let w1 = m.proj.weight.val().into_data();

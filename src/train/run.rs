@@ -18,7 +18,7 @@ use super::cache::{FeatureCache, FeatureSource};
 use super::checkpoint::{self, EpochRecord, TrainState, STATE_FORMAT};
 use super::config::TrainConfig;
 use super::data::{eval_plan, plan_batch, sampler, BatchPlan, EvalPlan, TextMode};
-use super::encoder::{token_tensor, to_vec};
+use super::encoder::{to_vec, token_tensor};
 use super::folder::{self, InitialWeights, ModelCard};
 use super::heads::HeadConfig;
 use super::metrics::{MetricsLog, StepMetrics};
@@ -139,7 +139,11 @@ fn materialize<M: Module>(m: &M) {
     m.visit(&mut Touch);
 }
 
-fn prepare_model(cfg: &TrainConfig, device: &Device, obs: &mut dyn Observer) -> Result<Prepared, TrainError> {
+fn prepare_model(
+    cfg: &TrainConfig,
+    device: &Device,
+    obs: &mut dyn Observer,
+) -> Result<Prepared, TrainError> {
     let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     device.seed(cfg.seed);
     let (clip, clip_cfg, initial, tokenizer_src, heads) = match &cfg.model {
@@ -153,9 +157,16 @@ fn prepare_model(cfg: &TrainConfig, device: &Device, obs: &mut dyn Observer) -> 
             (
                 model.clip,
                 card.clip.clone(),
-                InitialWeights::Checkpoint { path: path.display().to_string() },
+                InitialWeights::Checkpoint {
+                    path: path.display().to_string(),
+                },
                 tok,
-                Some((model.image_head, model.text_head, card.image_head, card.text_head)),
+                Some((
+                    model.image_head,
+                    model.text_head,
+                    card.image_head,
+                    card.text_head,
+                )),
             )
         }
         Some(path) => {
@@ -169,7 +180,9 @@ fn prepare_model(cfg: &TrainConfig, device: &Device, obs: &mut dyn Observer) -> 
             (
                 loaded.clip,
                 loaded.config,
-                InitialWeights::Checkpoint { path: path.display().to_string() },
+                InitialWeights::Checkpoint {
+                    path: path.display().to_string(),
+                },
                 loaded.tokenizer_path,
                 None,
             )
@@ -188,7 +201,16 @@ fn prepare_model(cfg: &TrainConfig, device: &Device, obs: &mut dyn Observer) -> 
                     device,
                 ));
             }
-            (clip, clip_cfg, InitialWeights::Random { arch, seed: cfg.seed }, None, None)
+            (
+                clip,
+                clip_cfg,
+                InitialWeights::Random {
+                    arch,
+                    seed: cfg.seed,
+                },
+                None,
+                None,
+            )
         }
     };
     let (image_head, text_head, ih, th, joint_dim) = match heads {
@@ -252,10 +274,19 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
     let bad = |what: &str, why: String| Err(TrainError::Config(format!("{what}: {why}")));
     if !cfg.lr.is_finite() || cfg.lr <= 0.0 {
-        return bad("--lr", format!("the learning rate must be a positive number, got {}", cfg.lr));
+        return bad(
+            "--lr",
+            format!(
+                "the learning rate must be a positive number, got {}",
+                cfg.lr
+            ),
+        );
     }
     if !cfg.min_lr.is_finite() || cfg.min_lr < 0.0 || cfg.min_lr > cfg.lr {
-        return bad("--min-lr", format!("must be in [0, lr], got {}", cfg.min_lr));
+        return bad(
+            "--min-lr",
+            format!("must be in [0, lr], got {}", cfg.min_lr),
+        );
     }
     if cfg.epochs == 0 {
         return bad("--epochs", "must be at least 1".into());
@@ -263,7 +294,10 @@ fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
     if cfg.classes_per_batch < 2 {
         return bad(
             "--classes-per-batch",
-            format!("{} label(s) per batch leaves no negatives; use at least 2", cfg.classes_per_batch),
+            format!(
+                "{} label(s) per batch leaves no negatives; use at least 2",
+                cfg.classes_per_batch
+            ),
         );
     }
     if cfg.per_class == 0 {
@@ -278,10 +312,16 @@ fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
         }
     }
     if !(cfg.adamw.weight_decay.is_finite() && cfg.adamw.weight_decay >= 0.0) {
-        return bad("--weight-decay", format!("must be >= 0, got {}", cfg.adamw.weight_decay));
+        return bad(
+            "--weight-decay",
+            format!("must be >= 0, got {}", cfg.adamw.weight_decay),
+        );
     }
     if !(0.0..=1.0).contains(&cfg.adapter_ratio) {
-        return bad("--adapter-ratio", format!("must be in [0, 1], got {}", cfg.adapter_ratio));
+        return bad(
+            "--adapter-ratio",
+            format!("must be in [0, 1], got {}", cfg.adapter_ratio),
+        );
     }
     Ok(())
 }
@@ -312,17 +352,27 @@ impl DataCtx {
 
     fn pixels(&self, pixels: Vec<f32>, n: usize, device: &Device) -> ImageInput {
         let s = self.pre.image_size as usize;
-        ImageInput::Pixels(Tensor::from_data(TensorData::new(pixels, [n, 3, s, s]), device))
+        ImageInput::Pixels(Tensor::from_data(
+            TensorData::new(pixels, [n, 3, s, s]),
+            device,
+        ))
     }
 
     /// Embeds the evaluation images and texts with `model` (no autodiff) and ranks them.
-    fn evaluate(&self, model: &TwinTowers, plan: &EvalPlan, device: &Device) -> Result<RetrievalReport, TrainError> {
+    fn evaluate(
+        &self,
+        model: &TwinTowers,
+        plan: &EvalPlan,
+        device: &Device,
+    ) -> Result<RetrievalReport, TrainError> {
         let dim = model.image_head_dim();
         let mut img = Vec::with_capacity(plan.records.len() * dim);
         const B: usize = 64;
         if let Some(src) = &self.images {
             for chunk in plan.records.chunks(B) {
-                img.extend(to_vec(model.embed_images(ImageInput::Features(src.rows(chunk, device)))));
+                img.extend(to_vec(
+                    model.embed_images(ImageInput::Features(src.rows(chunk, device))),
+                ));
             }
         } else {
             let batches: Vec<Vec<usize>> = plan.records.chunks(B).map(<[usize]>::to_vec).collect();
@@ -330,7 +380,10 @@ impl DataCtx {
                 Arc::clone(&self.ds),
                 self.pre.clone(),
                 batches,
-                LoaderOptions { threads: self.threads, ..LoaderOptions::default() },
+                LoaderOptions {
+                    threads: self.threads,
+                    ..LoaderOptions::default()
+                },
             );
             for b in loader {
                 let b = b?;
@@ -349,7 +402,10 @@ impl DataCtx {
             txt.extend(to_vec(model.embed_texts(self.text_input(chunk, device)?)));
         }
         let positives = match (&plan.image_keys, &plan.text_to_image) {
-            (Some(keys), _) => Positives::Labels { image_labels: keys, text_labels: &plan.text_keys },
+            (Some(keys), _) => Positives::Labels {
+                image_labels: keys,
+                text_labels: &plan.text_keys,
+            },
             (None, Some(t2i)) => Positives::Captions { text_to_image: t2i },
             (None, None) => unreachable!("an eval plan has keys or owners"),
         };
@@ -365,7 +421,9 @@ impl TwinTowers {
             (None, Some(a)) => a.up.weight.shape().dims::<2>()[1],
             (None, None) => match &self.clip.visual {
                 crate::clip::model::ImageTower::Vit(v) => v.proj.shape().dims::<2>()[1],
-                crate::clip::model::ImageTower::ResNet(_) => self.clip.text.text_projection.shape().dims::<2>()[1],
+                crate::clip::model::ImageTower::ResNet(_) => {
+                    self.clip.text.text_projection.shape().dims::<2>()[1]
+                }
             },
         }
     }
@@ -379,15 +437,24 @@ pub fn metric_map(r: &RetrievalReport) -> BTreeMap<String, f64> {
         m.insert(format!("{name}_r5"), d.recall_at_5);
         m.insert(format!("{name}_r10"), d.recall_at_10);
     }
-    m.insert("mean_r1".into(), 0.5 * (r.image_to_text.recall_at_1 + r.text_to_image.recall_at_1));
-    m.insert("mean_r5".into(), 0.5 * (r.image_to_text.recall_at_5 + r.text_to_image.recall_at_5));
+    m.insert(
+        "mean_r1".into(),
+        0.5 * (r.image_to_text.recall_at_1 + r.text_to_image.recall_at_1),
+    );
+    m.insert(
+        "mean_r5".into(),
+        0.5 * (r.image_to_text.recall_at_5 + r.text_to_image.recall_at_5),
+    );
     m
 }
 
 fn open_dataset(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Dataset, TrainError> {
     match &cfg.data {
         Some(p) => {
-            let opts = OpenOptions { seed: cfg.seed, ..OpenOptions::default() };
+            let opts = OpenOptions {
+                seed: cfg.seed,
+                ..OpenOptions::default()
+            };
             let ds = Dataset::open(p, &opts)?;
             let (tr, va, te) = ds.split_counts();
             obs.event(&Event::Info(format!(
@@ -398,7 +465,9 @@ fn open_dataset(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Dataset, Tr
             )));
             Ok(ds)
         }
-        None => Err(TrainError::Config("no dataset (the caller resolves the demo)".into())),
+        None => Err(TrainError::Config(
+            "no dataset (the caller resolves the demo)".into(),
+        )),
     }
 }
 
@@ -428,9 +497,19 @@ pub fn train(
     let mode = TextMode::of(&ds);
     let train_idx = ds.indices_of(Split::Train);
     if train_idx.is_empty() {
-        return Err(TrainError::Config(format!("{}: the training split is empty", ds.name)));
+        return Err(TrainError::Config(format!(
+            "{}: the training split is empty",
+            ds.name
+        )));
     }
-    let batches = sampler(&ds, &train_idx, cfg.classes_per_batch, cfg.per_class, cfg.batch_size, cfg.seed)?;
+    let batches = sampler(
+        &ds,
+        &train_idx,
+        cfg.classes_per_batch,
+        cfg.per_class,
+        cfg.batch_size,
+        cfg.seed,
+    )?;
     let steps_per_epoch = batches.epoch_len() / cfg.accum_steps;
     if steps_per_epoch == 0 {
         return Err(TrainError::Config(format!(
@@ -442,14 +521,20 @@ pub fn train(
     let total_steps = steps_per_epoch * cfg.epochs;
 
     let prepared = prepare_model(cfg, &device, obs)?;
-    let Prepared { mut model, mut card, tokenizer, tokenizer_src } = prepared;
+    let Prepared {
+        mut model,
+        mut card,
+        tokenizer,
+        tokenizer_src,
+    } = prepared;
     let fp = fingerprint(cfg, &card, &ds);
     let ck_dir = checkpoint::checkpoint_dir(&cfg.out);
     let objective = build_objective(&cfg.loss)?;
 
     // Resume: the checkpoint's weights replace the prepared ones (keeping parameter ids).
     let mut state = if cfg.resume {
-        let dir = checkpoint::find_checkpoint(&ck_dir).ok_or_else(|| checkpoint::CheckpointError::Missing(cfg.out.clone()))?;
+        let dir = checkpoint::find_checkpoint(&ck_dir)
+            .ok_or_else(|| checkpoint::CheckpointError::Missing(cfg.out.clone()))?;
         let st = checkpoint::load_state(&dir)?;
         if st.fingerprint != fp {
             return Err(checkpoint::CheckpointError::Mismatch {
@@ -471,7 +556,11 @@ pub fn train(
         None
     };
 
-    model = model.with_freeze(cfg.freeze_image, cfg.freeze_text, objective.uses_logit_scale())?;
+    model = model.with_freeze(
+        cfg.freeze_image,
+        cfg.freeze_text,
+        objective.uses_logit_scale(),
+    )?;
     let split = split_params(&model);
     obs.event(&Event::Info(format!(
         "training {} parameters ({} frozen); image tower {}, text tower {}, {} heads into {} dims; loss {}",
@@ -537,10 +626,15 @@ pub fn train(
         threads: cfg.threads.max(1),
     };
     if cfg.feature_cache {
-        let cache = FeatureCache::new(cfg.cache_dir.clone().unwrap_or_else(|| default_cache_dir(&cfg.out)));
+        let cache = FeatureCache::new(
+            cfg.cache_dir
+                .clone()
+                .unwrap_or_else(|| default_cache_dir(&cfg.out)),
+        );
         let eval_records: Vec<usize> = (0..ds.len()).collect();
         if cfg.freeze_image == FreezePolicy::Locked && !cfg.augment {
-            let (src, hit) = cache.image_features(&model, &ds, &eval_records, &ctx.pre, cfg.threads, &device)?;
+            let (src, hit) =
+                cache.image_features(&model, &ds, &eval_records, &ctx.pre, cfg.threads, &device)?;
             obs.event(&Event::Info(format!(
                 "feature cache: image tower locked, {} image features {} {}",
                 src.len(),
@@ -550,7 +644,8 @@ pub fn train(
             ctx.images = Some(src);
         }
         if cfg.freeze_text == FreezePolicy::Locked {
-            let (src, hit) = cache.text_features(&model, &ds, &ctx.tokenizer, ctx.context, &device)?;
+            let (src, hit) =
+                cache.text_features(&model, &ds, &ctx.tokenizer, ctx.context, &device)?;
             obs.event(&Event::Info(format!(
                 "feature cache: text tower locked, {} text features {} {}",
                 src.len(),
@@ -564,10 +659,13 @@ pub fn train(
     let val_plan = eval_plan(&ds, Split::Val, mode);
     let has_val = !val_plan.records.is_empty() && !val_plan.texts.is_empty();
     if !has_val {
-        obs.event(&Event::Info("no validation split: the last epoch's weights are kept".into()));
+        obs.event(&Event::Info(
+            "no validation split: the last epoch's weights are kept".into(),
+        ));
     }
     let metrics_path = cfg.out.join("metrics.jsonl");
-    std::fs::create_dir_all(&cfg.out).map_err(|e| TrainError::Io(cfg.out.clone(), e.to_string()))?;
+    std::fs::create_dir_all(&cfg.out)
+        .map_err(|e| TrainError::Io(cfg.out.clone(), e.to_string()))?;
     let mut log = if cfg.resume {
         MetricsLog::resume(&metrics_path, st.step)?
     } else {
@@ -577,11 +675,19 @@ pub fn train(
     let best_dir = cfg.out.join("best");
     if !cfg.resume && has_val {
         let r = ctx.evaluate(&model.valid(), &val_plan, &device)?;
-        let rec = EpochRecord { epoch: 0, step: 0, train_loss: None, metrics: metric_map(&r) };
+        let rec = EpochRecord {
+            epoch: 0,
+            step: 0,
+            train_loss: None,
+            metrics: metric_map(&r),
+        };
         obs.event(&Event::Epoch(rec.clone()));
         st.history.push(rec);
     }
-    obs.event(&Event::Start { total_steps, done: st.step });
+    obs.event(&Event::Start {
+        total_steps,
+        done: st.step,
+    });
 
     let session_start = Instant::now();
     let elapsed_before = st.elapsed_s;
@@ -609,7 +715,13 @@ pub fn train(
             let lists: Vec<Vec<usize>> = plans
                 .iter()
                 .enumerate()
-                .map(|(i, p)| if i < first { Vec::new() } else { p.records.clone() })
+                .map(|(i, p)| {
+                    if i < first {
+                        Vec::new()
+                    } else {
+                        p.records.clone()
+                    }
+                })
                 .collect();
             let opts = LoaderOptions {
                 threads: ctx.threads,
@@ -629,7 +741,10 @@ pub fn train(
             let mut n_images = 0usize;
             for j in b..b + micro {
                 let loaded = match loader.as_mut() {
-                    Some(l) => Some(l.next().ok_or_else(|| TrainError::Config("loader ended early".into()))??),
+                    Some(l) => Some(
+                        l.next()
+                            .ok_or_else(|| TrainError::Config("loader ended early".into()))??,
+                    ),
                     None => None,
                 };
                 if j < first {
@@ -642,7 +757,12 @@ pub fn train(
                         if batch.len() != plan.records.len() {
                             return Err(TrainError::Config(format!(
                                 "training image(s) could not be read: {}",
-                                batch.skipped.iter().map(|(n, w)| format!("{n} ({w})")).collect::<Vec<_>>().join(", ")
+                                batch
+                                    .skipped
+                                    .iter()
+                                    .map(|(n, w)| format!("{n} ({w})"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             )));
                         }
                         let n = batch.len();
@@ -704,7 +824,9 @@ pub fn train(
             obs.event(&Event::Step(m));
             steps_this_run += 1;
             let stop_now = cfg.max_steps.is_some_and(|s| steps_this_run >= s);
-            if (cfg.checkpoint_every > 0 && st.step % cfg.checkpoint_every == 0 && b < usable) || (stop_now && b < usable) {
+            if (cfg.checkpoint_every > 0 && st.step % cfg.checkpoint_every == 0 && b < usable)
+                || (stop_now && b < usable)
+            {
                 st.elapsed_s = elapsed_before + session_start.elapsed().as_secs_f64();
                 checkpoint::save(&ck_dir, &model, &stepper.optim, &st)?;
                 obs.event(&Event::Checkpoint(ck_dir.clone()));
@@ -738,7 +860,12 @@ pub fn train(
                 st.epochs_since_best += 1;
             }
         }
-        let rec = EpochRecord { epoch: st.epoch, step: st.step, train_loss, metrics };
+        let rec = EpochRecord {
+            epoch: st.epoch,
+            step: st.step,
+            train_loss,
+            metrics,
+        };
         obs.event(&Event::Epoch(rec.clone()));
         st.history.push(rec);
         st.elapsed_s = elapsed_before + session_start.elapsed().as_secs_f64();
@@ -773,18 +900,28 @@ pub fn train(
         folder::save(&cfg.out, &final_model, &card, tokenizer_src.as_deref())?;
     }
     let after = if has_val && !interrupted {
-        Some(metric_map(&ctx.evaluate(&final_model, &val_plan, &device.clone().without_autodiff())?))
+        Some(metric_map(&ctx.evaluate(
+            &final_model,
+            &val_plan,
+            &device.clone().without_autodiff(),
+        )?))
     } else {
         None
     };
     if !interrupted {
         write_curves(&cfg.out, &metrics_path, &st.history)?;
     }
-    let train_seconds = st.elapsed_s.max(elapsed_before + session_start.elapsed().as_secs_f64());
+    let train_seconds = st
+        .elapsed_s
+        .max(elapsed_before + session_start.elapsed().as_secs_f64());
     Ok(TrainReport {
         config: cfg.clone(),
         initial_weights: card.initial_weights.clone(),
-        before: st.history.iter().find(|r| r.epoch == 0).map(|r| r.metrics.clone()),
+        before: st
+            .history
+            .iter()
+            .find(|r| r.epoch == 0)
+            .map(|r| r.metrics.clone()),
         after,
         kept_epoch,
         steps: st.step,
@@ -807,14 +944,20 @@ fn data_seed(seed: u64, epoch: usize) -> u64 {
 
 /// `<out>/../.siam-cache`.
 pub fn default_cache_dir(out: &Path) -> PathBuf {
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     parent.join(".siam-cache")
 }
 
 /// `curves.png`: training loss per step, and validation recall@1 per epoch.
 fn write_curves(out: &Path, metrics: &Path, history: &[EpochRecord]) -> Result<(), TrainError> {
     let steps = super::metrics::read(metrics).unwrap_or_default();
-    let loss: Vec<(f32, f32)> = steps.iter().map(|m| (m.step as f32, m.loss as f32)).collect();
+    let loss: Vec<(f32, f32)> = steps
+        .iter()
+        .map(|m| (m.step as f32, m.loss as f32))
+        .collect();
     crate::eval::plot::line_chart(
         &[("train loss".to_string(), loss)],
         "training loss",
@@ -835,7 +978,13 @@ fn write_curves(out: &Path, metrics: &Path, history: &[EpochRecord]) -> Result<(
                 )
             })
             .collect();
-        crate::eval::plot::line_chart(&series, "validation recall", "epoch", "recall", &out.join("recall.png"))?;
+        crate::eval::plot::line_chart(
+            &series,
+            "validation recall",
+            "epoch",
+            "recall",
+            &out.join("recall.png"),
+        )?;
     }
     Ok(())
 }

@@ -195,7 +195,13 @@ impl Stepper {
         };
         let total = 0.5 * (s.i2t + s.t2i);
         if !total.is_finite() {
-            return Err((model, StepError::NonFinite { step: n, value: total }));
+            return Err((
+                model,
+                StepError::NonFinite {
+                    step: n,
+                    value: total,
+                },
+            ));
         }
         let grads = GradientsParams::from_grads(s.loss.backward(), &model);
         Ok(self.finish(model, grads, (s.i2t, s.t2i, s.active), pairs))
@@ -260,13 +266,24 @@ impl Stepper {
             };
             let total = 0.5 * (s.i2t + s.t2i);
             if !total.is_finite() {
-                return Err((model, StepError::NonFinite { step: n, value: total }));
+                return Err((
+                    model,
+                    StepError::NonFinite {
+                        step: n,
+                        value: total,
+                    },
+                ));
             }
             first.get_or_insert((s.i2t, s.t2i, s.active));
             let grads = GradientsParams::from_grads(s.loss.backward(), &model);
             acc.accumulate(&model, grads);
         }
         let grads = acc.grads();
-        Ok(self.finish(model, grads, first.expect("at least two micro-batches"), pairs))
+        Ok(self.finish(
+            model,
+            grads,
+            first.expect("at least two micro-batches"),
+            pairs,
+        ))
     }
 }

@@ -213,7 +213,13 @@ impl TwinTowers {
                     .resblocks
                     .into_iter()
                     .enumerate()
-                    .map(|(i, b)| if i >= first { b.set_require_grad(true) } else { b })
+                    .map(|(i, b)| {
+                        if i >= first {
+                            b.set_require_grad(true)
+                        } else {
+                            b
+                        }
+                    })
                     .collect();
                 v.ln_post = v.ln_post.set_require_grad(true);
                 v.proj = v.proj.set_require_grad(true);
@@ -240,7 +246,13 @@ impl TwinTowers {
                     .resblocks
                     .into_iter()
                     .enumerate()
-                    .map(|(i, b)| if i >= first { b.set_require_grad(true) } else { b })
+                    .map(|(i, b)| {
+                        if i >= first {
+                            b.set_require_grad(true)
+                        } else {
+                            b
+                        }
+                    })
                     .collect();
                 t.ln_final = t.ln_final.set_require_grad(true);
                 t.text_projection = t.text_projection.set_require_grad(true);
@@ -285,8 +297,14 @@ mod tests {
 
     #[test]
     fn parses_policies() {
-        assert_eq!("locked".parse::<FreezePolicy>().unwrap(), FreezePolicy::Locked);
-        assert_eq!("last:2".parse::<FreezePolicy>().unwrap(), FreezePolicy::LastBlocks(2));
+        assert_eq!(
+            "locked".parse::<FreezePolicy>().unwrap(),
+            FreezePolicy::Locked
+        );
+        assert_eq!(
+            "last:2".parse::<FreezePolicy>().unwrap(),
+            FreezePolicy::LastBlocks(2)
+        );
         assert_eq!("full".parse::<FreezePolicy>().unwrap(), FreezePolicy::Full);
         assert!("some".parse::<FreezePolicy>().is_err());
     }

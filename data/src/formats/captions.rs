@@ -9,11 +9,22 @@
 //! table's folder (or [`OpenOptions::image_root`]) and may not leave it.
 
 use super::{resolve_under, utf8};
-use crate::dataset::{Dataset, DatasetBuilder, DatasetError, DatasetKind, ImageSource, OpenOptions, Result, Split};
+use crate::dataset::{
+    Dataset, DatasetBuilder, DatasetError, DatasetKind, ImageSource, OpenOptions, Result, Split,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-const IMAGE_KEYS: &[&str] = &["image", "image_path", "filepath", "file", "filename", "file_name", "path", "img"];
+const IMAGE_KEYS: &[&str] = &[
+    "image",
+    "image_path",
+    "filepath",
+    "file",
+    "filename",
+    "file_name",
+    "path",
+    "img",
+];
 const TEXT_KEYS: &[&str] = &["text", "caption", "captions", "title", "sentence", "raw"];
 const LABEL_KEYS: &[&str] = &["label", "class"];
 const SPLIT_KEYS: &[&str] = &["split"];
@@ -34,17 +45,29 @@ pub(super) fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
     let bytes = std::fs::read(path).map_err(|e| DatasetError::io(path, e))?;
     let text = utf8(path, bytes)?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let (rows, has_text) = match ext.as_str() {
         "jsonl" => parse_jsonl(path, text)?,
         "tsv" => rows_from_table(path, split_tsv(text))?,
-        _ => rows_from_table(path, parse_csv(text, b',').map_err(|(line, msg)| DatasetError::malformed(path, line, msg))?)?,
+        _ => rows_from_table(
+            path,
+            parse_csv(text, b',')
+                .map_err(|(line, msg)| DatasetError::malformed(path, line, msg))?,
+        )?,
     };
     let root = match &opts.image_root {
         Some(r) => r.clone(),
         None => path.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
-    let kind = if has_text { DatasetKind::Captions } else { DatasetKind::Labels };
+    let kind = if has_text {
+        DatasetKind::Captions
+    } else {
+        DatasetKind::Labels
+    };
     let mut b = DatasetBuilder::new(super::dataset_name(path), &root, kind);
     // Record index of each image seen, or None if it is missing.
     let mut seen: HashMap<PathBuf, Option<(usize, usize)>> = HashMap::new();
@@ -52,7 +75,10 @@ pub(super) fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
     for row in rows {
         let file = resolve_under(&root, &row.image, path, row.line)?;
         let split = match &row.split {
-            Some(s) => Some(s.parse::<Split>().map_err(|m| DatasetError::malformed(path, row.line, m))?),
+            Some(s) => Some(
+                s.parse::<Split>()
+                    .map_err(|m| DatasetError::malformed(path, row.line, m))?,
+            ),
             None => None,
         };
         let known = match seen.get(&file) {
@@ -72,10 +98,24 @@ pub(super) fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
             Some((rec, first_line)) => {
                 let r = b.record_mut(rec);
                 if r.label != label {
-                    return Err(DatasetError::malformed(path, row.line, format!("image {:?} has another label on line {first_line}", row.image)));
+                    return Err(DatasetError::malformed(
+                        path,
+                        row.line,
+                        format!(
+                            "image {:?} has another label on line {first_line}",
+                            row.image
+                        ),
+                    ));
                 }
                 if split_of[rec] != split {
-                    return Err(DatasetError::malformed(path, row.line, format!("image {:?} has another split on line {first_line}", row.image)));
+                    return Err(DatasetError::malformed(
+                        path,
+                        row.line,
+                        format!(
+                            "image {:?} has another split on line {first_line}",
+                            row.image
+                        ),
+                    ));
                 }
                 for t in texts {
                     if !r.texts.contains(&t) {
@@ -86,7 +126,13 @@ pub(super) fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
             None => {
                 seen.insert(file.clone(), Some((b.len(), row.line)));
                 split_of.push(split);
-                b.push(ImageSource::File(file), texts, label, split, row.image.clone());
+                b.push(
+                    ImageSource::File(file),
+                    texts,
+                    label,
+                    split,
+                    row.image.clone(),
+                );
             }
         }
     }
@@ -94,12 +140,15 @@ pub(super) fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
 }
 
 fn find_col(header: &[String], keys: &[&str]) -> Option<usize> {
-    keys.iter().find_map(|k| header.iter().position(|h| h.trim().eq_ignore_ascii_case(k)))
+    keys.iter()
+        .find_map(|k| header.iter().position(|h| h.trim().eq_ignore_ascii_case(k)))
 }
 
 /// Rows of a CSV/TSV table (list of (line, fields)), header detected by column names.
 fn rows_from_table(path: &Path, table: Table) -> Result<(Vec<Row>, bool)> {
-    let mut it = table.into_iter().filter(|(_, f)| !(f.len() == 1 && f[0].trim().is_empty()));
+    let mut it = table
+        .into_iter()
+        .filter(|(_, f)| !(f.len() == 1 && f[0].trim().is_empty()));
     let Some((line0, first)) = it.next() else {
         return Err(DatasetError::Empty(path.to_path_buf()));
     };
@@ -109,13 +158,31 @@ fn rows_from_table(path: &Path, table: Table) -> Result<(Vec<Row>, bool)> {
             let text = find_col(&first, TEXT_KEYS);
             let label = find_col(&first, LABEL_KEYS);
             if text.is_none() && label.is_none() {
-                return Err(DatasetError::malformed(path, line0, format!("the header has an image column but no text ({}) or label column", TEXT_KEYS.join(", "))));
+                return Err(DatasetError::malformed(
+                    path,
+                    line0,
+                    format!(
+                        "the header has an image column but no text ({}) or label column",
+                        TEXT_KEYS.join(", ")
+                    ),
+                ));
             }
-            (i, text, label, find_col(&first, SPLIT_KEYS), first.len(), None)
+            (
+                i,
+                text,
+                label,
+                find_col(&first, SPLIT_KEYS),
+                first.len(),
+                None,
+            )
         }
         None => {
             if first.len() < 2 {
-                return Err(DatasetError::malformed(path, line0, "expected a header naming an image and a text column, or rows `image,text`"));
+                return Err(DatasetError::malformed(
+                    path,
+                    line0,
+                    "expected a header naming an image and a text column, or rows `image,text`",
+                ));
             }
             (0, Some(1), None, None, first.len(), Some((line0, first)))
         }
@@ -123,7 +190,11 @@ fn rows_from_table(path: &Path, table: Table) -> Result<(Vec<Row>, bool)> {
     let mut rows = Vec::new();
     for (line, fields) in data_first.into_iter().chain(it) {
         if fields.len() != width {
-            return Err(DatasetError::malformed(path, line, format!("{} fields where the table has {width}", fields.len())));
+            return Err(DatasetError::malformed(
+                path,
+                line,
+                format!("{} fields where the table has {width}", fields.len()),
+            ));
         }
         let image = fields[img].trim().to_string();
         if image.is_empty() {
@@ -149,8 +220,16 @@ fn rows_from_table(path: &Path, table: Table) -> Result<(Vec<Row>, bool)> {
             }
             None => None,
         };
-        let split = split.map(|s| fields[s].trim().to_string()).filter(|s| !s.is_empty());
-        rows.push(Row { line, image, texts, label, split });
+        let split = split
+            .map(|s| fields[s].trim().to_string())
+            .filter(|s| !s.is_empty());
+        rows.push(Row {
+            line,
+            image,
+            texts,
+            label,
+            split,
+        });
     }
     Ok((rows, text.is_some()))
 }
@@ -163,13 +242,22 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<(Vec<Row>, bool)> {
         if raw.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(raw).map_err(|e| DatasetError::malformed(path, line, format!("invalid JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| DatasetError::malformed(path, line, "expected a JSON object"))?;
+        let v: serde_json::Value = serde_json::from_str(raw)
+            .map_err(|e| DatasetError::malformed(path, line, format!("invalid JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| DatasetError::malformed(path, line, "expected a JSON object"))?;
         let get = |keys: &[&str]| keys.iter().find_map(|k| obj.get(*k));
         let image = get(IMAGE_KEYS)
             .and_then(|v| v.as_str())
             .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| DatasetError::malformed(path, line, format!("no image path (one of {})", IMAGE_KEYS.join(", "))))?
+            .ok_or_else(|| {
+                DatasetError::malformed(
+                    path,
+                    line,
+                    format!("no image path (one of {})", IMAGE_KEYS.join(", ")),
+                )
+            })?
             .trim()
             .to_string();
         let texts = match get(TEXT_KEYS) {
@@ -177,36 +265,78 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<(Vec<Row>, bool)> {
             Some(serde_json::Value::String(s)) => vec![s.trim().to_string()],
             Some(serde_json::Value::Array(a)) => a
                 .iter()
-                .map(|x| x.as_str().map(|s| s.trim().to_string()).ok_or_else(|| DatasetError::malformed(path, line, "a caption in the list is not a string")))
+                .map(|x| {
+                    x.as_str().map(|s| s.trim().to_string()).ok_or_else(|| {
+                        DatasetError::malformed(path, line, "a caption in the list is not a string")
+                    })
+                })
                 .collect::<Result<_>>()?,
-            Some(_) => return Err(DatasetError::malformed(path, line, "the text is neither a string nor a list of strings")),
+            Some(_) => {
+                return Err(DatasetError::malformed(
+                    path,
+                    line,
+                    "the text is neither a string nor a list of strings",
+                ))
+            }
         };
         if texts.iter().any(String::is_empty) {
             return Err(DatasetError::malformed(path, line, "empty caption"));
         }
         let label = match get(LABEL_KEYS) {
             None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
+                Some(s.trim().to_string())
+            }
             Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-            Some(_) => return Err(DatasetError::malformed(path, line, "the label is not a non-empty string or number")),
+            Some(_) => {
+                return Err(DatasetError::malformed(
+                    path,
+                    line,
+                    "the label is not a non-empty string or number",
+                ))
+            }
         };
         let split = match get(SPLIT_KEYS) {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(DatasetError::malformed(path, line, "the split is not a string")),
+            Some(_) => {
+                return Err(DatasetError::malformed(
+                    path,
+                    line,
+                    "the split is not a string",
+                ))
+            }
         };
         let has = !texts.is_empty();
         match any_text {
             None => any_text = Some(has),
             Some(prev) if prev != has => {
-                return Err(DatasetError::malformed(path, line, if has { "a caption where earlier rows have none" } else { "no caption where earlier rows have one" }))
+                return Err(DatasetError::malformed(
+                    path,
+                    line,
+                    if has {
+                        "a caption where earlier rows have none"
+                    } else {
+                        "no caption where earlier rows have one"
+                    },
+                ))
             }
             _ => {}
         }
         if !has && label.is_none() {
-            return Err(DatasetError::malformed(path, line, format!("no text ({}) and no label", TEXT_KEYS.join(", "))));
+            return Err(DatasetError::malformed(
+                path,
+                line,
+                format!("no text ({}) and no label", TEXT_KEYS.join(", ")),
+            ));
         }
-        rows.push(Row { line, image, texts, label, split });
+        rows.push(Row {
+            line,
+            image,
+            texts,
+            label,
+            split,
+        });
     }
     if rows.is_empty() {
         return Err(DatasetError::Empty(path.to_path_buf()));
@@ -218,7 +348,15 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<(Vec<Row>, bool)> {
 fn split_tsv(text: &str) -> Table {
     text.lines()
         .enumerate()
-        .map(|(i, l)| (i + 1, l.trim_end_matches('\r').split('\t').map(str::to_string).collect()))
+        .map(|(i, l)| {
+            (
+                i + 1,
+                l.trim_end_matches('\r')
+                    .split('\t')
+                    .map(str::to_string)
+                    .collect(),
+            )
+        })
         .collect()
 }
 
@@ -227,7 +365,9 @@ fn split_tsv(text: &str) -> Table {
 /// (line, message) for an unterminated quote or text after a closing quote.
 pub(crate) fn parse_csv(text: &str, delim: u8) -> std::result::Result<Table, (usize, String)> {
     let b = text.as_bytes();
-    let take = |f: &mut Vec<u8>| String::from_utf8(std::mem::take(f)).expect("split at ASCII bytes of valid UTF-8");
+    let take = |f: &mut Vec<u8>| {
+        String::from_utf8(std::mem::take(f)).expect("split at ASCII bytes of valid UTF-8")
+    };
     let (mut rows, mut fields, mut field) = (Vec::new(), Vec::new(), Vec::<u8>::new());
     let (mut line, mut row_line) = (1usize, 1usize);
     let mut row_open = false;
@@ -324,13 +464,31 @@ mod tests {
         let alphabet = ['a', 'b', ',', '"', '\n', '\r', ' ', 'é', '\t'];
         for _ in 0..500 {
             let rows: Vec<Vec<String>> = (0..rng.random_range(1..5))
-                .map(|_| (0..3).map(|_| (0..rng.random_range(1..6)).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect()).collect())
+                .map(|_| {
+                    (0..3)
+                        .map(|_| {
+                            (0..rng.random_range(1..6))
+                                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                                .collect()
+                        })
+                        .collect()
+                })
                 .collect();
             let text: String = rows
                 .iter()
-                .map(|r| r.iter().map(|f| format!("\"{}\"", f.replace('"', "\"\""))).collect::<Vec<_>>().join(",") + "\n")
+                .map(|r| {
+                    r.iter()
+                        .map(|f| format!("\"{}\"", f.replace('"', "\"\"")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                        + "\n"
+                })
                 .collect();
-            let parsed: Vec<Vec<String>> = parse_csv(&text, b',').unwrap().into_iter().map(|(_, f)| f).collect();
+            let parsed: Vec<Vec<String>> = parse_csv(&text, b',')
+                .unwrap()
+                .into_iter()
+                .map(|(_, f)| f)
+                .collect();
             assert_eq!(parsed, rows, "{text:?}");
         }
     }

@@ -7,7 +7,9 @@
 //! joined by spaces where `raw` is absent).
 
 use super::resolve_under;
-use crate::dataset::{Dataset, DatasetBuilder, DatasetError, DatasetKind, ImageSource, OpenOptions, Result, Split};
+use crate::dataset::{
+    Dataset, DatasetBuilder, DatasetError, DatasetKind, ImageSource, OpenOptions, Result, Split,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -34,7 +36,15 @@ struct KarpathySentence {
 }
 
 /// Folders beside the JSON where the published archives unpack their images.
-const IMAGE_DIRS: &[&str] = &["", "images", "Images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k-images", "flickr30k_images"];
+const IMAGE_DIRS: &[&str] = &[
+    "",
+    "images",
+    "Images",
+    "Flicker8k_Dataset",
+    "Flickr8k_Dataset",
+    "flickr30k-images",
+    "flickr30k_images",
+];
 
 fn relative(img: &KarpathyImage) -> String {
     match img.filepath.as_deref().filter(|s| !s.is_empty()) {
@@ -56,7 +66,11 @@ pub(super) fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
             .first()
             .and_then(|first| {
                 let rel = relative(first);
-                IMAGE_DIRS.iter().map(|d| dir.join(d)).find(|r| resolve_under(r, &rel, path, 1).map(|p| p.is_file()).unwrap_or(false))
+                IMAGE_DIRS.iter().map(|d| dir.join(d)).find(|r| {
+                    resolve_under(r, &rel, path, 1)
+                        .map(|p| p.is_file())
+                        .unwrap_or(false)
+                })
             })
             .unwrap_or(dir),
     };
@@ -64,7 +78,8 @@ pub(super) fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
     for (i, img) in file.images.iter().enumerate() {
         let n = i + 1;
         let rel = relative(img);
-        let at = |msg: String| DatasetError::malformed(path, n, format!("image #{n} ({rel}): {msg}"));
+        let at =
+            |msg: String| DatasetError::malformed(path, n, format!("image #{n} ({rel}): {msg}"));
         let split: Split = img.split.parse().map_err(at)?;
         let file_path = resolve_under(&root, &rel, path, n)?;
         if img.sentences.is_empty() {

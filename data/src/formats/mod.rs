@@ -45,7 +45,9 @@ impl FromStr for Format {
             "karpathy" => Ok(Self::Karpathy),
             "cifar" | "cifar10" | "cifar100" => Ok(Self::Cifar),
             "webdataset" | "wds" | "tar" => Ok(Self::WebDataset),
-            _ => Err(format!("unknown format {s:?}: expected folder, captions, karpathy, cifar or webdataset")),
+            _ => Err(format!(
+                "unknown format {s:?}: expected folder, captions, karpathy, cifar or webdataset"
+            )),
         }
     }
 }
@@ -72,7 +74,10 @@ pub(crate) fn is_image_path(p: &Path) -> bool {
 }
 
 fn ext_lower(p: &Path) -> String {
-    p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase()
+    p.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }
 
 pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -96,7 +101,10 @@ pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
 /// [`DatasetError::UnknownFormat`] when nothing matches; [`DatasetError::Io`] if a folder
 /// cannot be listed.
 pub fn detect(path: &Path) -> Result<Format> {
-    let unknown = |why: &str| DatasetError::UnknownFormat { path: path.to_path_buf(), why: why.to_string() };
+    let unknown = |why: &str| DatasetError::UnknownFormat {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+    };
     if path.is_file() {
         return match ext_lower(path).as_str() {
             "csv" | "tsv" | "jsonl" => Ok(Format::Captions),
@@ -117,7 +125,10 @@ pub fn detect(path: &Path) -> Result<Format> {
     if entries.iter().any(|p| p.is_file() && ext_lower(p) == "tar") {
         return Ok(Format::WebDataset);
     }
-    if names.iter().any(|n| n.starts_with("dataset_") && n.ends_with(".json")) {
+    if names
+        .iter()
+        .any(|n| n.starts_with("dataset_") && n.ends_with(".json"))
+    {
         return Ok(Format::Karpathy);
     }
     let tables: Vec<&PathBuf> = entries
@@ -130,14 +141,18 @@ pub fn detect(path: &Path) -> Result<Format> {
     if entries.iter().any(|p| p.is_dir()) {
         return Ok(Format::ImageFolder);
     }
-    Err(unknown("a folder with no sub-folder, table, .tar shard or CIFAR batch"))
+    Err(unknown(
+        "a folder with no sub-folder, table, .tar shard or CIFAR batch",
+    ))
 }
 
 /// Opens `path` as `format`.
 pub(crate) fn open(format: Format, path: &Path, opts: &OpenOptions) -> Result<Dataset> {
     match format {
         Format::ImageFolder => folder::open(path, opts),
-        Format::Captions => captions::open(&single_file(path, &["csv", "tsv", "jsonl"], None)?, opts),
+        Format::Captions => {
+            captions::open(&single_file(path, &["csv", "tsv", "jsonl"], None)?, opts)
+        }
         Format::Karpathy => karpathy::open(&single_file(path, &["json"], Some("dataset_"))?, opts),
         Format::Cifar => cifar::open(path, opts),
         Format::WebDataset => webdataset::open(path, opts),
@@ -154,15 +169,28 @@ fn single_file(path: &Path, exts: &[&str], prefix: Option<&str>) -> Result<PathB
         .filter(|p| {
             p.is_file()
                 && exts.contains(&ext_lower(p).as_str())
-                && prefix.is_none_or(|pre| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(pre)))
+                && prefix.is_none_or(|pre| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(pre))
+                })
         })
         .collect();
     match found.len() {
         1 => Ok(found.into_iter().next().expect("one")),
-        0 => Err(DatasetError::UnknownFormat { path: path.to_path_buf(), why: format!("no {} file in it", exts.join("/")) }),
+        0 => Err(DatasetError::UnknownFormat {
+            path: path.to_path_buf(),
+            why: format!("no {} file in it", exts.join("/")),
+        }),
         n => Err(DatasetError::UnknownFormat {
             path: path.to_path_buf(),
-            why: format!("{n} candidate files in it ({}); name one", found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")),
+            why: format!(
+                "{n} candidate files in it ({}); name one",
+                found
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }),
     }
 }
@@ -196,14 +224,20 @@ pub(crate) fn resolve_under(root: &Path, entry: &str, file: &Path, line: usize) 
         }
     }
     if depth == 0 {
-        return Err(DatasetError::malformed(file, line, format!("image path {entry:?} names no file")));
+        return Err(DatasetError::malformed(
+            file,
+            line,
+            format!("image path {entry:?} names no file"),
+        ));
     }
     Ok(out)
 }
 
 /// The name of a dataset: the file stem or folder name.
 pub(crate) fn dataset_name(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into())
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dataset".into())
 }
 
 /// Decodes UTF-8, naming the line of the first invalid byte.
@@ -223,18 +257,39 @@ mod tests {
     fn resolve_refuses_escapes() {
         let r = Path::new("/data");
         let f = Path::new("t.csv");
-        assert_eq!(resolve_under(r, "a/b.jpg", f, 1).unwrap(), Path::new("/data/a/b.jpg"));
-        assert_eq!(resolve_under(r, "./a/../b.jpg", f, 1).unwrap(), Path::new("/data/b.jpg"));
-        assert!(matches!(resolve_under(r, "../x.jpg", f, 3), Err(DatasetError::PathEscapesRoot { line: 3, .. })));
-        assert!(matches!(resolve_under(r, "a/../../x.jpg", f, 1), Err(DatasetError::PathEscapesRoot { .. })));
-        assert!(matches!(resolve_under(r, "/etc/passwd", f, 1), Err(DatasetError::PathEscapesRoot { .. })));
-        assert!(matches!(resolve_under(r, "a/..", f, 1), Err(DatasetError::Malformed { .. })));
+        assert_eq!(
+            resolve_under(r, "a/b.jpg", f, 1).unwrap(),
+            Path::new("/data/a/b.jpg")
+        );
+        assert_eq!(
+            resolve_under(r, "./a/../b.jpg", f, 1).unwrap(),
+            Path::new("/data/b.jpg")
+        );
+        assert!(matches!(
+            resolve_under(r, "../x.jpg", f, 3),
+            Err(DatasetError::PathEscapesRoot { line: 3, .. })
+        ));
+        assert!(matches!(
+            resolve_under(r, "a/../../x.jpg", f, 1),
+            Err(DatasetError::PathEscapesRoot { .. })
+        ));
+        assert!(matches!(
+            resolve_under(r, "/etc/passwd", f, 1),
+            Err(DatasetError::PathEscapesRoot { .. })
+        ));
+        assert!(matches!(
+            resolve_under(r, "a/..", f, 1),
+            Err(DatasetError::Malformed { .. })
+        ));
     }
 
     #[test]
     fn format_names_parse() {
         assert_eq!("wds".parse::<Format>().unwrap(), Format::WebDataset);
-        assert_eq!(Format::Karpathy.to_string().parse::<Format>().unwrap(), Format::Karpathy);
+        assert_eq!(
+            Format::Karpathy.to_string().parse::<Format>().unwrap(),
+            Format::Karpathy
+        );
         assert!("zip".parse::<Format>().is_err());
     }
 }
