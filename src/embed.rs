@@ -195,15 +195,26 @@ pub fn embed_texts(
     Ok(out)
 }
 
-/// Zero-shot class embeddings: each label through every template, the normalised template
-/// embeddings averaged and re-normalised (CLIP's prompt ensembling, Radford et al. 2021, §3.1.4).
+/// One class embedding from its prompt texts: the normalised prompt embeddings averaged and
+/// re-normalised (CLIP's prompt ensembling, Radford et al. 2021, §3.1.4).
+pub fn ensemble(enc: &Encoder, prompts: &[&str]) -> Result<Vec<f32>, EmbedError> {
+    let d = enc.dim();
+    let mut mean = vec![0f32; d];
+    for row in enc.embed_texts(prompts)?.chunks(d) {
+        mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+    }
+    normalize(&mut mean);
+    Ok(mean)
+}
+
+/// Zero-shot class embeddings: each label through every template (`{}` is the label; no
+/// templates means the bare label), ensembled with [`ensemble`]; row-major `labels x dim`.
 pub fn class_embeddings(
     enc: &Encoder,
     labels: &[String],
     templates: &[String],
 ) -> Result<Vec<f32>, EmbedError> {
-    let d = enc.dim();
-    let mut out = Vec::with_capacity(labels.len() * d);
+    let mut out = Vec::with_capacity(labels.len() * enc.dim());
     for label in labels {
         let prompts: Vec<String> = if templates.is_empty() {
             vec![label.clone()]
@@ -211,15 +222,7 @@ pub fn class_embeddings(
             templates.iter().map(|t| t.replace("{}", label)).collect()
         };
         let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let e = enc.embed_texts(&refs)?;
-        let mut mean = vec![0f32; d];
-        for row in e.chunks(d) {
-            for (m, v) in mean.iter_mut().zip(row) {
-                *m += v;
-            }
-        }
-        normalize(&mut mean);
-        out.extend(mean);
+        out.extend(ensemble(enc, &refs)?);
     }
     Ok(out)
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use siam_data::dataset::OnBadImage;
 
-use super::common::{progress_bar, read_lines, DeviceArgs, ModelArgs};
+use super::common::{progress_bar, read_lines, report_skipped, DeviceArgs, ModelArgs};
 use crate::embed::{embed_image_files, embed_texts, expand_image_args};
 use crate::io::{atomic_write_bytes, write_npy};
 
@@ -66,18 +66,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
             &mut |n| pb.set_position(n as u64),
         )?;
         pb.finish_and_clear();
-        if e.skipped.count > 0 {
-            eprintln!(
-                "skipped {} unreadable image(s), first: {}",
-                e.skipped.count,
-                e.skipped
-                    .first
-                    .iter()
-                    .map(|(n, why)| format!("{n} ({why})"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            );
-        }
+        report_skipped(&e.skipped);
         let ids = e
             .kept
             .iter()

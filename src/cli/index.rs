@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use siam_data::dataset::{Dataset, DatasetKind, Split};
 
 use super::common::{progress_bar, report_skipped, DataArgs, DeviceArgs, ModelArgs};
-use crate::embed::{embed_records, embed_texts, normalize};
+use crate::embed::{embed_records, embed_texts, ensemble};
 use crate::index::{HnswParams, JointIndex, TextEntry};
 use crate::train::encoder::Encoder;
 
@@ -101,13 +101,7 @@ pub fn dataset_texts(
                     .iter()
                     .map(|&t| ds.texts[t].as_str())
                     .collect();
-                let e = embed_texts(enc, &prompts, 256, &mut |_| {})?;
-                let mut mean = vec![0f32; d];
-                for row in e.chunks(d) {
-                    mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
-                }
-                normalize(&mut mean);
-                out.extend(mean);
+                out.extend(ensemble(enc, &prompts)?);
                 entries.push(TextEntry {
                     text: label.clone(),
                     image: None,

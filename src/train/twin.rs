@@ -13,6 +13,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::heads::{l2_normalize, ProjectionHead};
+use crate::clip::layers::Transformer;
 use crate::clip::model::{Clip, ImageTower};
 
 /// Which parameters of one tower train.
@@ -198,29 +199,8 @@ impl TwinTowers {
                 return Err(TwinError::NoBlocks(n))
             }
             (ImageTower::Vit(v), FreezePolicy::LastBlocks(n)) => {
-                let have = v.num_blocks();
-                if n > have {
-                    return Err(TwinError::TooManyBlocks {
-                        tower: "image",
-                        have,
-                        asked: n,
-                    });
-                }
                 let mut v = v.no_grad();
-                let first = have - n;
-                v.transformer.resblocks = v
-                    .transformer
-                    .resblocks
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        if i >= first {
-                            b.set_require_grad(true)
-                        } else {
-                            b
-                        }
-                    })
-                    .collect();
+                v.transformer = unlock_last_blocks(v.transformer, n, "image")?;
                 v.ln_post = v.ln_post.set_require_grad(true);
                 v.proj = v.proj.set_require_grad(true);
                 ImageTower::Vit(v)
@@ -231,29 +211,8 @@ impl TwinTowers {
             FreezePolicy::Full => t.set_require_grad(true),
             FreezePolicy::Locked => t.no_grad(),
             FreezePolicy::LastBlocks(n) => {
-                let have = t.num_blocks();
-                if n > have {
-                    return Err(TwinError::TooManyBlocks {
-                        tower: "text",
-                        have,
-                        asked: n,
-                    });
-                }
                 let mut t = t.no_grad();
-                let first = have - n;
-                t.transformer.resblocks = t
-                    .transformer
-                    .resblocks
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        if i >= first {
-                            b.set_require_grad(true)
-                        } else {
-                            b
-                        }
-                    })
-                    .collect();
+                t.transformer = unlock_last_blocks(t.transformer, n, "text")?;
                 t.ln_final = t.ln_final.set_require_grad(true);
                 t.text_projection = t.text_projection.set_require_grad(true);
                 t
@@ -269,6 +228,36 @@ impl TwinTowers {
     pub fn logit_scale(&self) -> Tensor<1> {
         self.clip.logit_scale.val()
     }
+}
+
+/// Makes the last `n` residual blocks of a (frozen) transformer trainable again.
+fn unlock_last_blocks(
+    mut transformer: Transformer,
+    n: usize,
+    tower: &'static str,
+) -> Result<Transformer, TwinError> {
+    let have = transformer.resblocks.len();
+    if n > have {
+        return Err(TwinError::TooManyBlocks {
+            tower,
+            have,
+            asked: n,
+        });
+    }
+    let first = have - n;
+    transformer.resblocks = transformer
+        .resblocks
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if i >= first {
+                b.set_require_grad(true)
+            } else {
+                b
+            }
+        })
+        .collect();
+    Ok(transformer)
 }
 
 #[cfg(test)]
