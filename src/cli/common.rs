@@ -132,3 +132,28 @@ pub fn report_skipped(s: &siam_data::pipeline::BadImageSummary) {
         );
     }
 }
+
+/// Embeds dataset records with a progress bar labelled `what`, then reports skipped images.
+pub fn embed_records_with_progress(
+    enc: &Encoder,
+    ds: &std::sync::Arc<siam_data::dataset::Dataset>,
+    records: &[usize],
+    batch_size: usize,
+    threads: usize,
+    on_bad_image: siam_data::dataset::OnBadImage,
+    what: &str,
+) -> anyhow::Result<crate::embed::ImageEmbeddings> {
+    let pb = progress_bar(records.len(), what);
+    let out = crate::embed::embed_records(
+        enc,
+        std::sync::Arc::clone(ds),
+        records,
+        batch_size,
+        threads,
+        on_bad_image,
+        &mut |n| pb.set_position(n as u64),
+    )?;
+    pb.finish_and_clear();
+    report_skipped(&out.skipped);
+    Ok(out)
+}

@@ -11,9 +11,8 @@ use anyhow::Context;
 use serde::Serialize;
 use siam_data::dataset::{Dataset, DatasetKind, Split};
 
-use super::common::{progress_bar, report_skipped, DataArgs, DeviceArgs, ModelArgs};
+use super::common::{embed_records_with_progress, DataArgs, DeviceArgs, ModelArgs};
 use super::index::{dataset_texts, split_records};
-use crate::embed::embed_records;
 use crate::eval::classification::{neighbour_metrics, zero_shot, NeighbourReport, ZeroShotReport};
 use crate::eval::linear_probe::{linear_probe, LinearProbeConfig, LinearProbeReport};
 use crate::eval::plot::recall_curves;
@@ -141,18 +140,15 @@ pub fn evaluate(
     args: &EvalArgs,
 ) -> anyhow::Result<EvalReport> {
     let d = enc.dim();
-    let pb = progress_bar(records.len(), "images");
-    let img = embed_records(
+    let img = embed_records_with_progress(
         enc,
-        Arc::clone(ds),
+        ds,
         records,
         args.batch_size,
         args.threads,
         args.data.on_bad_image,
-        &mut |n| pb.set_position(n as u64),
+        "images",
     )?;
-    pb.finish_and_clear();
-    report_skipped(&img.skipped);
     let kept: Vec<usize> = img.kept.iter().map(|&i| records[i]).collect();
     let (texts, entries) = dataset_texts(enc, ds, &kept)?;
     let (retrieval, zero, neighbours, probe) = match ds.kind {
@@ -242,17 +238,15 @@ fn linear_probe_on_train(
     if train.is_empty() {
         return Ok(None);
     }
-    let pb = progress_bar(train.len(), "probe");
-    let e = embed_records(
+    let e = embed_records_with_progress(
         enc,
-        Arc::clone(ds),
+        ds,
         &train,
         args.batch_size,
         args.threads,
         args.data.on_bad_image,
-        &mut |n| pb.set_position(n as u64),
+        "probe",
     )?;
-    pb.finish_and_clear();
     let y: Vec<usize> = e
         .kept
         .iter()

@@ -14,8 +14,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use siam_data::dataset::{Dataset, DatasetKind, Split};
 
-use super::common::{progress_bar, report_skipped, DataArgs, DeviceArgs, ModelArgs};
-use crate::embed::{embed_records, embed_texts, ensemble};
+use super::common::{embed_records_with_progress, progress_bar, DataArgs, DeviceArgs, ModelArgs};
+use crate::embed::{embed_texts, ensemble};
 use crate::index::{HnswParams, JointIndex, TextEntry};
 use crate::train::encoder::Encoder;
 
@@ -150,18 +150,15 @@ pub fn build_index(
                 model_path.display()
             )
         })?;
-    let pb = progress_bar(records.len(), "images");
-    let images = embed_records(
+    let images = embed_records_with_progress(
         enc,
-        Arc::clone(&ds),
+        &ds,
         records,
         batch_size,
         threads,
         siam_data::dataset::OnBadImage::Skip,
-        &mut |n| pb.set_position(n as u64),
+        "images",
     )?;
-    pb.finish_and_clear();
-    report_skipped(&images.skipped);
     let kept: Vec<usize> = images.kept.iter().map(|&i| records[i]).collect();
     let image_ids: Vec<String> = kept.iter().map(|&r| ds.records[r].image.name()).collect();
     let (texts, entries) = dataset_texts(enc, &ds, &kept)?;
