@@ -150,7 +150,12 @@ fn check(loss: &str, miner: Option<&str>) {
         .zip(&vb)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0f32, f32::max);
-    assert!(worst < 1e-6, "{loss}: parameters differ by {worst}");
+    // AdamW's first step moves each parameter by about lr * g / (|g| + eps): for a component
+    // whose gradient is near zero, float summation order (two micro-batches vs one batch, and
+    // flex's thread scheduling) can change that ratio a lot, so an absolute 1e-6 bound was
+    // flaky (1.9e-6 seen under load). The gradients themselves are compared above to 1e-4
+    // relative; here the parameters must agree to 1 % of one step (lr = 1e-3).
+    assert!(worst < 1e-5, "{loss}: parameters differ by {worst}");
     // And the step did move the parameters.
     assert!(before.iter().zip(&va).any(|(x, y)| (x - y).abs() > 1e-6));
 }
