@@ -121,6 +121,53 @@ pub fn atomic_dir<T>(
     }
 }
 
+/// Removes what killed writers left beside `path`: temporary siblings `.{name}.{pid}.tmp`
+/// (never a finished file: [`atomic_write`] and [`atomic_dir`] rename them only once complete)
+/// and, when `path` itself exists, the `.{name}.old.{pid}` folder of an interrupted
+/// [`atomic_dir`] swap. Names of this process are kept. Returns how many entries went.
+///
+/// Call it only for paths this process owns (a training run's own output folder): another
+/// process writing the same path at the same moment would lose its temporary file.
+pub fn remove_stale_temps(path: &Path) -> usize {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return 0;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let name = name.to_string_lossy();
+    let me = std::process::id().to_string();
+    let tmp_prefix = format!(".{name}.");
+    let old_prefix = format!(".{name}.old.");
+    let is_pid = |s: &str| !s.is_empty() && s != me && s.bytes().all(|b| b.is_ascii_digit());
+    let Ok(entries) = fs::read_dir(parent) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.filter_map(|e| e.ok()) {
+        let entry = e.file_name().to_string_lossy().into_owned();
+        let stale = match entry.strip_prefix(&old_prefix) {
+            Some(pid) => is_pid(pid) && path.exists(),
+            None => entry
+                .strip_prefix(&tmp_prefix)
+                .and_then(|r| r.strip_suffix(".tmp"))
+                .is_some_and(is_pid),
+        };
+        if stale {
+            let p = e.path();
+            let gone = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            removed += usize::from(gone.is_ok());
+        }
+    }
+    removed
+}
+
 /// The `.npy` v1.0 header for a C-order little-endian f32 array of `shape`, padded so the data
 /// starts at a multiple of 64 bytes.
 fn npy_header(shape: &[usize]) -> Vec<u8> {
@@ -241,6 +288,40 @@ mod tests {
         let raw = fs::read(&p).unwrap();
         fs::write(&p, &raw[..raw.len() - 3]).unwrap();
         assert!(read_npy(&p).unwrap_err().to_string().contains("truncated"));
+    }
+
+    #[test]
+    fn stale_temps_of_other_processes_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("checkpoint");
+        let me = std::process::id();
+        for n in [
+            ".checkpoint.1.tmp".to_string(),
+            ".checkpoint.old.2".to_string(),
+            format!(".checkpoint.{me}.tmp"),
+            ".checkpointx.3.tmp".to_string(),
+        ] {
+            fs::create_dir_all(dir.path().join(n)).unwrap();
+        }
+        fs::write(dir.path().join(".checkpoint.4.tmp"), b"half").unwrap();
+        // Without `checkpoint` itself, the old folder is the only copy: it stays.
+        assert_eq!(remove_stale_temps(&ck), 2);
+        assert!(dir.path().join(".checkpoint.old.2").is_dir());
+        fs::create_dir_all(&ck).unwrap();
+        assert_eq!(remove_stale_temps(&ck), 1);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                format!(".checkpoint.{me}.tmp"),
+                ".checkpointx.3.tmp".into(),
+                "checkpoint".into()
+            ]
+        );
     }
 
     #[test]

@@ -141,11 +141,17 @@ pub fn save<M: Module>(
         atomic_write_bytes(&tmp.join("state.json"), &json)?;
         Ok(())
     })
-    .map_err(|e| werr(e.to_string()))
+    .map_err(|e| werr(e.to_string()))?;
+    // A run killed while writing leaves its temporary folder (or, mid-swap, the old one);
+    // now that a complete checkpoint is in place they are only clutter.
+    crate::io::remove_stale_temps(dir);
+    Ok(())
 }
 
 /// The checkpoint folder to resume from: `dir` if complete, else the `.name.old.*` sibling that
-/// `atomic_dir` leaves for an instant during its swap.
+/// `atomic_dir` leaves for an instant during its swap (the one with the most steps, should
+/// several runs have been killed there). Temporary `.name.<pid>.tmp` folders are never
+/// returned: a kill may have cut them short.
 pub fn find_checkpoint(dir: &Path) -> Option<PathBuf> {
     if dir.join("state.json").is_file() {
         return Some(dir.to_path_buf());
@@ -157,11 +163,13 @@ pub fn find_checkpoint(dir: &Path) -> Option<PathBuf> {
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .find(|p| {
+        .filter(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-                && p.join("state.json").is_file()
         })
+        .filter_map(|p| load_state(&p).ok().map(|st| (st.step, p)))
+        .max()
+        .map(|(_, p)| p)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -306,10 +314,38 @@ mod tests {
     #[test]
     fn falls_back_to_the_old_folder_mid_swap() {
         let dir = tempfile::tempdir().unwrap();
-        let old = dir.path().join(".checkpoint.old.123");
-        fs::create_dir_all(&old).unwrap();
-        fs::write(old.join("state.json"), "{}").unwrap();
+        let write = |name: &str, step: usize| {
+            let p = dir.path().join(name);
+            fs::create_dir_all(&p).unwrap();
+            let st = TrainState {
+                step,
+                ..state("fp")
+            };
+            fs::write(p.join("state.json"), serde_json::to_vec(&st).unwrap()).unwrap();
+            p
+        };
+        write(".checkpoint.old.123", 3);
+        let newest = write(".checkpoint.old.456", 5);
+        // A temporary folder may hold a complete-looking state.json; it is never used.
+        write(".checkpoint.789.tmp", 9);
         let ck = dir.path().join("checkpoint");
-        assert_eq!(find_checkpoint(&ck), Some(old));
+        assert_eq!(find_checkpoint(&ck), Some(newest));
+    }
+
+    #[test]
+    fn a_new_checkpoint_clears_what_killed_runs_left() {
+        let device = Device::flex().autodiff();
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("checkpoint");
+        fs::create_dir_all(dir.path().join(".checkpoint.1.tmp")).unwrap();
+        fs::create_dir_all(dir.path().join(".checkpoint.old.2")).unwrap();
+        let model = LinearConfig::new(3, 2).init(&device);
+        let opt = build_adamw(&AdamWSettings::default(), &split_params(&model));
+        save(&ck, &model, &opt, &state("fp")).unwrap();
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["checkpoint"]);
     }
 }

@@ -666,6 +666,7 @@ pub fn train(
     let metrics_path = cfg.out.join("metrics.jsonl");
     std::fs::create_dir_all(&cfg.out)
         .map_err(|e| TrainError::Io(cfg.out.clone(), e.to_string()))?;
+    remove_stale_temps(&cfg.out);
     let mut log = if cfg.resume {
         MetricsLog::resume(&metrics_path, st.step)?
     } else {
@@ -936,6 +937,24 @@ pub fn train(
         trainable_parameters: split.trainable_values,
         frozen_parameters: split.frozen_values,
     })
+}
+
+/// Removes the temporary files an earlier invocation killed in this output folder left behind
+/// (the run owns its folder; see [`crate::io::remove_stale_temps`]).
+fn remove_stale_temps(out: &Path) {
+    let files = [folder::WEIGHTS_FILE, folder::CARD_FILE, "tokenizer.json"];
+    for name in files.iter().chain(&[
+        "metrics.jsonl",
+        "loss.png",
+        "recall.png",
+        "best",
+        "checkpoint",
+    ]) {
+        crate::io::remove_stale_temps(&out.join(name));
+    }
+    for name in files {
+        crate::io::remove_stale_temps(&out.join("best").join(name));
+    }
 }
 
 fn data_seed(seed: u64, epoch: usize) -> u64 {
