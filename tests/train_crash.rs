@@ -5,6 +5,11 @@
 //! last one seen is used; `--resume` then continues, and the run that was killed five times ends
 //! with exactly the losses and weights of an uninterrupted run. So a `kill -9` at any moment
 //! loses at most the work since the last checkpoint.
+//!
+//! A full disk, for real: the run resumes under `setrlimit(RLIMIT_FSIZE)` so that writing the
+//! next checkpoint fails with the OS's own error (EFBIG, the same path as ENOSPC). The run stops
+//! with a one-line error naming the file and the cause, the previous checkpoint still loads,
+//! nothing temporary is left, and `--resume` without the limit finishes the run.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -263,4 +268,92 @@ fn kill_9_at_any_moment_loses_at_most_the_work_since_the_last_checkpoint() {
     );
     // What the killed runs were writing has been cleared away.
     assert_eq!(leftovers(&out), Vec::<PathBuf>::new());
+}
+
+/// Larger than `model.bpk` of the tiny model (13.6 MB), smaller than `optimizer.bpk` (27 MB,
+/// two moments per parameter): the first file of the next checkpoint fits, the second cannot.
+#[cfg(unix)]
+const FILE_SIZE_LIMIT: u64 = 20 << 20;
+
+#[cfg(unix)]
+#[test]
+fn a_full_disk_keeps_the_previous_checkpoint() {
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.txt");
+    let out = dir.path().join("run");
+    let run = |extra: &[&str], limit: Option<u64>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_siam"));
+        cmd.args(TRAIN).arg("--out").arg(&out).args(extra);
+        if let Some(bytes) = limit {
+            // SAFETY: between fork and exec only async-signal-safe calls (setrlimit, signal).
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: bytes as libc::rlim_t,
+                        rlim_max: bytes as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // A write past the limit then fails with EFBIG instead of killing.
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
+        let o = cmd.output().expect("running siam train");
+        fs::write(&log, &o.stderr).unwrap();
+        (o.status, String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+
+    let (status, err) = run(&["--max-steps", "3"], None);
+    assert!(status.success(), "{err}");
+    let ck = out.join("checkpoint");
+    assert_eq!(load_state(&ck).unwrap().step, 3);
+    let sizes = |name: &str| fs::metadata(ck.join(name)).unwrap().len();
+    assert!(
+        sizes("model.bpk") < FILE_SIZE_LIMIT && sizes("optimizer.bpk") > FILE_SIZE_LIMIT,
+        "the limit no longer falls between the checkpoint's files"
+    );
+    let before = fs::read(ck.join("optimizer.bpk")).unwrap();
+
+    // The step-4 checkpoint cannot be written.
+    let (status, err) = run(&["--resume"], Some(FILE_SIZE_LIMIT));
+    assert!(!status.success(), "the run should stop: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    let line = err.trim_end().lines().last().unwrap();
+    assert_eq!(line, errors[0], "{err}");
+    eprintln!("under the size limit: {line}");
+    for needle in [
+        "siam: error: could not write checkpoint",
+        &ck.display().to_string(),
+        "optimizer.bpk",
+        "File too large",
+        "--resume",
+    ] {
+        assert!(line.contains(needle), "{line:?} lacks {needle:?}");
+    }
+
+    // The previous checkpoint is whole and is the one --resume finds; nothing temporary stays.
+    assert_eq!(find_checkpoint(&ck), Some(ck.clone()));
+    assert_eq!(load_state(&ck).unwrap().step, 3);
+    assert_eq!(fs::read(ck.join("optimizer.bpk")).unwrap(), before);
+    check_checkpoint(&ck);
+    assert_eq!(leftovers(&out), Vec::<PathBuf>::new());
+
+    // With room again, the run continues from step 3 to the end, logging each step once.
+    let (status, err) = run(&["--resume"], None);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("resuming from"), "{err}");
+    let steps: Vec<usize> = losses(&out).iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, (1..=TOTAL_STEPS).collect::<Vec<_>>());
+    assert_eq!(load_state(&ck).unwrap().step, TOTAL_STEPS);
+    assert!(out.join("siam.json").is_file());
 }

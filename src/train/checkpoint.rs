@@ -12,7 +12,7 @@
 //! Between the two renames of `atomic_dir` there is an instant where only the old folder exists,
 //! under `.<name>.old.<pid>`; [`find_checkpoint`] falls back to it.
 
-use crate::io::{atomic_dir, atomic_write_bytes};
+use crate::io::{atomic_dir, atomic_write_bytes, IoError};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
@@ -28,7 +28,7 @@ use super::schedule::CosineSchedule;
 pub enum CheckpointError {
     /// Writing the checkpoint failed (disk full, permissions); the previous one is untouched.
     #[error(
-        "could not write checkpoint {path}: {why}; the previous checkpoint (if any) is untouched"
+        "could not write checkpoint {path}: {why}; the previous checkpoint (if any) is untouched (fix the cause, then continue with --resume)"
     )]
     Write {
         /// The checkpoint folder.
@@ -136,9 +136,17 @@ pub fn save<M: Module>(
     let optim_bytes = optim.into_bytes().map_err(|e| werr(format!("{e:?}")))?;
     let json = serde_json::to_vec_pretty(state).map_err(|e| werr(e.to_string()))?;
     atomic_dir(dir, |tmp| {
-        atomic_write_bytes(&tmp.join("model.bpk"), &model_bytes)?;
-        atomic_write_bytes(&tmp.join("optimizer.bpk"), &optim_bytes)?;
-        atomic_write_bytes(&tmp.join("state.json"), &json)?;
+        for (name, bytes) in [
+            ("model.bpk", &model_bytes[..]),
+            ("optimizer.bpk", &optim_bytes[..]),
+            ("state.json", &json[..]),
+        ] {
+            // Named as the file will be called in `dir`, not by its temporary path.
+            atomic_write_bytes(&tmp.join(name), bytes).map_err(|e| match e {
+                IoError::Os { source, .. } => format!("{name}: {source}"),
+                other => other.to_string(),
+            })?;
+        }
         Ok(())
     })
     .map_err(|e| werr(e.to_string()))?;
