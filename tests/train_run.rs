@@ -266,3 +266,88 @@ fn a_loss_that_turns_nan_stops_and_names_the_last_checkpoint() {
     assert!(msg.contains("step"), "{msg}");
     assert!(msg.contains("checkpoint"), "{msg}");
 }
+
+#[test]
+fn last_blocks_train_from_the_prefix_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = siam::device::from_env();
+    let cache = dir.path().join("cache");
+    let run = |name: &str, feature_cache: bool| {
+        let mut c = cfg(&dir.path().join(name));
+        c.epochs = 1;
+        c.freeze_image = FreezePolicy::LastBlocks(1);
+        c.freeze_text = FreezePolicy::LastBlocks(1);
+        c.feature_cache = feature_cache;
+        c.cache_dir = Some(cache.clone());
+        let mut log = Log::default();
+        let r = train(&c, &device, Some(demo()), &mut log).unwrap();
+        let steps = siam::train::metrics::read(&c.out.join("metrics.jsonl")).unwrap();
+        let losses: Vec<f64> = steps.iter().map(|m| m.loss).collect();
+        assert_eq!(losses.len(), r.steps);
+        (r, losses, log.0)
+    };
+    let mtimes = || -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+        let mut v: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.path(), e.metadata().unwrap().modified().unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let logged = |log: &[String], what: &str| {
+        assert!(
+            log.iter().any(|l| l.contains(what)),
+            "{what:?} not in {log:?}"
+        );
+    };
+
+    // The frozen first block runs every step.
+    let (direct, direct_losses, log) = run("direct", false);
+    assert!(!log.iter().any(|l| l.contains("prefix cache")), "{log:?}");
+    // Its hidden states come from the cache, computed once.
+    let (cached, cached_losses, log) = run("cached", true);
+    logged(
+        &log,
+        "image tower last:1, hidden states after its 1 frozen block(s) for 192 images",
+    );
+    let texts = demo().texts.len();
+    logged(
+        &log,
+        &format!("text tower last:1, hidden states after its 1 frozen block(s) for {texts} texts"),
+    );
+    assert_eq!(
+        log.iter().filter(|l| l.contains("computed into")).count(),
+        2,
+        "{log:?}"
+    );
+    let files = mtimes();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(direct.trainable_parameters, cached.trainable_parameters);
+    assert_eq!(direct_losses.len(), cached_losses.len());
+    for (step, (a, b)) in direct_losses.iter().zip(&cached_losses).enumerate() {
+        eprintln!(
+            "step {}: {a} vs {b} (relative {:.1e})",
+            step + 1,
+            (a - b).abs() / a.abs()
+        );
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(b.abs()),
+            "step {}: loss {a} without the prefix cache, {b} with it",
+            step + 1
+        );
+    }
+    // A second run reuses both files untouched and trains exactly as the first cached run.
+    let (_, again_losses, log) = run("again", true);
+    assert_eq!(
+        log.iter().filter(|l| l.contains("reused from")).count(),
+        2,
+        "{log:?}"
+    );
+    assert_eq!(mtimes(), files);
+    assert_eq!(again_losses, cached_losses);
+    assert!(same_weights(
+        &dir.path().join("cached"),
+        &dir.path().join("again")
+    ));
+}

@@ -126,6 +126,11 @@ pub struct TrainArgs {
     /// Feature cache folder (default: <out>/../.siam-cache).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Largest cache (GB) of a last:N tower's frozen blocks' hidden states (images: only
+    /// without --augment); larger ones run the frozen blocks every step. 0: never cache.
+    /// Per item: 150 KiB for a ViT-B/32 image, 591 KiB for ViT-B/16, ~2 KiB per text token.
+    #[arg(long, default_value_t = crate::train::config::default_prefix_cache_max_gb())]
+    pub prefix_cache_max_gb: f64,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -207,6 +212,7 @@ impl TrainArgs {
             checkpoint_every: self.checkpoint_every,
             feature_cache: !self.no_cache,
             cache_dir: self.cache_dir.clone(),
+            prefix_cache_max_gb: self.prefix_cache_max_gb,
             dtype: self
                 .dtype
                 .parse::<TowerDtype>()

@@ -133,6 +133,12 @@ pub struct TrainConfig {
     pub feature_cache: bool,
     /// Where the feature cache lives (`None`: `<out>/../.siam-cache`).
     pub cache_dir: Option<PathBuf>,
+    /// Largest frozen-prefix cache file, in GB (1e9 bytes), built for a `last:N` tower
+    /// (images only without augmentation); a tower whose cache would be larger runs its frozen
+    /// blocks every step instead. 0 turns the prefix cache off. See [`super::cache`] for the
+    /// size per item.
+    #[serde(default = "default_prefix_cache_max_gb")]
+    pub prefix_cache_max_gb: f64,
     /// Tower compute type.
     pub dtype: TowerDtype,
     /// Loader threads.
@@ -141,6 +147,11 @@ pub struct TrainConfig {
     pub resume: bool,
     /// Stop after this many optimiser steps in this invocation (testing resumption).
     pub max_steps: Option<usize>,
+}
+
+/// 4 GB: some 26k ViT-B/32 or 6.8k ViT-B/16 images (see [`super::cache`]).
+pub fn default_prefix_cache_max_gb() -> f64 {
+    4.0
 }
 
 impl Default for TrainConfig {
@@ -175,6 +186,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             feature_cache: true,
             cache_dir: None,
+            prefix_cache_max_gb: default_prefix_cache_max_gb(),
             dtype: TowerDtype::F32,
             threads: 2,
             resume: false,

@@ -5,7 +5,8 @@
 //! - [`step`]: one optimiser step, with open_clip-style gradient accumulation;
 //! - [`optim`], [`schedule`]: AdamW with a no-decay group, global-norm clipping, warm-up + cosine;
 //! - [`checkpoint`], [`metrics`]: resumable checkpoints and the per-step JSONL log;
-//! - [`cache`]: locked towers' features on disk, memory-mapped;
+//! - [`cache`]: locked towers' features and `last:N` towers' frozen-prefix hidden states on
+//!   disk, memory-mapped;
 //! - [`folder`], [`encoder`]: the output model folder and the [`encoder::Encoder`] every
 //!   command uses to embed;
 //! - [`run`]: the whole run ([`run::train`]).
@@ -52,9 +53,10 @@ pub enum TrainError {
     /// The architecture could not be resolved.
     #[error(transparent)]
     Arch(#[from] crate::clip::config::ConfigError),
-    /// The starting checkpoint could not be imported.
+    /// The starting checkpoint could not be imported (boxed: the largest error by far, and
+    /// every fallible function of training returns this enum).
     #[error(transparent)]
-    Import(#[from] crate::clip::import::ImportError),
+    Import(Box<crate::clip::import::ImportError>),
     /// A model folder could not be read or written.
     #[error(transparent)]
     Folder(#[from] folder::FolderError),
@@ -84,4 +86,10 @@ pub enum TrainError {
         /// The last checkpoint on disk.
         last_checkpoint: Option<PathBuf>,
     },
+}
+
+impl From<crate::clip::import::ImportError> for TrainError {
+    fn from(e: crate::clip::import::ImportError) -> Self {
+        Self::Import(Box::new(e))
+    }
 }

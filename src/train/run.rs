@@ -14,7 +14,7 @@ use siam_data::pipeline::{Loader, LoaderOptions};
 use siam_data::preprocess::Preprocessor;
 use siam_data::tokenizer::ClipTokenizer;
 
-use super::cache::{FeatureCache, FeatureSource};
+use super::cache::{FeatureCache, FeatureSource, Prefix, PrefixSource};
 use super::checkpoint::{self, EpochRecord, TrainState, STATE_FORMAT};
 use super::config::TrainConfig;
 use super::data::{eval_plan, plan_batch, sampler, BatchPlan, EvalPlan, TextMode};
@@ -317,6 +317,12 @@ fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
             format!("must be >= 0, got {}", cfg.adamw.weight_decay),
         );
     }
+    if !(cfg.prefix_cache_max_gb.is_finite() && cfg.prefix_cache_max_gb >= 0.0) {
+        return bad(
+            "--prefix-cache-max-gb",
+            format!("must be >= 0, got {}", cfg.prefix_cache_max_gb),
+        );
+    }
     if !(0.0..=1.0).contains(&cfg.adapter_ratio) {
         return bad(
             "--adapter-ratio",
@@ -334,6 +340,10 @@ struct DataCtx {
     context: usize,
     images: Option<FeatureSource>,
     texts: Option<FeatureSource>,
+    /// Hidden states of a `last:N` image tower's frozen prefix, by record.
+    image_prefix: Option<PrefixSource>,
+    /// Hidden states of a `last:N` text tower's frozen prefix, by text.
+    text_prefix: Option<PrefixSource>,
     threads: usize,
 }
 
@@ -342,11 +352,36 @@ impl DataCtx {
         if let Some(src) = &self.texts {
             return Ok(TextInput::Features(src.rows(texts, device)));
         }
+        if let Some(src) = &self.text_prefix {
+            let (hidden, lengths) = src.hidden(texts, device);
+            return Ok(TextInput::Hidden {
+                hidden,
+                from_block: src.from_block(),
+                lengths,
+            });
+        }
         let strs: Vec<&str> = texts.iter().map(|&t| self.ds.texts[t].as_str()).collect();
         let tb = self.tokenizer.encode_batch(&strs, self.context)?;
         Ok(TextInput::Tokens {
             ids: token_tensor(&tb.ids, tb.rows, tb.len, device),
             lengths: tb.lengths,
+        })
+    }
+
+    /// Whether images come from a cache (tower outputs or prefix hidden states), not pixels.
+    fn images_cached(&self) -> bool {
+        self.images.is_some() || self.image_prefix.is_some()
+    }
+
+    /// The cached input for `records`, if images are cached.
+    fn cached_images(&self, records: &[usize], device: &Device) -> Option<ImageInput> {
+        if let Some(src) = &self.images {
+            return Some(ImageInput::Features(src.rows(records, device)));
+        }
+        let src = self.image_prefix.as_ref()?;
+        Some(ImageInput::Hidden {
+            hidden: src.hidden(records, device).0,
+            from_block: src.from_block(),
         })
     }
 
@@ -368,11 +403,12 @@ impl DataCtx {
         let dim = model.image_head_dim();
         let mut img = Vec::with_capacity(plan.records.len() * dim);
         const B: usize = 64;
-        if let Some(src) = &self.images {
+        if self.images_cached() {
             for chunk in plan.records.chunks(B) {
-                img.extend(to_vec(
-                    model.embed_images(ImageInput::Features(src.rows(chunk, device))),
-                ));
+                let input = self
+                    .cached_images(chunk, device)
+                    .expect("images are cached");
+                img.extend(to_vec(model.embed_images(input)));
             }
         } else {
             let batches: Vec<Vec<usize>> = plan.records.chunks(B).map(<[usize]>::to_vec).collect();
@@ -623,6 +659,8 @@ pub fn train(
         context: card.context_length,
         images: None,
         texts: None,
+        image_prefix: None,
+        text_prefix: None,
         threads: cfg.threads.max(1),
     };
     if cfg.feature_cache {
@@ -653,6 +691,66 @@ pub fn train(
                 src.path().display()
             )));
             ctx.texts = Some(src);
+        }
+        let max_bytes = (cfg.prefix_cache_max_gb * 1e9) as u64;
+        let describe = |tower: &str, policy: FreezePolicy, what: &str, p: &Prefix| {
+            match p {
+            Prefix::Ready { source, reused } => format!(
+                "prefix cache: {tower} tower {policy}, hidden states after its {} frozen block(s) for {} {what} ({:.1} MB) {} {}",
+                source.from_block(),
+                source.len(),
+                source.bytes() as f64 / 1e6,
+                if *reused { "reused from" } else { "computed into" },
+                source.path().display()
+            ),
+            Prefix::TooLarge { bytes } => format!(
+                "prefix cache: {tower} tower {policy}, the frozen blocks' hidden states would take {:.1} GB (over --prefix-cache-max-gb {}), so they run every step",
+                *bytes as f64 / 1e9,
+                cfg.prefix_cache_max_gb
+            ),
+        }
+        };
+        if let (FreezePolicy::LastBlocks(n), false, true) = (
+            cfg.freeze_image,
+            cfg.augment,
+            max_bytes > 0 && model.clip.visual.as_vit().is_some(),
+        ) {
+            let from = model.image_blocks() - n;
+            let p = cache.image_prefix(
+                &model,
+                from,
+                &ds,
+                &eval_records,
+                &ctx.pre,
+                cfg.threads,
+                max_bytes,
+                &device,
+            )?;
+            obs.event(&Event::Info(describe(
+                "image",
+                cfg.freeze_image,
+                "images",
+                &p,
+            )));
+            if let Prefix::Ready { source, .. } = p {
+                ctx.image_prefix = Some(source);
+            }
+        }
+        if let (FreezePolicy::LastBlocks(n), true) = (cfg.freeze_text, max_bytes > 0) {
+            let from = model.text_blocks() - n;
+            let p = cache.text_prefix(
+                &model,
+                from,
+                &ds,
+                &ctx.tokenizer,
+                ctx.context,
+                max_bytes,
+                &device,
+            )?;
+            obs.event(&Event::Info(describe("text", cfg.freeze_text, "texts", &p)));
+            if let Prefix::Ready { source, .. } = p {
+                ctx.text_prefix = Some(source);
+            }
         }
     }
 
@@ -712,7 +810,7 @@ pub fn train(
             })
             .collect();
         let first = st.batch_in_epoch;
-        let mut loader = if ctx.images.is_none() {
+        let mut loader = if !ctx.images_cached() {
             let lists: Vec<Vec<usize>> = plans
                 .iter()
                 .enumerate()
@@ -752,8 +850,8 @@ pub fn train(
                     continue;
                 }
                 let plan = &plans[j];
-                let images = match (&ctx.images, loaded) {
-                    (Some(src), _) => ImageInput::Features(src.rows(&plan.records, &device)),
+                let images = match (ctx.cached_images(&plan.records, &device), loaded) {
+                    (Some(input), _) => input,
                     (None, Some(batch)) => {
                         if batch.len() != plan.records.len() {
                             return Err(TrainError::Config(format!(
