@@ -1,10 +1,12 @@
-//! HNSW index quality and speed: siam's `VectorIndex` (built by hnsw_rs 0.3.5 with our SIMD cosine,
-//! searched on our flat copy of the graph, src/index/flat.rs) against
+//! HNSW index quality and speed: siam's `VectorIndex` (built in parallel by src/index/build.rs,
+//! hnswlib's algorithm, searched by src/index/flat.rs, saved in hnsw_rs 0.3.5's dump format and
+//! reloaded through hnsw_rs) against
 //! hnswlib (PyPI, same M and ef_construction) on the same clustered unit vectors, in one run.
 //!
 //! `cargo bench --bench index` (release). Env: `SIAM_BENCH_N` (default 100000 points),
-//! `SIAM_BENCH_PROFILE=1` adds a where-does-the-time-go section (distance calls counted during a
-//! build and a query pass, the kernel timed alone, and hnsw_rs's own `DistDot` for comparison),
+//! `SIAM_BENCH_PROFILE=1` adds a where-does-the-time-go section for hnsw_rs's own build and
+//! search (distance calls counted during a build and a query pass, the kernel timed alone, and
+//! hnsw_rs's own `DistDot` for comparison): what siam used before it built graphs itself,
 //! `SIAM_PYTHON` (default python3) runs benches/python/index.py.
 //!
 //! Data: N points and 1,000 held-out queries around 1,000 centres in 512-d: centre `c` (unit
@@ -203,6 +205,14 @@ fn main() {
     let index = VectorIndex::build(&data, DIM, params).unwrap();
     let build = t.elapsed().as_secs_f64();
     eprintln!("siam build: {build:.1} s");
+    let saved = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    index.save(&saved.path().join("v")).unwrap();
+    let save = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let index = VectorIndex::load(&saved.path().join("v")).unwrap();
+    let load = t.elapsed().as_secs_f64();
+    eprintln!("siam save {save:.1} s, load {load:.1} s");
     let ours: Vec<(f64, f64)> = EFS
         .iter()
         .map(|&ef| query_pass(&index, &queries, &truth, ef))
@@ -246,7 +256,7 @@ fn main() {
     };
 
     println!("## Build (M = 16, ef_construction = 200, 2 threads)\n");
-    println!("| | siam (hnsw_rs build + UnitDot) | hnswlib | siam / hnswlib |");
+    println!("| | siam | hnswlib | siam / hnswlib |");
     println!("|---|---|---|---|");
     let their_build = theirs.as_ref().and_then(|t| t["build_s"].as_f64());
     match their_build {
@@ -256,18 +266,26 @@ fn main() {
         ),
         None => println!("| build time | {build:.1} s | n/a | n/a |"),
     }
+    println!(
+        "\nsiam saves the index (hnsw_rs dump + vectors, SHA-256) in {save:.1} s and loads it \
+         (checksums, hnsw_rs's loader, flat copy) in {load:.1} s."
+    );
     println!("\n## Queries (1 thread, k = {K})\n");
-    println!("| ef | siam recall@10 | siam queries/s | hnswlib recall@10 | hnswlib queries/s | QPS siam / hnswlib |");
-    println!("|---|---|---|---|---|---|");
+    println!("| ef | siam recall@10 | siam queries/s | ms/query | hnswlib recall@10 | hnswlib queries/s | QPS siam / hnswlib |");
+    println!("|---|---|---|---|---|---|---|");
     for (i, ef) in EFS.iter().enumerate() {
         let (r, q) = ours[i];
         let row = theirs.as_ref().map(|t| &t["rows"][i]);
         match row.and_then(|r| Some((r["recall"].as_f64()?, r["qps"].as_f64()?))) {
             Some((tr, tq)) => println!(
-                "| {ef} | {r:.4} | {q:.0} | {tr:.4} | {tq:.0} | {:.2} |",
+                "| {ef} | {r:.4} | {q:.0} | {:.3} | {tr:.4} | {tq:.0} | {:.2} |",
+                1e3 / q,
                 q / tq
             ),
-            None => println!("| {ef} | {r:.4} | {q:.0} | n/a | n/a | n/a |"),
+            None => println!(
+                "| {ef} | {r:.4} | {q:.0} | {:.3} | n/a | n/a | n/a |",
+                1e3 / q
+            ),
         }
     }
 }

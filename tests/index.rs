@@ -43,30 +43,66 @@ fn hnsw_recall_against_exact_and_exact_scores() {
     let queries = clustered(100, dim, 30, 2);
     let index = VectorIndex::build(&data, dim, params()).unwrap();
     assert_eq!(index.len(), 3000);
-    let mut found = 0;
-    for q in queries.chunks_exact(dim) {
-        let exact = index.search_exact(q, 10).unwrap();
-        let approx = index.search(q, 10, 64).unwrap();
-        assert_eq!(approx.len(), 10);
-        // Scores are exact cosines, best first.
-        for w in approx.windows(2) {
-            assert!(w[0].1 >= w[1].1);
-        }
-        for &(id, s) in &approx {
-            let want: f32 = q
+    // hnswlib 0.8.0 ("ip" space, same M and ef_construction, 1 or 2 threads) reaches 0.947 at
+    // ef = 64 and 0.997 at ef = 128 on these vectors; siam's build measured the same.
+    for (ef, floor) in [(64, 0.93), (128, 0.98)] {
+        let mut found = 0;
+        for q in queries.chunks_exact(dim) {
+            let exact = index.search_exact(q, 10).unwrap();
+            let approx = index.search(q, 10, ef).unwrap();
+            assert_eq!(approx.len(), 10);
+            // Scores are exact cosines, best first.
+            for w in approx.windows(2) {
+                assert!(w[0].1 >= w[1].1);
+            }
+            for &(id, s) in &approx {
+                let want: f32 = q
+                    .iter()
+                    .zip(&data[id * dim..(id + 1) * dim])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                assert!((s - want).abs() < 1e-5);
+            }
+            found += approx
                 .iter()
-                .zip(&data[id * dim..(id + 1) * dim])
-                .map(|(a, b)| a * b)
-                .sum();
-            assert!((s - want).abs() < 1e-5);
+                .filter(|h| exact.iter().any(|e| e.0 == h.0))
+                .count();
         }
-        found += approx
+        let recall = found as f64 / 1000.0;
+        assert!(recall > floor, "recall@10 at ef = {ef}: {recall}");
+    }
+}
+
+/// The graph files siam writes are hnsw_rs dumps: hnsw_rs itself reloads them and its own
+/// search finds the exact neighbours.
+#[test]
+fn saved_graph_is_an_hnsw_rs_index() {
+    use hnsw_rs::prelude::HnswIo;
+    use siam::index::dot::UnitDot;
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 16;
+    let data = clustered(2000, dim, 20, 5);
+    let index = VectorIndex::build(&data, dim, params()).unwrap();
+    let path = dir.path().join("v");
+    index.save(&path).unwrap();
+    let mut io = HnswIo::new(&path, "graph");
+    let hnsw = io.load_hnsw::<f32, UnitDot>().unwrap();
+    assert_eq!(hnsw.get_nb_point(), 2000);
+    assert_eq!(hnsw.get_max_nb_connection(), 16);
+    let mut found = 0;
+    for q in data.chunks_exact(dim).step_by(20) {
+        let exact = index.search_exact(q, 10).unwrap();
+        let theirs = hnsw.search(q, 10, 128);
+        found += theirs
             .iter()
-            .filter(|h| exact.iter().any(|e| e.0 == h.0))
+            .filter(|n| exact.iter().any(|e| e.0 == n.d_id))
             .count();
     }
     let recall = found as f64 / 1000.0;
-    assert!(recall > 0.95, "recall@10 = {recall}");
+    assert!(
+        recall > 0.95,
+        "hnsw_rs's search on siam's graph: recall@10 = {recall}"
+    );
 }
 
 #[test]
@@ -135,8 +171,8 @@ fn bad_build_inputs_are_errors() {
         VectorIndex::build(&[1.0], 0, p),
         Err(IndexError::ZeroDim)
     ));
-    // hnsw_rs would print and exit the process for m > 256.
-    let big = HnswParams { m: 300, ..p };
+    // hnsw_rs would print and exit the process for m > 256; its dump keeps M in one byte.
+    let big = HnswParams { m: 256, ..p };
     assert!(matches!(
         VectorIndex::build(&[1.0, 0.0], 2, big),
         Err(IndexError::BadParams { what: "m", .. })

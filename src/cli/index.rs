@@ -16,7 +16,7 @@ use siam_data::dataset::{Dataset, DatasetKind, Split};
 
 use super::common::{embed_records_with_progress, progress_bar, DataArgs, DeviceArgs, ModelArgs};
 use crate::embed::{embed_texts, ensemble};
-use crate::index::{HnswParams, JointIndex, TextEntry};
+use crate::index::{HnswParams, JointIndex, TextEntry, VectorIndex};
 use crate::train::encoder::Encoder;
 
 /// Build an HNSW index over a dataset's images and texts.
@@ -162,15 +162,15 @@ pub fn build_index(
     let kept: Vec<usize> = images.kept.iter().map(|&i| records[i]).collect();
     let image_ids: Vec<String> = kept.iter().map(|&r| ds.records[r].image.name()).collect();
     let (texts, entries) = dataset_texts(enc, &ds, &kept)?;
-    let index = JointIndex::build(
-        &fingerprint,
-        enc.dim(),
-        &images.data,
-        image_ids,
-        &texts,
-        entries,
-        params,
-    )?;
+    let graph = |vectors: &[f32], what: &str| {
+        let pb = progress_bar(vectors.len() / enc.dim().max(1), what);
+        let built = VectorIndex::build_with_progress(vectors, enc.dim(), params, &|k| pb.inc(k));
+        pb.finish_and_clear();
+        built
+    };
+    let image_graph = graph(&images.data, "image graph")?;
+    let text_graph = graph(&texts, "text graph")?;
+    let index = JointIndex::from_parts(&fingerprint, image_graph, image_ids, text_graph, entries)?;
     let model = IndexModel {
         path: std::fs::canonicalize(model_path).unwrap_or_else(|_| model_path.to_path_buf()),
         arch: arch.map(String::from),

@@ -1,14 +1,18 @@
-//! [`FlatGraph`]: a read-only, cache-friendly copy of an hnsw_rs graph, searched by our own HNSW
-//! search (Malkov & Yashunin 2018, "Efficient and robust approximate nearest neighbor search
-//! using Hierarchical Navigable Small World graphs", Alg. 2 SEARCH-LAYER and Alg. 5 K-NN-SEARCH).
+//! [`FlatGraph`]: an HNSW graph as flat arrays, and the HNSW search shared by queries and by
+//! the build (Malkov & Yashunin 2018, "Efficient and robust approximate nearest neighbor search
+//! using Hierarchical Navigable Small World graphs", Alg. 2 SEARCH-LAYER and Alg. 5
+//! K-NN-SEARCH).
 //!
-//! hnsw_rs keeps every node behind an `Arc<Point>` with `RwLock`ed neighbour lists and searches
-//! with heaps of `Arc`s and a hash set of visited points; after profiling, the distance was only
-//! ~24% of query time. Here, as in hnswlib (`hnswalg.h`), layer 0 is one `Vec<u32>` with a fixed
-//! stride per node (`[count, id_0, .., id_{cap0-1}]`), the upper layers of a node are consecutive
-//! blocks of another `Vec<u32>`, vectors stay in the index's contiguous row-major `Vec<f32>`,
-//! the visited set is a per-thread array of generation stamps, and the next neighbour's vector
-//! is prefetched while the current one is scored.
+//! As in hnswlib (`hnswalg.h`), layer 0 is one `Vec<u32>` with a fixed stride per node
+//! (`[count, id_0, .., id_{cap0-1}]`), the upper layers of a node are consecutive blocks of
+//! another `Vec<u32>`, vectors stay in the index's contiguous row-major `Vec<f32>`, the visited
+//! set is a per-thread array of generation stamps, and the next neighbour's vector is prefetched
+//! while the current one is scored. (hnsw_rs keeps every node behind an `Arc<Point>` with
+//! `RwLock`ed neighbour lists and a hash set of visited points; profiled, its distance was only
+//! ~24% of query time.)
+//!
+//! The search is generic over [`Links`], so the same code walks a finished [`FlatGraph`] and
+//! the graph being built (`super::build`, which reads neighbour lists under per-node locks).
 //!
 //! Scores are dot products (= cosine for unit vectors), larger is better; ties are broken by
 //! the lower id, so the search is deterministic.
@@ -24,9 +28,9 @@ use super::dot::{DotFn, UnitDot};
 /// A node and its score against the query; `Ord` puts the better one (higher score, then lower
 /// id) last, so `BinaryHeap<Scored>` pops the best and `BinaryHeap<Reverse<Scored>>` the worst.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Scored {
-    score: f32,
-    id: u32,
+pub(crate) struct Scored {
+    pub(crate) score: f32,
+    pub(crate) id: u32,
 }
 
 impl Eq for Scored {}
@@ -48,11 +52,12 @@ impl PartialOrd for Scored {
 /// Per-thread search scratch: visited stamps (entry `i` equals `stamp` iff node `i` was seen in
 /// the current search) and the two heaps, reused across searches to avoid allocations.
 #[derive(Default)]
-struct Scratch {
+pub(crate) struct Scratch {
     marks: Vec<u16>,
     stamp: u16,
     candidates: BinaryHeap<Scored>,
-    results: BinaryHeap<Reverse<Scored>>,
+    /// The (up to) `ef` best nodes of the last [`beam_search`], worst on top.
+    pub(crate) results: BinaryHeap<Reverse<Scored>>,
     fresh: Vec<u32>,
 }
 
@@ -78,9 +83,14 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
+/// Runs `f` with this thread's search scratch.
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| f(&mut cell.borrow_mut()))
+}
+
 /// Hints the CPU to load the first cache lines of a slice (at most [`PREFETCH_BYTES`]) into L1.
 #[inline(always)]
-fn prefetch<T>(row: &[T]) {
+pub(crate) fn prefetch<T>(row: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -102,6 +112,128 @@ fn prefetch<T>(row: &[T]) {
 /// measured no better, within the noise of the shared dev machine).
 const PREFETCH_BYTES: usize = 2048;
 
+/// The vectors of an index (`n x dim`, row-major; row `i` is node `i`) and the dot-product
+/// kernel that scores them.
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) dim: usize,
+    pub(crate) dot: DotFn,
+}
+
+impl<'a> Rows<'a> {
+    #[inline(always)]
+    pub(crate) fn row(&self, i: u32) -> &'a [f32] {
+        &self.data[i as usize * self.dim..(i as usize + 1) * self.dim]
+    }
+
+    /// `query · row(i)`.
+    #[inline(always)]
+    pub(crate) fn score(&self, query: &[f32], i: u32) -> Scored {
+        Scored {
+            score: (self.dot)(query, self.row(i)),
+            id: i,
+        }
+    }
+}
+
+/// Read access to the neighbour lists of an HNSW graph.
+pub(crate) trait Links {
+    /// Number of nodes.
+    fn nodes(&self) -> usize;
+    /// Calls `f` on every neighbour of `node` on `layer` (none above the node's level).
+    fn for_each_link(&self, node: u32, layer: usize, f: impl FnMut(u32));
+    /// Hints the CPU to load `node`'s layer-0 list.
+    fn prefetch_links0(&self, _node: u32) {}
+}
+
+/// Alg. 5's descent on one upper layer (ef = 1): from `cur`, move to the best neighbour until
+/// none improves; returns where it stopped.
+pub(crate) fn greedy<G: Links>(
+    g: &G,
+    rows: Rows<'_>,
+    query: &[f32],
+    mut cur: Scored,
+    layer: usize,
+) -> Scored {
+    loop {
+        let mut best = cur;
+        g.for_each_link(cur.id, layer, |nb| {
+            let s = rows.score(query, nb);
+            if s > best {
+                best = s;
+            }
+        });
+        if best == cur {
+            return cur;
+        }
+        cur = best;
+    }
+}
+
+/// Alg. 2 on `layer` from `entry` with candidate list size `ef >= 1`: pop the best candidate
+/// `c`, stop when it is worse than the worst of the `ef` results, else score `c`'s unvisited
+/// neighbours and keep those better than the worst result. The results are left in
+/// `scratch.results` (worst on top).
+pub(crate) fn beam_search<G: Links>(
+    g: &G,
+    rows: Rows<'_>,
+    query: &[f32],
+    entry: Scored,
+    ef: usize,
+    layer: usize,
+    scratch: &mut Scratch,
+) {
+    let stamp = scratch.begin(g.nodes());
+    let Scratch {
+        marks,
+        candidates,
+        results,
+        fresh,
+        ..
+    } = scratch;
+    marks[entry.id as usize] = stamp;
+    candidates.push(entry);
+    results.push(Reverse(entry));
+    while let Some(c) = candidates.pop() {
+        let worst = results.peek().expect("results hold the entry").0;
+        if c < worst {
+            break;
+        }
+        // The next candidate's links are likely needed next: start loading them.
+        if layer == 0 {
+            if let Some(next) = candidates.peek() {
+                g.prefetch_links0(next.id);
+            }
+        }
+        fresh.clear();
+        g.for_each_link(c.id, layer, |nb| {
+            let m = &mut marks[nb as usize];
+            if *m != stamp {
+                *m = stamp;
+                fresh.push(nb);
+            }
+        });
+        if let Some(&first) = fresh.first() {
+            prefetch(rows.row(first));
+        }
+        #[allow(clippy::needless_range_loop)]
+        for j in 0..fresh.len() {
+            if let Some(&next) = fresh.get(j + 1) {
+                prefetch(rows.row(next));
+            }
+            let s = rows.score(query, fresh[j]);
+            if results.len() < ef || s > results.peek().expect("non-empty").0 {
+                candidates.push(s);
+                results.push(Reverse(s));
+                if results.len() > ef {
+                    results.pop();
+                }
+            }
+        }
+    }
+}
+
 /// The graph of an HNSW index as flat arrays (see the module doc). Node ids are row numbers of
 /// the index's vectors.
 #[derive(Debug, Clone)]
@@ -121,62 +253,87 @@ pub(crate) struct FlatGraph {
     upper: Vec<u32>,
 }
 
+impl Links for FlatGraph {
+    #[inline(always)]
+    fn nodes(&self) -> usize {
+        self.n
+    }
+
+    #[inline(always)]
+    fn for_each_link(&self, node: u32, layer: usize, f: impl FnMut(u32)) {
+        let ids = if layer == 0 {
+            self.links0(node)
+        } else {
+            self.links_up(node, layer)
+        };
+        ids.iter().copied().for_each(f);
+    }
+
+    #[inline(always)]
+    fn prefetch_links0(&self, node: u32) {
+        let b = node as usize * self.stride0;
+        prefetch(&self.links0[b..b + self.stride0]);
+    }
+}
+
+/// Upper-layer block of every node: `upper_start[i]` is the first block of node `i` (blocks
+/// of all nodes laid out in id order, `level[i]` blocks each); returns it and the block count.
+pub(crate) fn upper_blocks(level: &[u8]) -> Result<(Vec<u32>, usize), String> {
+    let mut start = Vec::with_capacity(level.len());
+    let mut blocks = 0usize;
+    for &l in level {
+        start.push(u32::try_from(blocks).map_err(|_| "too many upper blocks")?);
+        blocks += l as usize;
+    }
+    Ok((start, blocks))
+}
+
 impl FlatGraph {
-    /// Builds the flat graph from per-node neighbour lists: `layers[i][l]` are node `i`'s
-    /// neighbours on layer `l` (its level is `layers[i].len() - 1`), `entry` the node the
-    /// search starts from, which must have the highest level. Errors name what is inconsistent.
-    pub(crate) fn from_lists(layers: &[Vec<Vec<u32>>], entry: usize) -> Result<Self, String> {
-        let n = layers.len();
-        if n == 0 || n > u32::MAX as usize {
-            return Err(format!("{n} nodes"));
+    /// Assembles a graph from its arrays (see the field docs); `links0` holds `n` blocks of
+    /// `stride0` slots and `upper` the blocks [`upper_blocks`] lays out, `stride_up` slots each.
+    /// Every list is sorted by id here, so a built and a reloaded graph search identically.
+    pub(crate) fn from_parts(
+        entry: u32,
+        level: Vec<u8>,
+        stride0: usize,
+        mut links0: Vec<u32>,
+        stride_up: usize,
+        mut upper: Vec<u32>,
+    ) -> Result<Self, String> {
+        let n = level.len();
+        let (upper_start, blocks) = upper_blocks(&level)?;
+        if n == 0 || links0.len() != n * stride0 || upper.len() != blocks * stride_up {
+            return Err(format!(
+                "{n} nodes with {} layer-0 and {} upper slots",
+                links0.len(),
+                upper.len()
+            ));
         }
-        let mut cap0 = 1;
-        let mut cap_up = 1;
-        let mut max_level = 0;
-        for (i, node) in layers.iter().enumerate() {
-            if node.is_empty() || node.len() > u8::MAX as usize + 1 {
-                return Err(format!("node {i} has {} layers", node.len()));
-            }
-            max_level = max_level.max(node.len() - 1);
-            for (l, ids) in node.iter().enumerate() {
-                if let Some(&bad) = ids.iter().find(|&&j| j as usize >= n) {
-                    return Err(format!(
-                        "node {i} links to {bad} on layer {l}, past {n} nodes"
-                    ));
-                }
-                if l == 0 {
-                    cap0 = cap0.max(ids.len());
-                } else {
-                    cap_up = cap_up.max(ids.len());
-                }
-            }
-        }
-        if entry >= n || layers[entry].len() - 1 != max_level {
+        let max_level = *level.iter().max().expect("n > 0") as usize;
+        if entry as usize >= n || level[entry as usize] as usize != max_level {
             return Err(format!(
                 "entry point {entry} is not on the top layer {max_level}"
             ));
         }
-        let (stride0, stride_up) = (cap0 + 1, cap_up + 1);
-        let mut links0 = vec![0u32; n * stride0];
-        let mut upper_start = vec![0u32; n];
-        let mut level = vec![0u8; n];
-        let mut upper = Vec::new();
-        for (i, node) in layers.iter().enumerate() {
-            let block = &mut links0[i * stride0..(i + 1) * stride0];
-            block[0] = node[0].len() as u32;
-            block[1..=node[0].len()].copy_from_slice(&node[0]);
-            level[i] = (node.len() - 1) as u8;
-            let start = upper.len() / stride_up;
-            upper_start[i] = u32::try_from(start).map_err(|_| "too many upper blocks")?;
-            for ids in &node[1..] {
-                upper.push(ids.len() as u32);
-                upper.extend_from_slice(ids);
-                upper.resize(upper.len() + cap_up - ids.len(), 0);
+        for (stride, slots) in [(stride0, &mut links0), (stride_up, &mut upper)] {
+            for (b, block) in slots.chunks_exact_mut(stride).enumerate() {
+                let count = block[0] as usize;
+                if count >= stride {
+                    return Err(format!(
+                        "list {b} holds {count} links, room for {}",
+                        stride - 1
+                    ));
+                }
+                let ids = &mut block[1..=count];
+                if let Some(&bad) = ids.iter().find(|&&j| j as usize >= n) {
+                    return Err(format!("list {b} links to {bad}, past {n} nodes"));
+                }
+                ids.sort_unstable();
             }
         }
         Ok(FlatGraph {
             n,
-            entry: entry as u32,
+            entry,
             max_level,
             stride0,
             links0,
@@ -187,13 +344,52 @@ impl FlatGraph {
         })
     }
 
-    /// Reads the graph of a finished hnsw_rs index whose points have origin ids `0..n`.
+    /// Builds the flat graph from per-node neighbour lists: `layers[i][l]` are node `i`'s
+    /// neighbours on layer `l` (its level is `layers[i].len() - 1`), `entry` the node the
+    /// search starts from, which must have the highest level. Errors name what is inconsistent.
+    pub(crate) fn from_lists(layers: &[Vec<Vec<u32>>], entry: usize) -> Result<Self, String> {
+        let n = layers.len();
+        if n == 0 || n > u32::MAX as usize || entry >= n {
+            return Err(format!("{n} nodes, entry point {entry}"));
+        }
+        let mut cap0 = 1;
+        let mut cap_up = 1;
+        for (i, node) in layers.iter().enumerate() {
+            if node.is_empty() || node.len() > u8::MAX as usize + 1 {
+                return Err(format!("node {i} has {} layers", node.len()));
+            }
+            for (l, ids) in node.iter().enumerate() {
+                if l == 0 {
+                    cap0 = cap0.max(ids.len());
+                } else {
+                    cap_up = cap_up.max(ids.len());
+                }
+            }
+        }
+        let (stride0, stride_up) = (cap0 + 1, cap_up + 1);
+        let mut links0 = vec![0u32; n * stride0];
+        let mut level = vec![0u8; n];
+        let mut upper = Vec::new();
+        for (i, node) in layers.iter().enumerate() {
+            let block = &mut links0[i * stride0..(i + 1) * stride0];
+            block[0] = node[0].len() as u32;
+            block[1..=node[0].len()].copy_from_slice(&node[0]);
+            level[i] = (node.len() - 1) as u8;
+            for ids in &node[1..] {
+                upper.push(ids.len() as u32);
+                upper.extend_from_slice(ids);
+                upper.resize(upper.len() + cap_up - ids.len(), 0);
+            }
+        }
+        Self::from_parts(entry as u32, level, stride0, links0, stride_up, upper)
+    }
+
+    /// Reads the graph of an hnsw_rs index whose points have origin ids `0..n`.
     ///
-    /// Every id must appear exactly once and every link must point inside `0..n`. Neighbour
-    /// lists are sorted by id (hnsw_rs's order differs between a built and a reloaded graph
-    /// only in ties, but sorting makes the search independent of it). hnsw_rs does not expose
-    /// its entry point; the first point of its top layer is used (any top-layer node is a valid
-    /// start for Alg. 5).
+    /// Every id must appear exactly once and every link must point inside `0..n`; self-links
+    /// and duplicates are dropped. hnsw_rs does not expose its entry point; the first point of
+    /// its top layer is used (any top-layer node is a valid start for Alg. 5, and siam's own
+    /// dumps put the entry point there).
     pub(crate) fn from_hnsw(hnsw: &Hnsw<'_, f32, UnitDot>, n: usize) -> Result<Self, String> {
         let points = hnsw.get_point_indexation();
         let top = points.get_max_level_observed() as usize;
@@ -240,6 +436,30 @@ impl FlatGraph {
         Self::from_lists(&layers, entry)
     }
 
+    /// Number of nodes.
+    pub(crate) fn len(&self) -> usize {
+        self.n
+    }
+
+    /// The node every search starts from (it has the highest level).
+    pub(crate) fn entry(&self) -> u32 {
+        self.entry
+    }
+
+    /// Highest layer of `node`.
+    pub(crate) fn level(&self, node: u32) -> usize {
+        self.level[node as usize] as usize
+    }
+
+    /// Neighbours of `node` on layer `l` (empty above its level), sorted by id.
+    pub(crate) fn links(&self, node: u32, l: usize) -> &[u32] {
+        if l == 0 {
+            self.links0(node)
+        } else {
+            self.links_up(node, l)
+        }
+    }
+
     /// Neighbours of `node` on layer 0.
     #[inline(always)]
     fn links0(&self, node: u32) -> &[u32] {
@@ -262,9 +482,7 @@ impl FlatGraph {
     /// `vectors` is the index's `n x dim` row-major buffer; `ef >= 1`.
     ///
     /// Alg. 5: greedy descent (ef = 1) from the entry point through layers `max_level..1`,
-    /// moving to the best neighbour until none improves; then Alg. 2 on layer 0 with `ef`:
-    /// pop the best candidate `c`, stop when it is worse than the worst of the `ef` results,
-    /// else score `c`'s unvisited neighbours and keep those better than the worst result.
+    /// then Alg. 2 on layer 0 with `ef` ([`greedy`], [`beam_search`]).
     pub(crate) fn search(
         &self,
         vectors: &[f32],
@@ -274,83 +492,19 @@ impl FlatGraph {
         dot: DotFn,
     ) -> Vec<(usize, f32)> {
         debug_assert_eq!(vectors.len(), self.n * dim);
-        let row = |i: u32| &vectors[i as usize * dim..(i as usize + 1) * dim];
-        let mut cur = Scored {
-            score: dot(query, row(self.entry)),
-            id: self.entry,
+        let rows = Rows {
+            data: vectors,
+            dim,
+            dot,
         };
+        let mut cur = rows.score(query, self.entry);
         for l in (1..=self.max_level).rev() {
-            loop {
-                let mut changed = false;
-                for &nb in self.links_up(cur.id, l) {
-                    let s = Scored {
-                        score: dot(query, row(nb)),
-                        id: nb,
-                    };
-                    if s > cur {
-                        cur = s;
-                        changed = true;
-                    }
-                }
-                if !changed {
-                    break;
-                }
-            }
+            cur = greedy(self, rows, query, cur, l);
         }
-        SCRATCH.with(|cell| {
-            let scratch = &mut *cell.borrow_mut();
-            let stamp = scratch.begin(self.n);
-            let Scratch {
-                marks,
-                candidates,
-                results,
-                fresh,
-                ..
-            } = scratch;
-            marks[cur.id as usize] = stamp;
-            candidates.push(cur);
-            results.push(Reverse(cur));
-            while let Some(c) = candidates.pop() {
-                let worst = results.peek().expect("results hold the entry").0;
-                if c < worst {
-                    break;
-                }
-                // The next candidate's links are likely needed next: start loading them.
-                if let Some(next) = candidates.peek() {
-                    let b = next.id as usize * self.stride0;
-                    prefetch(&self.links0[b..b + self.stride0]);
-                }
-                fresh.clear();
-                for &nb in self.links0(c.id) {
-                    let m = &mut marks[nb as usize];
-                    if *m != stamp {
-                        *m = stamp;
-                        fresh.push(nb);
-                    }
-                }
-                if let Some(&first) = fresh.first() {
-                    prefetch(row(first));
-                }
-                #[allow(clippy::needless_range_loop)]
-                for j in 0..fresh.len() {
-                    if let Some(&next) = fresh.get(j + 1) {
-                        prefetch(row(next));
-                    }
-                    let nb = fresh[j];
-                    let s = Scored {
-                        score: dot(query, row(nb)),
-                        id: nb,
-                    };
-                    if results.len() < ef || s > results.peek().expect("non-empty").0 {
-                        candidates.push(s);
-                        results.push(Reverse(s));
-                        if results.len() > ef {
-                            results.pop();
-                        }
-                    }
-                }
-            }
-            results
+        with_scratch(|scratch| {
+            beam_search(self, rows, query, cur, ef, 0, scratch);
+            scratch
+                .results
                 .drain()
                 .map(|Reverse(s)| (s.id as usize, s.score))
                 .collect()

@@ -133,6 +133,40 @@ impl JointIndex {
         check_entries(n_images, &image_ids, n_texts, &text_entries)?;
         let image_index = VectorIndex::build(images, dim, params)?;
         let text_index = VectorIndex::build(texts, dim, params)?;
+        Self::from_parts(
+            model_fingerprint,
+            image_index,
+            image_ids,
+            text_index,
+            text_entries,
+        )
+    }
+
+    /// Assembles an index from graphs built separately (for example with
+    /// [`VectorIndex::build_with_progress`]); both must share dimension and parameters.
+    pub fn from_parts(
+        model_fingerprint: &str,
+        image_index: VectorIndex,
+        image_ids: Vec<String>,
+        text_index: VectorIndex,
+        text_entries: Vec<TextEntry>,
+    ) -> Result<Self> {
+        let (dim, params) = (image_index.dim(), *image_index.params());
+        if text_index.dim() != dim {
+            return Err(IndexError::QueryDim {
+                expected: dim,
+                got: text_index.dim(),
+            });
+        }
+        if *text_index.params() != params {
+            return Err(IndexError::BadParams {
+                what: "text index parameters",
+                value: text_index.params().m,
+                must: "must equal the image index's",
+            });
+        }
+        let (n_images, n_texts) = (image_index.len(), text_index.len());
+        check_entries(n_images, &image_ids, n_texts, &text_entries)?;
         Ok(JointIndex {
             manifest: Manifest {
                 format_version: FORMAT_VERSION,

@@ -1,7 +1,9 @@
 //! HNSW index over the joint embedding space.
 //!
-//! - [`VectorIndex`]: one HNSW graph (hnsw_rs 0.3.5) over L2-normalised vectors with our SIMD
-//!   cosine distance ([`dot::UnitDot`]), plus exact brute-force search over the same vectors.
+//! - [`VectorIndex`]: one HNSW graph over L2-normalised vectors, built in parallel by hnswlib's
+//!   algorithm (`build`), searched by our own search (`flat`) with SIMD dot products ([`dot`]),
+//!   saved in hnsw_rs 0.3.5's dump format (`dump`) and reloaded through hnsw_rs; plus exact
+//!   brute-force search over the same vectors.
 //! - [`JointIndex`]: the folder `siam index` writes: image and text vectors, their HNSW graphs,
 //!   the image paths and the texts, the build parameters and the model fingerprint.
 //!
@@ -11,7 +13,9 @@
 //! recorded at save time before hnsw_rs reads them, a reloaded graph owns its loader, and an empty
 //! index saves and loads.
 
+mod build;
 pub mod dot;
+mod dump;
 mod flat;
 mod joint;
 mod vector;

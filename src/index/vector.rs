@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
-use hnsw_rs::prelude::{AnnT, Hnsw, HnswIo};
+use hnsw_rs::prelude::{Hnsw, HnswIo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -14,9 +14,6 @@ use super::dot::{dot_kernel, UnitDot};
 use super::flat::FlatGraph;
 use super::{IndexError, Result};
 
-/// hnsw_rs's maximum number of layers. `file_dump` fails for graphs created with fewer
-/// (FACTS.md), and hnsw_rs caps larger values at 16 anyway.
-const MAX_LAYER: usize = 16;
 /// Base name of hnsw_rs's dump files: `graph.hnsw.graph` and `graph.hnsw.data`.
 const DUMP_BASENAME: &str = "graph";
 const META: &str = "hnsw.json";
@@ -53,8 +50,9 @@ impl Default for HnswParams {
 impl HnswParams {
     fn validate(&self) -> Result<()> {
         let bad = |what, value, must| Err(IndexError::BadParams { what, value, must });
-        if !(2..=256).contains(&self.m) {
-            return bad("m", self.m, "must be between 2 and 256");
+        // hnsw_rs's dump stores M in one byte.
+        if !(2..=255).contains(&self.m) {
+            return bad("m", self.m, "must be between 2 and 255");
         }
         if self.ef_construction == 0 {
             return bad("ef_construction", 0, "must be at least 1");
@@ -113,26 +111,13 @@ impl Drop for LoadedGraph {
     }
 }
 
-enum Graph {
-    Built(Hnsw<'static, f32, UnitDot>),
-    Loaded(LoadedGraph),
-}
-
-impl Graph {
-    fn hnsw(&self) -> &Hnsw<'static, f32, UnitDot> {
-        match self {
-            Graph::Built(h) => h,
-            Graph::Loaded(l) => &l.hnsw,
-        }
-    }
-}
-
 /// An HNSW index over L2-normalised vectors, searched by cosine similarity.
 ///
-/// hnsw_rs builds the graph and writes/reads it (its dump format); after a build or a load the
-/// graph is copied into a [`FlatGraph`] (contiguous neighbour arrays), which answers
-/// [`VectorIndex::search`] with our own HNSW search (hnsw_rs's `Arc`/`RwLock` node structure
-/// cost ~3/4 of query time).
+/// The graph is built by [`super::build`] (hnswlib's algorithm, in parallel, straight into a
+/// [`FlatGraph`] of contiguous neighbour arrays), searched by our own HNSW search, saved in
+/// hnsw_rs's dump format ([`super::dump`]) and reloaded through hnsw_rs's `HnswIo`, then copied
+/// into a [`FlatGraph`] again. hnsw_rs's own insertion and search were 4-5x slower to build
+/// and ~4x slower to query (its `Arc`/`RwLock` node structure; BENCHMARKS.md).
 ///
 /// Row `i` of the vectors given to [`VectorIndex::build`] has id `i`. The vectors are also kept
 /// contiguously for [`VectorIndex::search_exact`] and to report exact cosine scores.
@@ -140,10 +125,8 @@ pub struct VectorIndex {
     dim: usize,
     vectors: Vec<f32>,
     params: HnswParams,
-    /// `None` for an empty index (hnsw_rs cannot dump a graph without an entry point). Kept
-    /// for [`VectorIndex::save`] (hnsw_rs's dump format).
-    graph: Option<Graph>,
-    /// The same graph as flat arrays, searched by [`FlatGraph::search`]; `None` when empty.
+    /// The graph, searched by [`FlatGraph::search`]; `None` when empty (hnsw_rs cannot dump a
+    /// graph without an entry point).
     flat: Option<FlatGraph>,
 }
 
@@ -162,7 +145,7 @@ pub(crate) fn check_unit_rows(what: &'static str, data: &[f32], dim: usize) -> R
     if dim == 0 {
         return Err(IndexError::ZeroDim);
     }
-    if data.len() % dim != 0 {
+    if !data.len().is_multiple_of(dim) {
         return Err(IndexError::Shape {
             what,
             len: data.len(),
@@ -214,40 +197,38 @@ impl VectorIndex {
     /// 1e-3), inserting in parallel on `params.build_threads` threads. `n = 0` gives an empty
     /// index.
     pub fn build(vectors: &[f32], dim: usize, params: HnswParams) -> Result<Self> {
+        Self::build_with_progress(vectors, dim, params, &|_| {})
+    }
+
+    /// [`VectorIndex::build`], calling `progress` with the number of vectors inserted since
+    /// its last call (for a progress bar).
+    pub fn build_with_progress(
+        vectors: &[f32],
+        dim: usize,
+        params: HnswParams,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Self> {
         params.validate()?;
         let n = check_unit_rows("vectors", vectors, dim)?;
-        let graph = if n == 0 {
+        let flat = if n == 0 {
             None
         } else {
-            let hnsw = Hnsw::<f32, UnitDot>::new(
+            let graph = super::build::build_graph(
+                vectors,
+                dim,
                 params.m,
-                n,
-                MAX_LAYER,
                 params.ef_construction,
-                UnitDot::default(),
-            );
-            let items: Vec<(&[f32], usize)> = vectors.chunks_exact(dim).zip(0..n).collect();
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(params.build_threads)
-                .build()
-                .map_err(|e| hnsw_error(Path::new("."), format!("thread pool: {e}")))?;
-            pool.install(|| hnsw.parallel_insert_slice(&items));
-            let mut hnsw = hnsw;
-            hnsw.set_searching_mode(true);
-            // A freshly built graph owns copies of its points, so it borrows nothing ('static).
-            Some(Graph::Built(hnsw))
-        };
-        let flat = match &graph {
-            Some(g) => Some(
-                FlatGraph::from_hnsw(g.hnsw(), n).map_err(|why| hnsw_error(Path::new("."), why))?,
-            ),
-            None => None,
+                params.build_threads,
+                dot_kernel(),
+                progress,
+            )
+            .map_err(|why| hnsw_error(Path::new("."), why))?;
+            Some(graph)
         };
         Ok(VectorIndex {
             dim,
             vectors: vectors.to_vec(),
             params,
-            graph,
             flat,
         })
     }
@@ -338,19 +319,26 @@ impl VectorIndex {
     pub(crate) fn write_into(&self, dir: &Path) -> Result<()> {
         crate::io::write_npy(&dir.join(VECTORS), &self.vectors, self.len(), self.dim)?;
         let (mut graph_sha256, mut data_sha256) = (None, None);
-        if let Some(graph) = &self.graph {
-            let hnsw = graph.hnsw();
-            let dumped = catch_unwind(AssertUnwindSafe(|| hnsw.file_dump(dir, DUMP_BASENAME)))
-                .map_err(|p| hnsw_error(dir, panic_text(p)))?
-                .map_err(|e| hnsw_error(dir, e.to_string()))?;
-            if dumped != DUMP_BASENAME {
-                return Err(hnsw_error(
-                    dir,
-                    format!("dumped under unexpected name {dumped}"),
-                ));
-            }
-            graph_sha256 = Some(sha256_file(&dump_path(dir, "graph"))?);
-            data_sha256 = Some(sha256_file(&dump_path(dir, "data"))?);
+        if let Some(flat) = &self.flat {
+            let (graph_path, data_path) = (dump_path(dir, "graph"), dump_path(dir, "data"));
+            super::dump::write_dump(
+                &graph_path,
+                &data_path,
+                flat,
+                super::flat::Rows {
+                    data: &self.vectors,
+                    dim: self.dim,
+                    dot: dot_kernel(),
+                },
+                self.params.m,
+                self.params.ef_construction,
+            )
+            .map_err(|source| crate::io::IoError::Os {
+                path: graph_path.clone(),
+                source,
+            })?;
+            graph_sha256 = Some(sha256_file(&graph_path)?);
+            data_sha256 = Some(sha256_file(&data_path)?);
         }
         let meta = VectorMeta {
             dim: self.dim,
@@ -400,19 +388,19 @@ impl VectorIndex {
                 ),
             ));
         }
-        let (graph, flat) = if meta.count == 0 {
-            (None, None)
+        let flat = if meta.count == 0 {
+            None
         } else {
+            // hnsw_rs's graph (and its loader) are dropped once copied.
             let hnsw = load_graph(dir, &meta)?;
             let flat = FlatGraph::from_hnsw(&hnsw.hnsw, meta.count)
                 .map_err(|why| corrupt(&dump_path(dir, "graph"), why))?;
-            (Some(Graph::Loaded(hnsw)), Some(flat))
+            Some(flat)
         };
         Ok(VectorIndex {
             dim: meta.dim,
             vectors,
             params: meta.params,
-            graph,
             flat,
         })
     }
