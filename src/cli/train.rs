@@ -143,7 +143,9 @@ pub struct TrainArgs {
     /// flex, tch or cuda (default: flex on cpu, the GPU backend on cuda).
     #[arg(long)]
     pub backend: Option<String>,
-    /// Tower compute type: f32 or bf16.
+    /// Tower matmul type: f32, or bf16 as PyTorch autocast (linears, attention, patch
+    /// embedding and projections in bf16; f32 master weights, norms, softmax, heads, losses
+    /// and mining; a ResNet image tower stays f32; flex emulates it, slower than f32).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Loader threads.

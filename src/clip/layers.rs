@@ -1,14 +1,105 @@
 //! The pre-norm transformer both CLIP towers share, named after OpenAI's `clip/model.py`
 //! (`ResidualAttentionBlock`, `Transformer`) so its parameters carry the checkpoint's key names:
 //! `resblocks.N.{ln_1, attn.in_proj, attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}`.
+//!
+//! [`MatmulDtype`] gives the towers PyTorch-autocast mixed precision: parameters stay f32 (the
+//! optimiser's master weights), and only the matrix multiplies cast their operands to bf16.
 
 use super::config::Activation;
 use burn::module::{Module, Param};
+use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, sigmoid};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::activation::{gelu, sigmoid, softmax};
+use burn::tensor::module::{attention, conv2d, linear as linear_op};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::{Device, FloatDType, Int, Tensor};
+
+/// The float type of a tower's matrix multiplies (linears, attention scores and mixing, the
+/// patch-embedding convolution, the final projection).
+///
+/// `Bf16` follows PyTorch's autocast (`torch.autocast(dtype=torch.bfloat16)`, whose CUDA op list
+/// runs `linear`, `matmul`, `conv2d` in the lower precision and `layer_norm`, `softmax` and
+/// losses in f32): each multiply casts its input and the f32 weight to bf16 and its output
+/// back to f32. Autodiff casts the gradient back through each cast, so the parameters and their
+/// gradients stay f32. Residual adds, LayerNorm, softmax and everything after the towers stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatmulDtype {
+    /// Every multiply in f32.
+    #[default]
+    F32,
+    /// Multiplies in bfloat16 with f32 outputs.
+    Bf16,
+}
+
+impl MatmulDtype {
+    fn lower<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::F32 => x,
+            Self::Bf16 => x.cast(FloatDType::BF16),
+        }
+    }
+
+    fn upper<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::F32 => x,
+            Self::Bf16 => x.cast(FloatDType::F32),
+        }
+    }
+
+    /// Whether `device`'s backend multiplies bf16 matrices: a 2x2 product must come back as
+    /// bf16 with the right values. A backend that panics or silently answers in another type
+    /// fails.
+    pub fn bf16_supported(device: &Device) -> bool {
+        let device = device.clone();
+        std::panic::catch_unwind(move || {
+            let a = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &device);
+            let p = Self::Bf16.lower(a.clone()).matmul(Self::Bf16.lower(a));
+            p.dtype() == burn::tensor::DType::BF16
+                && p.cast(FloatDType::F32).into_data().try_to_vec::<f32>().ok()
+                    == Some(vec![7.0, 10.0, 15.0, 22.0])
+        })
+        .unwrap_or(false)
+    }
+
+    /// `layer.forward(x)` in this precision (bias added in it too, as autocast's `linear`).
+    pub fn linear<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+        if self == Self::F32 {
+            return layer.forward(x);
+        }
+        let out = linear_op(
+            self.lower(x),
+            self.lower(layer.weight.val()),
+            layer.bias.as_ref().map(|b| self.lower(b.val())),
+        );
+        self.upper(out)
+    }
+
+    /// `a @ b` in this precision.
+    pub fn matmul<const D: usize>(self, a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+        self.upper(self.lower(a).matmul(self.lower(b)))
+    }
+
+    /// `conv.forward(x)` in this precision. A `Same`-padded convolution (none in CLIP's ViT,
+    /// whose patch embedding is `Valid`) runs in f32, as burn keeps that padding rule private.
+    pub fn conv2d(self, conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+        let padding = match conv.padding {
+            _ if self == Self::F32 => return conv.forward(x),
+            PaddingConfig2d::Same => return conv.forward(x),
+            PaddingConfig2d::Valid => [(0, 0), (0, 0)],
+            PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
+        };
+        let options =
+            ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
+        let out = conv2d(
+            self.lower(x),
+            self.lower(conv.weight.val()),
+            conv.bias.as_ref().map(|b| self.lower(b.val())),
+            options,
+        );
+        self.upper(out)
+    }
+}
 
 /// Applies the MLP activation.
 ///
@@ -59,6 +150,9 @@ pub struct SelfAttention {
     pub out_proj: Linear,
     /// Number of heads.
     pub heads: usize,
+    /// Precision of the projections and of `Q K^T` and `P V`.
+    #[module(skip)]
+    pub matmul_dtype: MatmulDtype,
 }
 
 impl SelfAttention {
@@ -69,6 +163,7 @@ impl SelfAttention {
             in_proj: linear(width, 3 * width, (width as f64).powf(-0.5), device),
             out_proj: linear(width, width, proj_std, device),
             heads,
+            matmul_dtype: MatmulDtype::F32,
         }
     }
 
@@ -78,9 +173,9 @@ impl SelfAttention {
         let h = self.heads;
         let dh = d / h;
         // [B, L, 3D] -> [3, B, H, L, Dh]: one copy lays q, k and v out head-major.
-        let qkv = self
-            .in_proj
-            .forward(x)
+        let m = self.matmul_dtype;
+        let qkv = m
+            .linear(&self.in_proj, x)
             .reshape([b, l, 3, h, dh])
             .permute([2, 0, 3, 1, 4]);
         let mut parts = qkv
@@ -92,20 +187,38 @@ impl SelfAttention {
             parts.next().expect("3 chunks"),
             parts.next().expect("3 chunks"),
         );
-        let o = attention(
-            q,
-            k,
-            v,
-            None,
-            None,
-            AttentionModuleOptions {
-                scale: None,
-                softcap: None,
-                is_causal: causal,
-            },
-        );
+        let o = match m {
+            MatmulDtype::F32 => attention(
+                q,
+                k,
+                v,
+                None,
+                None,
+                AttentionModuleOptions {
+                    scale: None,
+                    softcap: None,
+                    is_causal: causal,
+                },
+            ),
+            // Unfused, so that the scores and the softmax stay f32 (autocast's math path).
+            MatmulDtype::Bf16 => {
+                let scores = m
+                    .matmul(q, k.swap_dims(2, 3))
+                    .mul_scalar((dh as f64).powf(-0.5));
+                let scores = if causal {
+                    let device = scores.device();
+                    let pos = Tensor::<1, Int>::arange(0..l as i64, &device);
+                    // Key j is hidden from query i when j > i.
+                    let later = pos.clone().reshape([1, l]).greater(pos.reshape([l, 1]));
+                    scores.mask_fill(later.unsqueeze::<4>(), f32::NEG_INFINITY)
+                } else {
+                    scores
+                };
+                m.matmul(softmax(scores, 3), v)
+            }
+        };
         let o = o.swap_dims(1, 2).reshape([b, l, d]);
-        self.out_proj.forward(o)
+        m.linear(&self.out_proj, o)
     }
 }
 
@@ -119,13 +232,19 @@ pub struct Mlp {
     /// Activation between them.
     #[module(skip)]
     pub activation: Activation,
+    /// Precision of both linears.
+    #[module(skip)]
+    pub matmul_dtype: MatmulDtype,
 }
 
 impl Mlp {
     /// Forward on `[..., width]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.c_proj
-            .forward(activate(self.c_fc.forward(x), self.activation))
+        let m = self.matmul_dtype;
+        m.linear(
+            &self.c_proj,
+            activate(m.linear(&self.c_fc, x), self.activation),
+        )
     }
 }
 
@@ -191,10 +310,19 @@ impl Transformer {
                     c_fc: linear(spec.width, spec.mlp_width, fc_std, device),
                     c_proj: linear(spec.mlp_width, spec.width, proj_std, device),
                     activation: spec.activation,
+                    matmul_dtype: MatmulDtype::F32,
                 },
             })
             .collect();
         Self { resblocks }
+    }
+
+    /// Sets the precision of every block's multiplies.
+    pub fn set_matmul_dtype(&mut self, dtype: MatmulDtype) {
+        for b in &mut self.resblocks {
+            b.attn.matmul_dtype = dtype;
+            b.mlp.matmul_dtype = dtype;
+        }
     }
 
     /// Number of blocks.

@@ -5,6 +5,7 @@
 //! and `logits_per_text` is its transpose (open_clip `model.py` `CLIP.get_logits`).
 
 use super::config::{ClipConfig, VisionConfig};
+use super::layers::MatmulDtype;
 use super::resnet::{ModifiedResNet, ModifiedResNetConfig};
 use super::text::TextTransformer;
 use super::vit::VisionTransformer;
@@ -96,6 +97,21 @@ impl Clip {
             }
             .init([1], device),
         }
+    }
+
+    /// Sets the precision of both towers' matrix multiplies (see [`MatmulDtype`]). A ResNet
+    /// image tower keeps computing in f32 (bf16 is wired through the transformer layers only);
+    /// see [`Clip::matmul_dtype_applies_to_image`].
+    pub fn set_matmul_dtype(&mut self, dtype: MatmulDtype) {
+        if let ImageTower::Vit(v) = &mut self.visual {
+            v.set_matmul_dtype(dtype);
+        }
+        self.text.set_matmul_dtype(dtype);
+    }
+
+    /// Whether [`Clip::set_matmul_dtype`] reaches the image tower (a ViT) or only the text tower.
+    pub fn matmul_dtype_applies_to_image(&self) -> bool {
+        self.visual.as_vit().is_some()
     }
 
     /// `[B, 3, H, W]` CLIP-normalised pixels to unnormalised image embeddings `[B, embed_dim]`.

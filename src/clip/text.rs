@@ -12,7 +12,7 @@
 //! Python reference run at the full padded length.
 
 use super::config::TextConfig;
-use super::layers::{layer_norm, normal_param, Transformer, TransformerSpec};
+use super::layers::{layer_norm, normal_param, MatmulDtype, Transformer, TransformerSpec};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -30,6 +30,9 @@ pub struct TextTransformer {
     pub ln_final: LayerNorm,
     /// Projection `[width, embed_dim]`, applied as `x @ text_projection`.
     pub text_projection: Param<Tensor<2>>,
+    /// Precision of `text_projection` (the blocks carry their own).
+    #[module(skip)]
+    pub matmul_dtype: MatmulDtype,
 }
 
 impl TextTransformer {
@@ -61,7 +64,14 @@ impl TextTransformer {
                 (cfg.width as f64).powf(-0.5),
                 device,
             ),
+            matmul_dtype: MatmulDtype::F32,
         }
+    }
+
+    /// Sets the precision of every block and the projection.
+    pub fn set_matmul_dtype(&mut self, dtype: MatmulDtype) {
+        self.matmul_dtype = dtype;
+        self.transformer.set_matmul_dtype(dtype);
     }
 
     /// Number of residual blocks.
@@ -119,9 +129,8 @@ impl TextTransformer {
         let idx = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), &device);
         // LayerNorm is per token: normalising only the pooled rows equals open_clip's order.
         let pooled = x.reshape([b * l, w]).select(0, idx);
-        self.ln_final
-            .forward(pooled)
-            .matmul(self.text_projection.val())
+        self.matmul_dtype
+            .matmul(self.ln_final.forward(pooled), self.text_projection.val())
     }
 
     /// ids `[B, L]` (L = the longest length in the batch) and each text's token count

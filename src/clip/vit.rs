@@ -7,7 +7,7 @@
 //! `h_l` are pre-norm residual attention blocks without a mask.
 
 use super::config::VitConfig;
-use super::layers::{layer_norm, normal_param, Transformer, TransformerSpec};
+use super::layers::{layer_norm, normal_param, MatmulDtype, Transformer, TransformerSpec};
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::LayerNorm;
@@ -30,6 +30,9 @@ pub struct VisionTransformer {
     pub ln_post: LayerNorm,
     /// Projection `[width, embed_dim]`, applied as `x @ proj`.
     pub proj: Param<Tensor<2>>,
+    /// Precision of `conv1` and `proj` (the blocks carry their own).
+    #[module(skip)]
+    pub matmul_dtype: MatmulDtype,
 }
 
 impl VisionTransformer {
@@ -60,7 +63,14 @@ impl VisionTransformer {
             ),
             ln_post: layer_norm(w, eps, device),
             proj: normal_param([w, embed_dim], scale, device),
+            matmul_dtype: MatmulDtype::F32,
         }
+    }
+
+    /// Sets the precision of the patch embedding, every block and the projection.
+    pub fn set_matmul_dtype(&mut self, dtype: MatmulDtype) {
+        self.matmul_dtype = dtype;
+        self.transformer.set_matmul_dtype(dtype);
     }
 
     /// Number of residual blocks.
@@ -74,7 +84,7 @@ impl VisionTransformer {
     /// # Panics
     /// If the image side differs from the configured one (the position table would not fit).
     pub fn forward_prefix(&self, pixels: Tensor<4>, n_blocks: usize) -> Tensor<3> {
-        let x = self.conv1.forward(pixels); // [B, W, g, g]
+        let x = self.matmul_dtype.conv2d(&self.conv1, pixels); // [B, W, g, g]
         let [b, w, gh, gw] = x.dims();
         let x = x.reshape([b, w, gh * gw]).swap_dims(1, 2); // [B, g*g, W]
         let cls = self
@@ -102,7 +112,8 @@ impl VisionTransformer {
         let [b, _, w] = x.dims();
         // LayerNorm is per token, so normalising the pooled token alone equals pooling after.
         let cls = x.narrow(1, 0, 1).reshape([b, w]);
-        self.ln_post.forward(cls).matmul(self.proj.val())
+        self.matmul_dtype
+            .matmul(self.ln_post.forward(cls), self.proj.val())
     }
 
     /// `[B, 3, H, W]` (CLIP-normalised pixels) to unnormalised embeddings `[B, embed_dim]`.

@@ -14,8 +14,19 @@ pub enum TowerDtype {
     /// 32-bit floats everywhere.
     #[default]
     F32,
-    /// bfloat16 tower matmuls on a GPU (f32 master weights, norms, losses and mining).
+    /// bfloat16 tower matmuls (f32 master weights, norms, softmax, heads, losses and mining),
+    /// as PyTorch's autocast.
     Bf16,
+}
+
+impl TowerDtype {
+    /// The towers' matmul precision for this choice.
+    pub fn matmul_dtype(self) -> crate::clip::layers::MatmulDtype {
+        match self {
+            Self::F32 => crate::clip::layers::MatmulDtype::F32,
+            Self::Bf16 => crate::clip::layers::MatmulDtype::Bf16,
+        }
+    }
 }
 
 impl std::str::FromStr for TowerDtype {

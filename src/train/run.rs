@@ -30,6 +30,7 @@ use super::twin::{FreezePolicy, ImageInput, TextInput, TwinTowers};
 use super::TrainError;
 use crate::clip::config::ClipConfig;
 use crate::clip::import::load_model;
+use crate::clip::layers::MatmulDtype;
 use crate::clip::model::Clip;
 use crate::eval::retrieval::{retrieval_report, Positives, RetrievalReport};
 
@@ -449,6 +450,28 @@ impl DataCtx {
     }
 }
 
+/// What `--dtype bf16` does on this model and device, or why it cannot run.
+pub fn bf16_notice(model: &TwinTowers, device: &Device) -> Result<String, TrainError> {
+    if !MatmulDtype::bf16_supported(device) {
+        return Err(TrainError::Config(format!(
+            "--dtype bf16: this backend ({device:?}) cannot multiply bf16 matrices; use --dtype f32 or a libtorch/CUDA build"
+        )));
+    }
+    let towers = if model.clip.matmul_dtype_applies_to_image() {
+        "both towers"
+    } else {
+        "the text tower (the ResNet image tower stays f32)"
+    };
+    let emulated = if format!("{device:?}").contains("Flex(") {
+        "; flex rounds to bf16 but multiplies through f32, so expect it slower than f32, not faster"
+    } else {
+        ""
+    };
+    Ok(format!(
+        "dtype bf16: matmuls of {towers} in bf16 with f32 master weights; norms, softmax, heads, losses and mining stay f32{emulated}"
+    ))
+}
+
 impl TwinTowers {
     /// Size of the joint space (the image head's output).
     pub fn image_head_dim(&self) -> usize {
@@ -608,11 +631,6 @@ pub fn train(
         card.joint_dim,
         objective.describe()
     )));
-    if cfg.dtype == super::config::TowerDtype::Bf16 {
-        obs.event(&Event::Info(
-            "dtype bf16: burn 0.22 keeps module parameters in one dtype, so this build computes the towers in f32 (bf16 applies on GPU backends only)".into(),
-        ));
-    }
     let mut optim = build_adamw(&cfg.adamw, &split);
     let schedule = CosineSchedule {
         base_lr: cfg.lr,
@@ -754,6 +772,12 @@ pub fn train(
         }
     }
 
+    // After the caches: cached features and prefixes are f32 inference products, shared
+    // between runs whatever their dtype.
+    if cfg.dtype == super::config::TowerDtype::Bf16 {
+        obs.event(&Event::Info(bf16_notice(&model, &device)?));
+        model.clip.set_matmul_dtype(cfg.dtype.matmul_dtype());
+    }
     let val_plan = eval_plan(&ds, Split::Val, mode);
     let has_val = !val_plan.records.is_empty() && !val_plan.texts.is_empty();
     if !has_val {
