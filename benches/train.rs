@@ -7,7 +7,8 @@
 //! 3. heads only from cached tower features (what `siam train` does for locked towers).
 //!
 //! Backend from `SIAM_TEST_DEVICE` (flex default, `tch` for libtorch).
-//! `cargo bench --bench train` (set `SIAM_BENCH_STEPS` to change the number of timed steps).
+//! `cargo bench --bench train` (set `SIAM_BENCH_STEPS` to change the number of timed steps;
+//! `SIAM_BENCH_ONLY=heads` times only the cached-heads row and skips PyTorch, for profiling).
 
 use std::process::Command;
 use std::time::Instant;
@@ -137,6 +138,29 @@ fn main() {
         lengths: x.lengths.clone(),
     };
 
+    if std::env::var("SIAM_BENCH_ONLY").as_deref() == Ok("heads") {
+        let model = towers(&device, FreezePolicy::Locked);
+        let (fi, ft) = {
+            let v = model.valid();
+            (
+                v.clip
+                    .encode_image(x.pixels.clone().without_autodiff())
+                    .autodiff(),
+                v.clip
+                    .encode_text(x.ids.clone().without_autodiff(), &x.lengths)
+                    .autodiff(),
+            )
+        };
+        let feats = || {
+            batch(
+                ImageInput::Features(fi.clone()),
+                TextInput::Features(ft.clone()),
+            )
+        };
+        let ms = run_steps(model, feats, 10 * head_steps, 1e-3, obj.as_ref());
+        println!("heads only, cached features: {ms:.3} ms/step");
+        return;
+    }
     eprintln!("siam: full step ...");
     let full = run_steps(
         towers(&device, FreezePolicy::Full),
