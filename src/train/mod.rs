@@ -17,6 +17,7 @@ pub mod config;
 pub mod data;
 pub mod encoder;
 pub mod folder;
+pub mod fused_adamw;
 pub mod heads;
 pub mod metrics;
 pub mod objective;
