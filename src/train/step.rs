@@ -150,7 +150,7 @@ impl Stepper {
     ) -> (TwinTowers, StepOutcome) {
         let grad_norm = match self.max_grad_norm {
             Some(m) => clip_grad_norm(&mut grads, &model, m),
-            None => super::optim::grad_norm(&grads, &model),
+            None => super::optim::grad_norm(&mut grads, &model),
         };
         let lr = self.schedule.lr(self.step);
         let model = self.optim.step(lr, model, grads);
