@@ -70,6 +70,19 @@ struct Inputs {
     text_labels: Vec<usize>,
 }
 
+/// What the feature cache would serve: both towers' outputs for the batch, computed once.
+fn tower_features(model: &TwinTowers, x: &Inputs) -> (Tensor<2>, Tensor<2>) {
+    let v = model.valid();
+    (
+        v.clip
+            .encode_image(x.pixels.clone().without_autodiff())
+            .autodiff(),
+        v.clip
+            .encode_text(x.ids.clone().without_autodiff(), &x.lengths)
+            .autodiff(),
+    )
+}
+
 fn inputs(device: &Device) -> Inputs {
     let p = BATCH / 4;
     let mut ids = Vec::with_capacity(p * TEXT_LEN);
@@ -140,17 +153,7 @@ fn main() {
 
     if std::env::var("SIAM_BENCH_ONLY").as_deref() == Ok("heads") {
         let model = towers(&device, FreezePolicy::Locked);
-        let (fi, ft) = {
-            let v = model.valid();
-            (
-                v.clip
-                    .encode_image(x.pixels.clone().without_autodiff())
-                    .autodiff(),
-                v.clip
-                    .encode_text(x.ids.clone().without_autodiff(), &x.lengths)
-                    .autodiff(),
-            )
-        };
+        let (fi, ft) = tower_features(&model, &x);
         let feats = || {
             batch(
                 ImageInput::Features(fi.clone()),
@@ -171,17 +174,7 @@ fn main() {
     );
     eprintln!("siam: locked towers ...");
     let locked_model = towers(&device, FreezePolicy::Locked);
-    let (fi, ft) = {
-        let v = locked_model.valid();
-        (
-            v.clip
-                .encode_image(x.pixels.clone().without_autodiff())
-                .autodiff(),
-            v.clip
-                .encode_text(x.ids.clone().without_autodiff(), &x.lengths)
-                .autodiff(),
-        )
-    };
+    let (fi, ft) = tower_features(&locked_model, &x);
     let locked = run_steps(
         locked_model.clone(),
         || batch(ImageInput::Pixels(x.pixels.clone()), tokens()),

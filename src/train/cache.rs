@@ -368,32 +368,10 @@ impl FeatureCache {
         self.load_or_build_prefix(&name, offsets, width, from_block, max_bytes, || {
             let frozen = model.valid();
             let vit = frozen.clip.visual.as_vit().expect("checked above");
-            let inner = device.clone().without_autodiff();
-            const B: usize = 64;
-            let batches: Vec<Vec<usize>> = records.chunks(B).map(<[usize]>::to_vec).collect();
-            let loader = Loader::new(
-                Arc::clone(ds),
-                pre.clone(),
-                batches,
-                LoaderOptions {
-                    threads,
-                    ..LoaderOptions::default()
-                },
-            );
-            let s = pre.image_size as usize;
             let mut out = Vec::with_capacity(records.len() * tokens * width);
-            for b in loader {
-                let b = b?;
-                if b.len() != b.indices.len() || !b.skipped.is_empty() {
-                    return Err(TrainError::Config(format!(
-                        "image(s) could not be read while filling the prefix cache: {:?}",
-                        b.skipped
-                    )));
-                }
-                let n = b.len();
-                let px = Tensor::<4>::from_data(TensorData::new(b.pixels, [n, 3, s, s]), &inner);
+            for_each_pixel_batch(ds, pre, records, threads, device, "prefix", |px| {
                 out.extend(to_vec(vit.forward_prefix(px, from_block)));
-            }
+            })?;
             Ok(out)
         })
     }
@@ -508,35 +486,13 @@ impl FeatureCache {
         let name = format!("image-{}", &hex(&h.finalize())[..32]);
         self.load_or_build(&name, || {
             let frozen = model.valid();
-            let inner = device.clone().without_autodiff();
-            const B: usize = 64;
-            let batches: Vec<Vec<usize>> = records.chunks(B).map(<[usize]>::to_vec).collect();
-            let loader = Loader::new(
-                Arc::clone(ds),
-                pre.clone(),
-                batches,
-                LoaderOptions {
-                    threads,
-                    ..LoaderOptions::default()
-                },
-            );
-            let s = pre.image_size as usize;
             let mut out = Vec::new();
             let mut dim = 0;
-            for b in loader {
-                let b = b?;
-                if b.len() != b.indices.len() || !b.skipped.is_empty() {
-                    return Err(TrainError::Config(format!(
-                        "image(s) could not be read while filling the feature cache: {:?}",
-                        b.skipped
-                    )));
-                }
-                let n = b.len();
-                let px = Tensor::<4>::from_data(TensorData::new(b.pixels, [n, 3, s, s]), &inner);
+            for_each_pixel_batch(ds, pre, records, threads, device, "feature", |px| {
                 let f = frozen.clip.encode_image(px);
                 dim = f.dims()[1];
                 out.extend(to_vec(f));
-            }
+            })?;
             Ok((out, records.len(), dim))
         })
     }
@@ -576,6 +532,48 @@ impl FeatureCache {
             Ok((out, ds.texts.len(), dim))
         })
     }
+}
+
+/// Calls `f` with the preprocessed pixels of `records` (`[n, 3, s, s]` on `device` without
+/// autodiff), 64 records at a time in record order, decoded on `threads` threads. An image that
+/// cannot be read is an error naming the records (`cache` says which cache was being filled).
+fn for_each_pixel_batch(
+    ds: &Arc<Dataset>,
+    pre: &Preprocessor,
+    records: &[usize],
+    threads: usize,
+    device: &Device,
+    cache: &str,
+    mut f: impl FnMut(Tensor<4>),
+) -> Result<(), TrainError> {
+    const B: usize = 64;
+    let inner = device.clone().without_autodiff();
+    let batches: Vec<Vec<usize>> = records.chunks(B).map(<[usize]>::to_vec).collect();
+    let loader = Loader::new(
+        Arc::clone(ds),
+        pre.clone(),
+        batches,
+        LoaderOptions {
+            threads,
+            ..LoaderOptions::default()
+        },
+    );
+    let s = pre.image_size as usize;
+    for b in loader {
+        let b = b?;
+        if b.len() != b.indices.len() || !b.skipped.is_empty() {
+            return Err(TrainError::Config(format!(
+                "image(s) could not be read while filling the {cache} cache: {:?}",
+                b.skipped
+            )));
+        }
+        let n = b.len();
+        f(Tensor::<4>::from_data(
+            TensorData::new(b.pixels, [n, 3, s, s]),
+            &inner,
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
