@@ -209,6 +209,42 @@ fn joint(dir: &Path) -> (JointIndex, Vec<f32>, Vec<f32>) {
     (index, images, texts)
 }
 
+/// A caption shared by several images is answered once, and `k` distinct texts still come back.
+#[test]
+fn repeated_captions_are_answered_once() {
+    let dim = 8;
+    let images = clustered(40, dim, 4, 6);
+    // Each image's caption names its cluster, so every caption text appears ten times.
+    let texts = images.clone();
+    let ids = (0..40).map(|i| format!("img/{i:03}.jpg")).collect();
+    let entries = (0..40)
+        .map(|i| TextEntry {
+            text: format!("a photo of cluster {}", i % 4),
+            image: Some(i),
+            label: None,
+        })
+        .collect();
+    let index = JointIndex::build("m", dim, &images, ids, &texts, entries, params()).unwrap();
+    for exact in [false, true] {
+        let hits = index
+            .query_by_image_embedding(&images[..dim], 3, exact)
+            .unwrap();
+        let names: Vec<&str> = hits.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(names[0], "a photo of cluster 0");
+        let mut distinct = names.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3, "{names:?}");
+        assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+        // Only four distinct texts exist: asking for all 40 entries gives those four.
+        let all = index
+            .query_by_image_embedding(&images[..dim], 40, exact)
+            .unwrap();
+        assert_eq!(all.len(), 4);
+    }
+}
+
 #[test]
 fn joint_index_round_trip_and_queries() {
     let tmp = tempfile::tempdir().unwrap();

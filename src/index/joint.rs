@@ -310,6 +310,8 @@ impl JointIndex {
 
     /// The `k` texts most similar to an image embedding (a unit vector), best first; through
     /// the HNSW graph with the manifest's `ef_search`, or by brute force when `exact`.
+    /// A text held by several entries (the same caption for several images) is answered once,
+    /// at its best score, so fewer than `k` hits come back only when fewer distinct texts exist.
     /// `k = 0` or `k` above the number of texts is an error.
     pub fn query_by_image_embedding(
         &self,
@@ -317,15 +319,26 @@ impl JointIndex {
         k: usize,
         exact: bool,
     ) -> Result<Vec<Hit>> {
-        let hits = search(&self.texts, query, k, exact)?;
-        Ok(hits
-            .into_iter()
-            .map(|(id, score)| Hit {
-                id,
-                name: self.text_entries[id].text.clone(),
-                score,
-            })
-            .collect())
+        let n = self.texts.len();
+        let mut want = k;
+        loop {
+            let hits = search(&self.texts, query, want, exact)?;
+            let mut seen = std::collections::HashSet::new();
+            let distinct: Vec<Hit> = hits
+                .into_iter()
+                .filter(|&(id, _)| seen.insert(self.text_entries[id].text.as_str()))
+                .take(k)
+                .map(|(id, score)| Hit {
+                    id,
+                    name: self.text_entries[id].text.clone(),
+                    score,
+                })
+                .collect();
+            if distinct.len() >= k || want >= n {
+                return Ok(distinct);
+            }
+            want = (want * 4).min(n);
+        }
     }
 
     /// The `k` images most similar to a text embedding, as [`Self::query_by_image_embedding`].
