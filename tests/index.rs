@@ -136,7 +136,7 @@ fn vector_index_round_trip_and_empty_index() {
         );
     }
     drop(index);
-    // The loaded graph owns its loader: it keeps working after everything else is gone.
+    // The loaded index owns its copy of the graph: it keeps working after everything else is gone.
     let q = &data[dim..2 * dim];
     assert_eq!(loaded.search(q, 1, 32).unwrap()[0].0, 1);
 

@@ -50,6 +50,19 @@ pub(crate) fn level_of(id: usize, ml: f64) -> u8 {
     (-u.ln() * ml).floor().min(MAX_LEVEL as f64) as u8
 }
 
+/// One thread's reusable lists for [`Growing::insert`], so inserts allocate nothing once warm.
+#[derive(Default)]
+struct Buffers {
+    /// Results of a layer's beam search, best first.
+    found: Vec<Scored>,
+    /// The new node's selected neighbours.
+    kept: Vec<Scored>,
+    /// A full list plus the new link, while it is re-selected.
+    relink: Vec<Scored>,
+    /// Its re-selected links.
+    relinked: Vec<Scored>,
+}
+
 /// The graph while it grows: lists as atomics (plain loads and stores on x86), rewritten under
 /// one lock per node, so threads share them without `unsafe`.
 struct Growing<'a> {
@@ -130,14 +143,12 @@ impl<'a> Growing<'a> {
     }
 
     /// Adds `new` to the list of `node` on `layer`, re-selecting the list when it is full.
-    fn link(
-        &self,
-        node: u32,
-        new: u32,
-        layer: usize,
-        scratch: &mut Vec<Scored>,
-        kept: &mut Vec<Scored>,
-    ) {
+    fn link(&self, node: u32, new: u32, layer: usize, bufs: &mut Buffers) {
+        let Buffers {
+            relink: scratch,
+            relinked: kept,
+            ..
+        } = bufs;
         let cap = if layer == 0 {
             self.stride0
         } else {
@@ -170,8 +181,8 @@ impl<'a> Growing<'a> {
         block[0].store(kept.len() as u32, Release);
     }
 
-    /// Inserts node `q` (Alg. 1).
-    fn insert(&self, q: u32) {
+    /// Inserts node `q` (Alg. 1), with this thread's `bufs`.
+    fn insert(&self, q: u32, bufs: &mut Buffers) {
         let lq = self.level[q as usize];
         let top = self.top.lock();
         let (entry, top_level) = *top;
@@ -188,8 +199,10 @@ impl<'a> Growing<'a> {
         for l in (lq as usize + 1..=top_level as usize).rev() {
             cur = greedy(self, self.rows, query, cur, l);
         }
-        let (mut found, mut kept, mut scratch, mut kept2) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut found, mut kept) = (
+            std::mem::take(&mut bufs.found),
+            std::mem::take(&mut bufs.kept),
+        );
         for l in (0..=lq.min(top_level) as usize).rev() {
             with_scratch(|s| {
                 beam_search(self, self.rows, query, cur, self.ef_construction, l, s);
@@ -202,13 +215,14 @@ impl<'a> Growing<'a> {
             // Added one by one, not written over: another thread may already have linked to
             // `q` on this layer (it can reach `q` from the layer above).
             for s in &kept {
-                self.link(q, s.id, l, &mut scratch, &mut kept2);
-                self.link(s.id, q, l, &mut scratch, &mut kept2);
+                self.link(q, s.id, l, bufs);
+                self.link(s.id, q, l, bufs);
             }
             if let Some(&best) = kept.first() {
                 cur = best;
             }
         }
+        (bufs.found, bufs.kept) = (found, kept);
         if let Some(mut top) = top {
             *top = (q, lq);
         }
@@ -258,13 +272,14 @@ pub(crate) fn build_graph(
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
+                let mut bufs = Buffers::default();
                 let mut done = 0u64;
                 loop {
                     let i = next.fetch_add(1, Relaxed);
                     if i >= n {
                         break;
                     }
-                    g.insert(i as u32);
+                    g.insert(i as u32, &mut bufs);
                     done += 1;
                     if done == 256 {
                         progress(done);

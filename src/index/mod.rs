@@ -10,8 +10,8 @@
 //! hnsw_rs's pitfalls are kept inside this module: inputs are validated before hnsw_rs sees them
 //! (it calls `process::exit`, prints and panics on bad input or files), distances are clamped at 0
 //! for unit vectors whose dot product rounds above 1, dump files are checked against the SHA-256
-//! recorded at save time before hnsw_rs reads them, a reloaded graph owns its loader, and an empty
-//! index saves and loads.
+//! recorded at save time before hnsw_rs reads them, a reloaded graph is copied out of hnsw_rs (so
+//! nothing borrows its loader), and an empty index saves and loads.
 
 mod build;
 pub mod dot;

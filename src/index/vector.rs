@@ -1,12 +1,10 @@
 //! [`VectorIndex`]: one HNSW graph over unit vectors, with exact search beside it.
 
 use std::fs;
-use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 
-use hnsw_rs::prelude::{Hnsw, HnswIo};
+use hnsw_rs::prelude::HnswIo;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -77,38 +75,6 @@ struct VectorMeta {
     /// them: hnsw_rs exits the process or panics on a truncated or altered dump.
     graph_sha256: Option<String>,
     data_sha256: Option<String>,
-}
-
-/// A reloaded graph that owns its loader. hnsw_rs's `HnswIo::load_hnsw(&'a mut self)` returns a
-/// `Hnsw<'b, ..>` with `'a: 'b`, so the loader must outlive the graph. The loader lives in a
-/// heap allocation we own through a raw pointer (never moved, never touched again); the graph,
-/// with its lifetime erased, is dropped strictly before the loader in `Drop`.
-struct LoadedGraph {
-    hnsw: ManuallyDrop<Hnsw<'static, f32, UnitDot>>,
-    loader: NonNull<HnswIo>,
-}
-
-// SAFETY: the loader is only kept alive, never accessed after loading; `HnswIo` and `Hnsw` are
-// Send + Sync themselves (checked by `assert_send_sync` below), so sharing the owner is sound.
-unsafe impl Send for LoadedGraph {}
-unsafe impl Sync for LoadedGraph {}
-
-#[allow(dead_code)]
-fn assert_send_sync() {
-    fn check<T: Send + Sync>() {}
-    check::<HnswIo>();
-    check::<Hnsw<'static, f32, UnitDot>>();
-}
-
-impl Drop for LoadedGraph {
-    fn drop(&mut self) {
-        // SAFETY: `hnsw` is dropped exactly once, here, before the loader it borrows from; the
-        // loader came from `Box::into_raw` in `load_graph` and is freed exactly once.
-        unsafe {
-            ManuallyDrop::drop(&mut self.hnsw);
-            drop(Box::from_raw(self.loader.as_ptr()));
-        }
-    }
 }
 
 /// An HNSW index over L2-normalised vectors, searched by cosine similarity.
@@ -391,11 +357,7 @@ impl VectorIndex {
         let flat = if meta.count == 0 {
             None
         } else {
-            // hnsw_rs's graph (and its loader) are dropped once copied.
-            let hnsw = load_graph(dir, &meta)?;
-            let flat = FlatGraph::from_hnsw(&hnsw.hnsw, meta.count)
-                .map_err(|why| corrupt(&dump_path(dir, "graph"), why))?;
-            Some(flat)
+            Some(load_graph(dir, &meta)?)
         };
         Ok(VectorIndex {
             dim: meta.dim,
@@ -410,7 +372,10 @@ fn dump_path(dir: &Path, kind: &str) -> PathBuf {
     dir.join(format!("{DUMP_BASENAME}.hnsw.{kind}"))
 }
 
-fn load_graph(dir: &Path, meta: &VectorMeta) -> Result<LoadedGraph> {
+/// Checks the dump files against their recorded SHA-256, reloads them through hnsw_rs's
+/// `HnswIo` and copies the graph into a [`FlatGraph`]; hnsw_rs's graph and its loader are
+/// dropped on return.
+fn load_graph(dir: &Path, meta: &VectorMeta) -> Result<FlatGraph> {
     for (kind, want) in [("graph", &meta.graph_sha256), ("data", &meta.data_sha256)] {
         let path = dump_path(dir, kind);
         if !path.is_file() {
@@ -427,46 +392,33 @@ fn load_graph(dir: &Path, meta: &VectorMeta) -> Result<LoadedGraph> {
             });
         }
     }
-    let loader = Box::into_raw(Box::new(HnswIo::new(dir, DUMP_BASENAME)));
-    // SAFETY: `loader` is a valid, uniquely owned allocation that stays at this address until
-    // `LoadedGraph::drop` frees it after dropping the graph, so extending the borrow to 'static
-    // never lets the graph outlive it. On error paths below it is freed right away.
-    let loaded = catch_unwind(AssertUnwindSafe(|| unsafe {
-        (*loader).load_hnsw::<f32, UnitDot>()
-    }));
-    let free = || unsafe { drop(Box::from_raw(loader)) };
-    let hnsw: Hnsw<'static, f32, UnitDot> = match loaded {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            free();
-            return Err(hnsw_error(dir, e.to_string()));
+    let graph_path = dump_path(dir, "graph");
+    // The graph borrows its loader, so both live only inside this closure; what leaves it is
+    // the owned flat copy. hnsw_rs panics on some malformed dumps: caught, never a crash.
+    catch_unwind(AssertUnwindSafe(|| {
+        let mut loader = HnswIo::new(dir, DUMP_BASENAME);
+        let hnsw = loader
+            .load_hnsw::<f32, UnitDot>()
+            .map_err(|e| hnsw_error(dir, e.to_string()))?;
+        let (points, hdim) = (
+            hnsw.get_nb_point(),
+            hnsw.get_point_indexation().get_data_dimension(),
+        );
+        if points != meta.count || hdim != meta.dim {
+            return Err(IndexError::Corrupt {
+                path: graph_path.clone(),
+                why: format!(
+                    "graph holds {points} points of dimension {hdim}, hnsw.json says {} x {}",
+                    meta.count, meta.dim
+                ),
+            });
         }
-        Err(p) => {
-            free();
-            return Err(hnsw_error(dir, panic_text(p)));
-        }
-    };
-    let graph = LoadedGraph {
-        hnsw: ManuallyDrop::new(hnsw),
-        // SAFETY: `Box::into_raw` never returns null.
-        loader: unsafe { NonNull::new_unchecked(loader) },
-    };
-    let (points, hdim) = (
-        graph.hnsw.get_nb_point(),
-        graph.hnsw.get_point_indexation().get_data_dimension(),
-    );
-    if points != meta.count || hdim != meta.dim {
-        return Err(IndexError::Corrupt {
-            path: dump_path(dir, "graph"),
-            why: format!(
-                "graph holds {points} points of dimension {hdim}, hnsw.json says {} x {}",
-                meta.count, meta.dim
-            ),
-        });
-    }
-    let mut graph = graph;
-    graph.hnsw.set_searching_mode(true);
-    Ok(graph)
+        FlatGraph::from_hnsw(&hnsw, meta.count).map_err(|why| IndexError::Corrupt {
+            path: graph_path.clone(),
+            why,
+        })
+    }))
+    .map_err(|p| hnsw_error(dir, panic_text(p)))?
 }
 
 /// Sorts `(id, score)` best first, lower id first among equal scores.
