@@ -19,7 +19,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use siam::clip::config::ClipConfig;
 use siam::clip::model::Clip;
 use siam::train::config::LossSettings;
-use siam::train::heads::{HeadConfig, HeadKind};
+use siam::train::heads::HeadConfig;
 use siam::train::objective::build_objective;
 use siam::train::optim::{build_adamw, split_params, AdamWSettings};
 use siam::train::schedule::CosineSchedule;
@@ -31,18 +31,11 @@ const TEXT_LEN: usize = 16;
 
 fn towers(device: &Device, policy: FreezePolicy) -> TwinTowers {
     let cfg = ClipConfig::vit_b_32();
-    let head = HeadConfig {
-        kind: HeadKind::Linear,
-        d_in: 512,
-        d_out: 512,
-        ratio: 0.2,
-        reduction: 4,
-    };
-    TwinTowers {
-        clip: Clip::new(&cfg, device),
-        image_head: head.init(device),
-        text_head: head.init(device),
-    }
+    TwinTowers::new(
+        Clip::new(&cfg, device),
+        HeadConfig::linear(512, 512),
+        device,
+    )
     .with_freeze(policy, policy, false)
     .unwrap()
 }

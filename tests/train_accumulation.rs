@@ -9,7 +9,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use siam::clip::config::ClipConfig;
 use siam::clip::model::Clip;
 use siam::train::config::LossSettings;
-use siam::train::heads::{HeadConfig, HeadKind};
+use siam::train::heads::HeadConfig;
 use siam::train::objective::build_objective;
 use siam::train::optim::{build_adamw, split_params, AdamWSettings};
 use siam::train::schedule::CosineSchedule;
@@ -19,24 +19,13 @@ use siam::train::twin::{FreezePolicy, ImageInput, TextInput, TwinTowers};
 fn model(device: &Device, train_scale: bool) -> TwinTowers {
     device.seed(3);
     let cfg = ClipConfig::tiny();
-    let head = HeadConfig {
-        kind: HeadKind::Linear,
-        d_in: 64,
-        d_out: 64,
-        ratio: 0.2,
-        reduction: 4,
-    };
-    TwinTowers {
-        clip: Clip::new(&cfg, device),
-        image_head: head.init(device),
-        text_head: head.init(device),
-    }
-    .with_freeze(
-        FreezePolicy::LastBlocks(1),
-        FreezePolicy::LastBlocks(1),
-        train_scale,
-    )
-    .unwrap()
+    TwinTowers::new(Clip::new(&cfg, device), HeadConfig::linear(64, 64), device)
+        .with_freeze(
+            FreezePolicy::LastBlocks(1),
+            FreezePolicy::LastBlocks(1),
+            train_scale,
+        )
+        .unwrap()
 }
 
 fn batch(range: std::ops::Range<usize>, px: &Tensor<4>, device: &Device) -> TrainBatch {

@@ -12,7 +12,7 @@ use siam::clip::config::{ClipConfig, ResNetVisionConfig, VisionConfig};
 use siam::clip::layers::MatmulDtype;
 use siam::clip::model::Clip;
 use siam::train::config::LossSettings;
-use siam::train::heads::{HeadConfig, HeadKind};
+use siam::train::heads::HeadConfig;
 use siam::train::objective::build_objective;
 use siam::train::optim::{build_adamw, split_params, AdamWSettings};
 use siam::train::run::bf16_notice;
@@ -22,18 +22,8 @@ use siam::train::twin::{ImageInput, TextInput, TwinTowers};
 
 fn twin(cfg: &ClipConfig, device: &Device) -> TwinTowers {
     device.seed(7);
-    let head = HeadConfig {
-        kind: HeadKind::Linear,
-        d_in: cfg.embed_dim,
-        d_out: 16,
-        ratio: 0.2,
-        reduction: 4,
-    };
-    let model = TwinTowers {
-        clip: Clip::new(cfg, device),
-        image_head: head.init(device),
-        text_head: head.init(device),
-    };
+    let head = HeadConfig::linear(cfg.embed_dim, 16);
+    let model = TwinTowers::new(Clip::new(cfg, device), head, device);
     // Parameters initialise lazily: draw them all now, right after the seed, so that two
     // calls build the same weights whatever runs next.
     model.visit(&mut DtypeCollector::default());

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use siam::clip::config::ClipConfig;
 use siam::clip::model::Clip;
 use siam::train::checkpoint::{find_checkpoint, load_model, load_optimizer, load_state};
-use siam::train::heads::{HeadConfig, HeadKind};
+use siam::train::heads::HeadConfig;
 use siam::train::optim::{build_adamw, split_params, AdamWSettings};
 use siam::train::twin::{FreezePolicy, TwinTowers};
 
@@ -156,18 +156,8 @@ fn check_checkpoint(dir: &Path) {
     assert!(st.step <= TOTAL_STEPS && st.epoch <= 2, "{st:?}");
     let device = siam::device::from_env().autodiff();
     let cfg = ClipConfig::tiny();
-    let head = HeadConfig {
-        kind: HeadKind::Linear,
-        d_in: cfg.embed_dim,
-        d_out: cfg.embed_dim,
-        ratio: 0.2,
-        reduction: 4,
-    };
-    let model = TwinTowers {
-        clip: Clip::new(&cfg, &device),
-        image_head: head.init(&device),
-        text_head: head.init(&device),
-    };
+    let head = HeadConfig::linear(cfg.embed_dim, cfg.embed_dim);
+    let model = TwinTowers::new(Clip::new(&cfg, &device), head, &device);
     let model = load_model(dir, model).unwrap_or_else(|e| panic!("{e}"));
     let model = model
         .with_freeze(FreezePolicy::Full, FreezePolicy::Full, false)

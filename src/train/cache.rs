@@ -598,23 +598,13 @@ mod tests {
     fn text_prefix_embeds_like_the_tokens() {
         use crate::clip::config::ClipConfig;
         use crate::clip::model::Clip;
-        use crate::train::heads::{HeadConfig, HeadKind};
+        use crate::train::heads::HeadConfig;
         use crate::train::twin::TextInput;
 
         let d = Device::flex();
         let cfg = ClipConfig::tiny();
-        let head = HeadConfig {
-            kind: HeadKind::Linear,
-            d_in: cfg.embed_dim,
-            d_out: 16,
-            ratio: 0.2,
-            reduction: 4,
-        };
-        let model = TwinTowers {
-            clip: Clip::new(&cfg, &d),
-            image_head: head.init(&d),
-            text_head: head.init(&d),
-        };
+        let head = HeadConfig::linear(cfg.embed_dim, 16);
+        let model = TwinTowers::new(Clip::new(&cfg, &d), head, &d);
         let mut ds = siam_data::synthetic::demo(1, 64, 0);
         ds.texts = vec![
             "a cat".into(),

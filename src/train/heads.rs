@@ -73,6 +73,17 @@ pub struct HeadConfig {
 }
 
 impl HeadConfig {
+    /// A linear head `d_in -> d_out` (the adapter fields at CLIP-Adapter's 0.2 and 4, unused).
+    pub fn linear(d_in: usize, d_out: usize) -> Self {
+        HeadConfig {
+            kind: HeadKind::Linear,
+            d_in,
+            d_out,
+            ratio: 0.2,
+            reduction: 4,
+        }
+    }
+
     /// Builds the head. Square linear heads start as the identity; other weights use burn's
     /// default (Kaiming-uniform) initialisation.
     pub fn init(&self, device: &Device) -> ProjectionHead {

@@ -7,12 +7,12 @@
 //! fine-tuning and heads-only training from the feature cache.
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-use super::heads::{l2_normalize, ProjectionHead};
+use super::heads::{l2_normalize, HeadConfig, ProjectionHead};
 use crate::clip::layers::Transformer;
 use crate::clip::model::{Clip, ImageTower};
 
@@ -145,6 +145,15 @@ pub struct TwinTowers {
 }
 
 impl TwinTowers {
+    /// `clip` with a fresh head of shape `head` after each tower.
+    pub fn new(clip: Clip, head: HeadConfig, device: &Device) -> Self {
+        TwinTowers {
+            clip,
+            image_head: head.init(device),
+            text_head: head.init(device),
+        }
+    }
+
     /// Joint image embeddings `[B, d]`, L2-normalised.
     pub fn embed_images(&self, input: ImageInput) -> Tensor<2> {
         let feats = match input {
@@ -264,24 +273,14 @@ fn unlock_last_blocks(
 mod tests {
     use super::*;
     use crate::clip::config::ClipConfig;
-    use crate::train::heads::{HeadConfig, HeadKind};
+    use crate::train::heads::HeadConfig;
     use crate::train::optim::split_params;
     use burn::tensor::Device;
 
     fn twin(device: &Device) -> TwinTowers {
         let cfg = ClipConfig::tiny();
-        let head = HeadConfig {
-            kind: HeadKind::Linear,
-            d_in: cfg.embed_dim,
-            d_out: 16,
-            ratio: 0.2,
-            reduction: 4,
-        };
-        TwinTowers {
-            clip: Clip::new(&cfg, device),
-            image_head: head.init(device),
-            text_head: head.init(device),
-        }
+        let head = HeadConfig::linear(cfg.embed_dim, 16);
+        TwinTowers::new(Clip::new(&cfg, device), head, device)
     }
 
     #[test]
