@@ -8,7 +8,7 @@ use std::sync::Arc;
 use siam_data::dataset::{Dataset, DatasetKind, ImageSource, OnBadImage, Record, Split};
 use siam_data::pipeline::{BadImageSummary, Loader, LoaderOptions, PipelineError};
 
-use crate::train::encoder::{Encoder, EncoderError};
+use crate::model::encoder::{Encoder, EncoderError};
 
 /// File extensions read as images when a folder is given.
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif"];

@@ -4,7 +4,6 @@
 //! training loop ([`train`]), the HNSW index ([`index`]) and the retrieval metrics ([`eval`]).
 //! The `siam` binary only parses arguments and calls into these modules.
 
-pub mod cli;
 pub mod clip;
 pub mod device;
 pub mod embed;
@@ -12,4 +11,5 @@ pub mod eval;
 pub mod fingerprint;
 pub mod index;
 pub mod io;
+pub mod model;
 pub mod train;

@@ -1,7 +1,8 @@
 //! The `siam` command line: parses arguments and calls the library.
 
 use clap::{Parser, Subcommand};
-use siam::cli;
+
+mod cli;
 
 /// Adapt CLIP to your own images and label texts, the metric-learning way.
 #[derive(Parser, Debug)]

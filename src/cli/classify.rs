@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use siam_data::dataset::OnBadImage;
 
 use super::common::{read_lines, DeviceArgs, ModelArgs};
-use crate::embed::{class_embeddings, class_probabilities, embed_image_files, expand_image_args};
+use siam::embed::{class_embeddings, class_probabilities, embed_image_files, expand_image_args};
 
 /// Classify images against label texts (zero-shot).
 #[derive(clap::Args, Debug)]

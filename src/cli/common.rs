@@ -6,8 +6,8 @@ use anyhow::Context;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::device::{self, Backend, DeviceSpec};
-use crate::train::encoder::Encoder;
+use siam::device::{self, Backend, DeviceSpec};
+use siam::model::encoder::Encoder;
 
 /// `--device` and `--backend`.
 #[derive(clap::Args, Debug, Clone)]
@@ -142,9 +142,9 @@ pub fn embed_records_with_progress(
     threads: usize,
     on_bad_image: siam_data::dataset::OnBadImage,
     what: &str,
-) -> anyhow::Result<crate::embed::ImageEmbeddings> {
+) -> anyhow::Result<siam::embed::ImageEmbeddings> {
     let pb = progress_bar(records.len(), what);
-    let out = crate::embed::embed_records(
+    let out = siam::embed::embed_records(
         enc,
         std::sync::Arc::clone(ds),
         records,

@@ -7,8 +7,8 @@ use anyhow::Context;
 use siam_data::dataset::OnBadImage;
 
 use super::common::{progress_bar, read_lines, report_skipped, DeviceArgs, ModelArgs};
-use crate::embed::{embed_image_files, embed_texts, expand_image_args};
-use crate::io::{atomic_write_bytes, write_npy};
+use siam::embed::{embed_image_files, embed_texts, expand_image_args};
+use siam::io::{atomic_write_bytes, write_npy};
 
 /// Embed images or texts into the joint space.
 #[derive(clap::Args, Debug)]

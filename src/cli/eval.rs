@@ -13,12 +13,12 @@ use siam_data::dataset::{Dataset, DatasetKind, Split};
 
 use super::common::{embed_records_with_progress, DataArgs, DeviceArgs, ModelArgs};
 use super::index::{dataset_texts, split_records};
-use crate::eval::classification::{neighbour_metrics, zero_shot, NeighbourReport, ZeroShotReport};
-use crate::eval::linear_probe::{linear_probe, LinearProbeConfig, LinearProbeReport};
-use crate::eval::plot::recall_curves;
-use crate::eval::retrieval::{retrieval_report, Positives, RetrievalReport};
-use crate::index::{HnswParams, VectorIndex};
-use crate::train::encoder::Encoder;
+use siam::eval::classification::{neighbour_metrics, zero_shot, NeighbourReport, ZeroShotReport};
+use siam::eval::linear_probe::{linear_probe, LinearProbeConfig, LinearProbeReport};
+use siam::eval::plot::recall_curves;
+use siam::eval::retrieval::{retrieval_report, Positives, RetrievalReport};
+use siam::index::{HnswParams, VectorIndex};
+use siam::model::encoder::Encoder;
 
 /// Evaluate one model (or compare two) on a dataset split.
 #[derive(clap::Args, Debug)]
@@ -119,7 +119,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         } else {
             serde_json::to_value(&reports)?
         };
-        crate::io::atomic_write_bytes(json, &serde_json::to_vec_pretty(&value)?)?;
+        siam::io::atomic_write_bytes(json, &serde_json::to_vec_pretty(&value)?)?;
         let png = json.with_extension("png");
         let named: Vec<(&str, &RetrievalReport)> = reports
             .iter()

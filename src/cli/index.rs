@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use siam_data::dataset::{Dataset, DatasetKind, Split};
 
 use super::common::{embed_records_with_progress, progress_bar, DataArgs, DeviceArgs, ModelArgs};
-use crate::embed::{embed_texts, ensemble};
-use crate::index::{HnswParams, JointIndex, TextEntry, VectorIndex};
-use crate::train::encoder::Encoder;
+use siam::embed::{embed_texts, ensemble};
+use siam::index::{HnswParams, JointIndex, TextEntry, VectorIndex};
+use siam::model::encoder::Encoder;
 
 /// Build an HNSW index over a dataset's images and texts.
 #[derive(clap::Args, Debug)]
@@ -144,7 +144,7 @@ pub fn build_index(
     threads: usize,
 ) -> anyhow::Result<(usize, usize)> {
     let fingerprint =
-        crate::fingerprint::model_fingerprint(model_path, arch).with_context(|| {
+        siam::fingerprint::model_fingerprint(model_path, arch).with_context(|| {
             format!(
                 "{}: reading the model to fingerprint it",
                 model_path.display()
@@ -177,9 +177,9 @@ pub fn build_index(
         fingerprint,
     };
     let counts = (index.manifest().images, index.manifest().texts);
-    crate::io::atomic_dir(out, |tmp| {
+    siam::io::atomic_dir(out, |tmp| {
         index.save(&hnsw_dir(tmp))?;
-        crate::io::atomic_write_bytes(
+        siam::io::atomic_write_bytes(
             &tmp.join("model.json"),
             &serde_json::to_vec_pretty(&model)?,
         )?;

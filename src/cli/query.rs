@@ -9,8 +9,8 @@ use siam_data::dataset::OnBadImage;
 
 use super::common::{DeviceArgs, ModelArgs};
 use super::index::{hnsw_dir, IndexModel};
-use crate::embed::{embed_image_files, embed_texts, expand_image_args};
-use crate::index::{Hit, JointIndex};
+use siam::embed::{embed_image_files, embed_texts, expand_image_args};
+use siam::index::{Hit, JointIndex};
 
 /// Ask an index: images in, label texts out; or --text in, images out.
 #[derive(clap::Args, Debug)]
@@ -63,7 +63,7 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
         Some(m) => (m.clone(), args.arch.clone()),
         None => (card.path.clone(), card.arch.clone()),
     };
-    let fingerprint = crate::fingerprint::model_fingerprint(&model_path, arch.as_deref())
+    let fingerprint = siam::fingerprint::model_fingerprint(&model_path, arch.as_deref())
         .with_context(|| format!("{}: the model that built this index", model_path.display()))?;
     let index = JointIndex::load(&hnsw_dir(&dir), Some(&fingerprint))?;
     let device = args.device.open()?;

@@ -1,16 +1,16 @@
-//! `siam train`: arguments, the progress display, and the call into [`crate::train::train`].
+//! `siam train`: arguments, the progress display, and the call into [`siam::train::train`].
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::device::{self, Backend, DeviceSpec};
-use crate::train::config::{LossSettings, TowerDtype};
-use crate::train::heads::HeadKind;
-use crate::train::optim::AdamWSettings;
-use crate::train::twin::FreezePolicy;
-use crate::train::{Event, Observer, TrainConfig, TrainReport};
+use siam::device::{self, Backend, DeviceSpec};
+use siam::train::config::{LossSettings, TowerDtype};
+use siam::model::heads::HeadKind;
+use siam::train::optim::AdamWSettings;
+use siam::model::twin::FreezePolicy;
+use siam::train::{Event, Observer, TrainConfig, TrainReport};
 
 /// Images per label of the embedded demo set.
 const DEMO_PER_CLASS: usize = 40;
@@ -129,7 +129,7 @@ pub struct TrainArgs {
     /// Largest cache (GB) of a last:N tower's frozen blocks' hidden states (images: only
     /// without --augment); larger ones run the frozen blocks every step. 0: never cache.
     /// Per item: 150 KiB for a ViT-B/32 image, 591 KiB for ViT-B/16, ~2 KiB per text token.
-    #[arg(long, default_value_t = crate::train::config::default_prefix_cache_max_gb())]
+    #[arg(long, default_value_t = siam::train::config::default_prefix_cache_max_gb())]
     pub prefix_cache_max_gb: f64,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
@@ -328,7 +328,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         bar: None,
         quiet: args.quiet,
     };
-    let result = crate::train::train(&cfg, &device, demo, &mut console);
+    let result = siam::train::train(&cfg, &device, demo, &mut console);
     if let Some(b) = console.bar.take() {
         b.finish_and_clear();
     }
@@ -339,7 +339,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     if let Some(p) = &args.report {
         let json = serde_json::to_vec_pretty(&report)?;
-        crate::io::atomic_write_bytes(p, &json)
+        siam::io::atomic_write_bytes(p, &json)
             .with_context(|| format!("writing --report {}", p.display()))?;
         eprintln!("report: {}", p.display());
     }
@@ -364,7 +364,7 @@ fn index_output(
         )?,
         (None, None) => return Ok(()),
     };
-    let enc = crate::train::Encoder::load(&cfg.out, None, device)?;
+    let enc = siam::model::Encoder::load(&cfg.out, None, device)?;
     let records: Vec<usize> = (0..ds.len()).collect();
     let out = cfg.out.join("index");
     let (ni, nt) = crate::cli::index::build_index(
@@ -374,7 +374,7 @@ fn index_output(
         std::sync::Arc::new(ds),
         &records,
         &out,
-        crate::index::HnswParams::default(),
+        siam::index::HnswParams::default(),
         64,
         cfg.threads.max(1),
     )?;
@@ -395,7 +395,7 @@ fn summarise(r: &TrainReport) {
         );
         return;
     }
-    if let crate::train::folder::InitialWeights::Random { arch, .. } = &r.initial_weights {
+    if let siam::model::folder::InitialWeights::Random { arch, .. } = &r.initial_weights {
         eprintln!("note: {arch} was trained from RANDOM initial weights (no checkpoint given)");
     }
     if let (Some(b), Some(a)) = (&r.before, &r.after) {

@@ -51,9 +51,9 @@ use siam_data::pipeline::{Loader, LoaderOptions};
 use siam_data::preprocess::Preprocessor;
 use siam_data::tokenizer::ClipTokenizer;
 
-use super::encoder::{to_vec, token_tensor};
+use crate::model::encoder::{to_vec, token_tensor};
 use super::run::hex;
-use super::twin::TwinTowers;
+use crate::model::twin::TwinTowers;
 use super::TrainError;
 
 /// Where cached features live.
@@ -598,8 +598,8 @@ mod tests {
     fn text_prefix_embeds_like_the_tokens() {
         use crate::clip::config::ClipConfig;
         use crate::clip::model::Clip;
-        use crate::train::heads::HeadConfig;
-        use crate::train::twin::TextInput;
+        use crate::model::heads::HeadConfig;
+        use crate::model::twin::TextInput;
 
         let d = Device::flex();
         let cfg = ClipConfig::tiny();

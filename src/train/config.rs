@@ -3,9 +3,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-use super::heads::HeadKind;
+use crate::model::heads::HeadKind;
 use super::optim::AdamWSettings;
-use super::twin::FreezePolicy;
+use crate::model::twin::FreezePolicy;
 
 /// Numeric type the towers compute in. Norms, losses and mining always stay in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

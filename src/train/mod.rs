@@ -1,34 +1,26 @@
-//! The training loop: towers, heads, feature cache, optimiser, checkpoints.
+//! The training loop: feature cache, optimiser, checkpoints (the model it trains lives in
+//! [`crate::model`]).
 //!
-//! - [`twin`]: [`twin::TwinTowers`] (CLIP towers + projection heads) and freeze policies;
-//! - [`heads`]: linear and CLIP-Adapter heads;
 //! - [`step`]: one optimiser step, with open_clip-style gradient accumulation;
 //! - [`optim`], [`schedule`]: AdamW with a no-decay group, global-norm clipping, warm-up + cosine;
 //! - [`checkpoint`], [`metrics`]: resumable checkpoints and the per-step JSONL log;
 //! - [`cache`]: locked towers' features and `last:N` towers' frozen-prefix hidden states on
 //!   disk, memory-mapped;
-//! - [`folder`], [`encoder`]: the output model folder and the [`encoder::Encoder`] every
-//!   command uses to embed;
 //! - [`run`]: the whole run ([`run::train`]).
 
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
-pub mod encoder;
-pub mod folder;
 pub mod fused_adamw;
-pub mod heads;
 pub mod metrics;
 pub mod objective;
 pub mod optim;
 pub mod run;
 pub mod schedule;
 pub mod step;
-pub mod twin;
 
 pub use config::TrainConfig;
-pub use encoder::Encoder;
 pub use run::{train, Event, Observer, TrainReport};
 
 use std::path::PathBuf;
@@ -60,7 +52,7 @@ pub enum TrainError {
     Import(Box<crate::clip::import::ImportError>),
     /// A model folder could not be read or written.
     #[error(transparent)]
-    Folder(#[from] folder::FolderError),
+    Folder(#[from] crate::model::folder::FolderError),
     /// A checkpoint could not be read or written, or belongs to another run.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
@@ -69,7 +61,7 @@ pub enum TrainError {
     Metrics(#[from] metrics::MetricsError),
     /// The freeze policy does not fit the model.
     #[error(transparent)]
-    Freeze(#[from] twin::TwinError),
+    Freeze(#[from] crate::model::twin::TwinError),
     /// Validation metrics or plots failed.
     #[error(transparent)]
     Eval(#[from] crate::eval::EvalError),

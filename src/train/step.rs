@@ -25,7 +25,7 @@ use burn::tensor::Tensor;
 
 use super::optim::clip_grad_norm;
 use super::schedule::CosineSchedule;
-use super::twin::{ImageInput, TextInput, TwinTowers};
+use crate::model::twin::{ImageInput, TextInput, TwinTowers};
 
 /// The batch loss of both directions, as an [`Objective`] computes it.
 #[derive(Debug, Clone)]

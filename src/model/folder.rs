@@ -224,7 +224,7 @@ pub fn count_values<M: Module>(m: &M) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::twin::{ImageInput, TextInput};
+    use crate::model::twin::{ImageInput, TextInput};
     use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
     fn card() -> ModelCard {

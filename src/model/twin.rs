@@ -273,7 +273,7 @@ fn unlock_last_blocks(
 mod tests {
     use super::*;
     use crate::clip::config::ClipConfig;
-    use crate::train::heads::HeadConfig;
+    use crate::model::heads::HeadConfig;
     use crate::train::optim::split_params;
     use burn::tensor::Device;
 
