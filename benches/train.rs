@@ -18,13 +18,13 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 use siam::clip::config::ClipConfig;
 use siam::clip::model::Clip;
+use siam::model::heads::HeadConfig;
+use siam::model::twin::{FreezePolicy, ImageInput, TextInput, TwinTowers};
 use siam::train::config::LossSettings;
-use siam::train::heads::HeadConfig;
 use siam::train::objective::build_objective;
 use siam::train::optim::{build_adamw, split_params, AdamWSettings};
 use siam::train::schedule::CosineSchedule;
 use siam::train::step::{Objective, Stepper, TrainBatch};
-use siam::train::twin::{FreezePolicy, ImageInput, TextInput, TwinTowers};
 
 const BATCH: usize = 32;
 const TEXT_LEN: usize = 16;

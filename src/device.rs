@@ -146,6 +146,25 @@ impl Backend {
     }
 }
 
+/// `--device` and `--backend`: the device section of every command that computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct DeviceConfig {
+    /// Where to compute: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Backend: flex (pure Rust, CPU), tch (libtorch; feature `tch`) or cuda (burn's CUDA
+    /// backend; feature `cuda`). Default: flex on the CPU, the compiled-in GPU backend on cuda.
+    #[arg(long)]
+    pub backend: Option<Backend>,
+}
+
+impl DeviceConfig {
+    /// Opens the device (see [`open`]).
+    pub fn open(&self) -> Result<Device, DeviceError> {
+        open(self.device, self.backend)
+    }
+}
+
 /// Opens the burn device for `spec` on `backend` (or the default backend for `spec`).
 ///
 /// Errors name the fix: a missing feature, or a machine without CUDA.

@@ -23,12 +23,12 @@ pub enum EmbedError {
     #[error("{0}: no image files (.jpg, .jpeg, .png, .webp, .bmp, .gif) in this folder")]
     EmptyFolder(PathBuf),
     /// A folder could not be listed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     ReadDir {
         /// The folder.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// An image could not be read (with the fail policy).
     #[error(transparent)]
@@ -75,9 +75,9 @@ pub fn expand_image_args(args: &[PathBuf]) -> Result<Vec<PathBuf>, EmbedError> {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), EmbedError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| EmbedError::ReadDir {
+    let rd = std::fs::read_dir(dir).map_err(|cause| EmbedError::ReadDir {
         path: dir.to_path_buf(),
-        source,
+        cause,
     })?;
     let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();

@@ -48,8 +48,12 @@ pub fn model_fingerprint(path: &Path, arch: Option<&str>) -> std::io::Result<Str
             h.update(&buf[..n]);
         }
     }
-    let digest = h.finalize();
-    Ok(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&h.finalize()[..16]))
+}
+
+/// Lower-case hexadecimal of `bytes` (two digits per byte).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

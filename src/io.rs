@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 /// Errors reading or writing siam's files.
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
-    /// The operating system refused a read or write.
-    #[error("{path}: {source}")]
+    /// The operating system refused a read or write (what it said is the error's source).
+    #[error("{path}")]
     Os {
         /// The file involved.
         path: PathBuf,

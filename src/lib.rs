@@ -1,10 +1,23 @@
 //! siam: adapt CLIP to your own images and label texts, the metric-learning way.
 //!
-//! The crate holds the CLIP towers and their weight import ([`clip`]), the feature cache and
-//! training loop ([`train`]), the HNSW index ([`index`]) and the retrieval metrics ([`eval`]).
-//! The `siam` binary only parses arguments and calls into these modules.
+//! The library, layer by layer (each uses only the ones above it):
+//!
+//! - [`device`], [`io`], [`fingerprint`], [`progress`], [`settings`]: devices, file writing,
+//!   model fingerprints, progress reports, option sections' defaults;
+//! - [`clip`]: the CLIP towers, architectures as data, and weight import;
+//! - [`dataset`]: the data section every command shares and the split a model records;
+//! - [`model`]: [`model::twin::TwinTowers`] (towers + projection heads), the model folder
+//!   `siam train` writes, and [`model::Encoder`], inference on any model siam loads;
+//! - [`embed`]: batches of images and texts through an `Encoder`;
+//! - [`index`]: the HNSW index, exact ranking, and indexing a dataset with a model;
+//! - [`eval`]: retrieval, zero-shot, MAP@R and linear-probe metrics, plots;
+//! - [`train`]: the training configuration and the `Trainer`'s phases.
+//!
+//! The `siam` binary (`src/main.rs` and `src/cli/`, not part of this library) parses
+//! arguments into these modules' configurations and calls them.
 
 pub mod clip;
+pub mod dataset;
 pub mod device;
 pub mod embed;
 pub mod eval;
@@ -12,4 +25,10 @@ pub mod fingerprint;
 pub mod index;
 pub mod io;
 pub mod model;
+pub mod progress;
+pub mod settings;
 pub mod train;
+
+/// The `FromStr` error of siam's option enums (heads, freeze policies, dtypes), shared with
+/// siam-data's (splits, bad-image policy, formats).
+pub use siam_data::dataset::UnknownName;

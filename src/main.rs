@@ -1,4 +1,5 @@
-//! The `siam` command line: parses arguments and calls the library.
+//! The `siam` binary: parses arguments, calls the subcommand's front end in [`cli`] (which
+//! calls the library), and reports an error as one line.
 
 use clap::{Parser, Subcommand};
 
@@ -31,7 +32,14 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            eprintln!("siam: error: {}", one_line(&e.render().to_string()));
+            return std::process::ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Train(a) => cli::train::run(a),
         Command::Embed(a) => cli::embed::run(a),
@@ -44,16 +52,23 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the chain of causes joined, no backtrace.
-            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            let mut line = msg.join(": ");
-            // `thiserror` messages often already include their source; drop exact repeats.
-            for m in msg.iter().skip(1) {
-                let twice = format!("{m}: {m}");
-                line = line.replace(&twice, m);
-            }
-            eprintln!("siam: error: {line}");
+            // One line: the error and its causes, each printed once (library errors either
+            // print their cause or chain it, never both).
+            eprintln!("siam: error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// clap's message on one line: its lines up to the usage, without the `error: ` prefix.
+fn one_line(rendered: &str) -> String {
+    let text: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = text.join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line).to_string();
+    format!("{line} (see siam --help)")
 }

@@ -2,48 +2,23 @@
 //! stored with the tiny Hugging Face CLIP fixture, `train` -> `index` -> `query` -> `eval` on the
 //! synthetic demo set, and bad input (one-line error, non-zero exit, no output file).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
 
-fn siam(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_siam"))
-        .args(args)
-        .output()
-        .expect("running siam")
-}
+use std::path::PathBuf;
 
-fn ok(args: &[&str]) -> String {
-    let out = siam(args);
-    assert!(
-        out.status.success(),
-        "siam {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Asserts a failure with a one-line message on stderr that contains every `needles` entry.
-fn fails(args: &[&str], needles: &[&str]) {
-    let out = siam(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "siam {args:?} should fail");
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "{err:?} lacks {n:?}");
-    }
-}
+use support::{fails, ok, siam};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn fixture(p: &str) -> String {
-    root().join("tests/fixtures").join(p).display().to_string()
+    support::fixtures(p).display().to_string()
 }
 
-fn read_npy(p: &Path) -> (Vec<f32>, usize, usize) {
-    siam::io::read_npy(p).unwrap()
+fn read_npy(p: &std::path::Path) -> (Vec<f32>, usize, usize) {
+    let a = support::read_npy(p);
+    (a.f32(), a.shape[0], a.shape[1])
 }
 
 fn unit(v: &[f32]) -> Vec<f32> {
@@ -164,8 +139,13 @@ fn train_index_query_eval_on_the_demo_set() {
     ok(&[
         "index", "--model", &run_s, "--data", &images, "--out", &index,
     ]);
-    let q = demo
-        .join("images/red_circle/0000.png")
+    // demo-data holds out the split `siam train` holds out: a test image of red_circle.
+    let red = demo.join("images/test/red_circle");
+    let q = std::fs::read_dir(&red)
+        .unwrap_or_else(|e| panic!("{}: {e}", red.display()))
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap()
         .display()
         .to_string();
     let out = ok(&["query", &q, "--index", &index, "--k", "3", "--json"]);
@@ -188,10 +168,10 @@ fn train_index_query_eval_on_the_demo_set() {
     let v: serde_json::Value = serde_json::from_str(&exact).unwrap();
     assert_eq!(v[0]["hits"].as_array().unwrap().len(), 72);
     fails(&["query", &q, "--index", &index, "--k", "0"], &["--k"]);
-    fails(
-        &["query", &q, "--index", &index, "--k", "13"],
-        &["larger than"],
-    );
+    // A --k larger than the index answers with the whole index (12 label texts).
+    let out = ok(&["query", &q, "--index", &index, "--k", "13", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["hits"].as_array().unwrap().len(), 12);
     fails(
         &["query", &q, "--index", "/nonexistent/idx"],
         &["/nonexistent/idx"],
@@ -286,4 +266,113 @@ fn bad_input_is_one_line_and_writes_nothing() {
         &["cuda"],
     );
     assert!(!out.exists());
+}
+
+#[test]
+fn eval_holds_out_the_images_training_held_out() {
+    // A captions table without a split column: its split comes from the seed. The demo set
+    // written flat, with 10 images per label (8 train, 1 val, 1 test by the seeded split).
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let demo_s = demo.display().to_string();
+    ok(&[
+        "demo-data",
+        "--out",
+        &demo_s,
+        "--per-class",
+        "10",
+        "--seed",
+        "5",
+    ]);
+    let table = std::fs::read_to_string(demo.join("captions.csv")).unwrap();
+    let flat: String = table
+        .lines()
+        .map(|l| format!("{}\n", &l[..l.rfind(',').unwrap()]))
+        .collect();
+    assert!(flat.starts_with("image,text,label\n"), "{flat}");
+    let data = demo.join("flat.csv");
+    std::fs::write(&data, flat).unwrap();
+    let data_s = data.display().to_string();
+
+    // The bug this guards: a model trained with --seed 1 evaluated on the split of seed 0.
+    let open = |seed| {
+        let o = siam_data::dataset::OpenOptions {
+            seed,
+            ..Default::default()
+        };
+        siam_data::dataset::Dataset::open(&data, &o).unwrap()
+    };
+    let names = |ds: &siam_data::dataset::Dataset, s| -> std::collections::HashSet<String> {
+        ds.indices_of(s)
+            .into_iter()
+            .map(|r| ds.records[r].image.name())
+            .collect()
+    };
+    use siam_data::dataset::Split;
+    let (seed1, seed0) = (open(1), open(0));
+    let trained = names(&seed1, Split::Train);
+    let other_test = names(&seed0, Split::Test);
+    assert!(trained.intersection(&other_test).count() > 0);
+
+    let run = dir.path().join("run");
+    let run_s = run.display().to_string();
+    ok(&[
+        "train",
+        "--data",
+        &data_s,
+        "--seed",
+        "1",
+        "--epochs",
+        "1",
+        "--classes-per-batch",
+        "4",
+        "--out",
+        &run_s,
+        "--no-index",
+        "--quiet",
+    ]);
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("siam.json")).unwrap()).unwrap();
+    assert_eq!(card["split"]["seed"], 1, "{}", card["split"]);
+
+    let json = dir.path().join("eval.json");
+    let json_s = json.display().to_string();
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            &run_s,
+            "--data",
+            &data_s,
+            "--json",
+            &json_s,
+            "--no-linear-probe",
+        ];
+        args.extend(extra);
+        let out = siam(&args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        (v, err)
+    };
+    // By default: the model's own split, said so, and none of its test images was trained on.
+    let (v, err) = eval(&[]);
+    assert!(err.contains("split: seed 1"), "{err}");
+    assert!(
+        err.contains("the split the model was trained with"),
+        "{err}"
+    );
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(v["split_record"]["seed"], 1);
+    assert_eq!(v["training_images"], 0);
+    assert_eq!(v["images"], names(&seed1, Split::Test).len());
+    // Asked for another split: the overlap is counted and warned about.
+    let (v, err) = eval(&["--split-seed", "0"]);
+    let n = v["training_images"].as_u64().unwrap() as usize;
+    assert_eq!(n, trained.intersection(&other_test).count());
+    assert!(
+        err.contains("warning") && err.contains("trained on them"),
+        "{err}"
+    );
 }

@@ -2,6 +2,8 @@
 //! TorchScript archive, an architecture that does not fit, a truncated file, a folder without a
 //! model). Fixtures from `tests/fixtures/make_clip_fixtures.py` and `make_resnet_fixtures.py`.
 
+mod support;
+
 use burn::tensor::{Distribution, Int, Tensor, TensorData, Tolerance};
 use siam::clip::config::ClipConfig;
 use siam::clip::import::{load_model, save_model, ImportError, Layout};
@@ -9,7 +11,7 @@ use siam::clip::model::Clip;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    support::fixtures("")
 }
 
 fn open_clip_vit() -> PathBuf {

@@ -7,6 +7,8 @@
 //! longest length while the reference ran at the padded 77: equality proves that trimming under
 //! the causal mask changes nothing. Backend: `SIAM_TEST_DEVICE` (flex by default, `tch`).
 
+mod support;
+
 use burn::tensor::{Int, Tensor, TensorData};
 use siam::clip::import::{load_model, Layout, LoadedModel};
 use std::path::{Path, PathBuf};
@@ -16,41 +18,13 @@ const TOL_EMBED: f32 = 1e-4;
 const TOL_LOGITS: f32 = 2e-3;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    support::fixtures("")
 }
 
-/// A little-endian `.npy` array of f32 or i32 (any rank): `(values as f64, shape)`.
+/// A `.npy` array as `(values as f64, shape)`.
 fn npy(path: &Path) -> (Vec<f64>, Vec<usize>) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}", path.display());
-    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
-    let shape_src = header
-        .split("'shape': (")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap();
-    let shape: Vec<usize> = shape_src
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let data = &bytes[10 + hlen..];
-    let values = if header.contains("'<f4'") {
-        data.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect()
-    } else if header.contains("'<i4'") {
-        data.chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect()
-    } else {
-        panic!("{}: unsupported dtype in {header}", path.display())
-    };
-    (values, shape)
+    let a = support::read_npy(path);
+    (a.values, a.shape)
 }
 
 fn max_abs_diff(a: &[f32], b: &[f64]) -> f32 {

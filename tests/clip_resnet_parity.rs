@@ -7,55 +7,21 @@
 //! `encode_image` outputs computed in fp32 from the fp16-rounded weights.
 //! Backend: `SIAM_TEST_DEVICE` (see `siam::device::from_env`).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData};
 use siam::clip::resnet::{load_open_clip_resnet, ModifiedResNetConfig, ResnetImportError};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip_rn")
+    support::fixtures("clip_rn")
 }
 
-/// Reads a little-endian float32 .npy file (numpy format 1.0, C order) as (shape, values).
+/// A float32 `.npy` file as (shape, values).
 fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(
-        &bytes[..6],
-        b"\x93NUMPY",
-        "{}: not a .npy file",
-        path.display()
-    );
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-    assert!(
-        header.contains("'descr': '<f4'"),
-        "{}: expected <f4, header {header}",
-        path.display()
-    );
-    assert!(
-        header.contains("'fortran_order': False"),
-        "{}: fortran order",
-        path.display()
-    );
-    let open = header.find("'shape': (").unwrap() + "'shape': (".len();
-    let close = open + header[open..].find(')').unwrap();
-    let shape: Vec<usize> = header[open..close]
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let values: Vec<f32> = bytes[10 + header_len..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    assert_eq!(
-        values.len(),
-        shape.iter().product::<usize>(),
-        "{}: size",
-        path.display()
-    );
-    (shape, values)
+    let a = support::read_npy(path);
+    (a.shape.clone(), a.f32())
 }
 
 /// The tower of tests/fixtures/clip_rn/open_clip_config.json: embed_dim 16, vision layers

@@ -2,7 +2,9 @@
 //! (tests/fixtures/eval/make_eval_fixtures.py: CLIP_benchmark's recall@k and accuracy formulas,
 //! pytorch-metric-learning 2.9.0's AccuracyCalculator, scikit-learn 1.9.1's LogisticRegression).
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 
 use serde_json::Value;
 use siam::eval::classification::{neighbour_metrics, zero_shot};
@@ -10,7 +12,7 @@ use siam::eval::linear_probe::{linear_probe, LinearProbeConfig, LogisticRegressi
 use siam::eval::retrieval::{retrieval_report, DirectionReport, Positives};
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval")
+    support::fixtures("eval")
 }
 
 fn expected() -> Value {

@@ -11,14 +11,14 @@ use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use siam::clip::config::{ClipConfig, ResNetVisionConfig, VisionConfig};
 use siam::clip::layers::MatmulDtype;
 use siam::clip::model::Clip;
+use siam::model::heads::HeadConfig;
+use siam::model::twin::{ImageInput, TextInput, TwinTowers};
 use siam::train::config::LossSettings;
-use siam::train::heads::HeadConfig;
 use siam::train::objective::build_objective;
 use siam::train::optim::{build_adamw, split_params, AdamWSettings};
-use siam::train::run::bf16_notice;
 use siam::train::schedule::CosineSchedule;
+use siam::train::setup::bf16_notice;
 use siam::train::step::{Stepper, TrainBatch};
-use siam::train::twin::{ImageInput, TextInput, TwinTowers};
 
 fn twin(cfg: &ClipConfig, device: &Device) -> TwinTowers {
     device.seed(7);

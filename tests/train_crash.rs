@@ -11,7 +11,8 @@
 //! with a one-line error naming the file and the cause, the previous checkpoint still loads,
 //! nothing temporary is left, and `--resume` without the limit finishes the run.
 
-use std::collections::BTreeMap;
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use siam::clip::config::ClipConfig;
 use siam::clip::model::Clip;
+use siam::model::heads::HeadConfig;
+use siam::model::twin::{FreezePolicy, TwinTowers};
 use siam::train::checkpoint::{find_checkpoint, load_model, load_optimizer, load_state};
-use siam::train::heads::HeadConfig;
 use siam::train::optim::{build_adamw, split_params, AdamWSettings};
-use siam::train::twin::{FreezePolicy, TwinTowers};
 
 /// The tiny architecture on the demo set: 24 steps per epoch, a checkpoint after every step.
 const TRAIN: &[&str] = &[
@@ -166,25 +167,6 @@ fn check_checkpoint(dir: &Path) {
     load_optimizer(dir, optim).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// The tensors of a model folder by name (see tests/train_run.rs).
-fn weights(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let raw = fs::read(dir.join("model.safetensors")).unwrap();
-    let n = u64::from_le_bytes(raw[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&raw[8..8 + n]).unwrap();
-    let data = &raw[8 + n..];
-    header
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(k, _)| *k != "__metadata__")
-        .map(|(k, v)| {
-            let o = v["data_offsets"].as_array().unwrap();
-            let (a, b) = (o[0].as_u64().unwrap(), o[1].as_u64().unwrap());
-            (k.clone(), data[a as usize..b as usize].to_vec())
-        })
-        .collect()
-}
-
 fn losses(out: &Path) -> Vec<(usize, f64)> {
     siam::train::metrics::read(&out.join("metrics.jsonl"))
         .unwrap()
@@ -249,7 +231,7 @@ fn kill_9_at_any_moment_loses_at_most_the_work_since_the_last_checkpoint() {
     // Each step's loss logged once, and equal to the uninterrupted run's; the same weights.
     assert_eq!(losses(&out), losses(&reference));
     assert!(
-        weights(&out) == weights(&reference),
+        support::weights(&out) == support::weights(&reference),
         "weights differ from the uninterrupted run"
     );
     assert_eq!(

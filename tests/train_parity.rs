@@ -7,79 +7,36 @@
 //!
 //! Backend from `SIAM_TEST_DEVICE` (flex by default, `tch` for libtorch).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use siam::clip::import::load_model;
+use siam::model::heads::ProjectionHead;
+use siam::model::twin::{FreezePolicy, ImageInput, TextInput, TwinTowers};
 use siam::train::config::LossSettings;
-use siam::train::heads::ProjectionHead;
 use siam::train::objective::build_objective;
 use siam::train::optim::{build_adamw, split_params, AdamWSettings};
 use siam::train::schedule::CosineSchedule;
 use siam::train::step::{Stepper, TrainBatch};
-use siam::train::twin::{FreezePolicy, ImageInput, TextInput, TwinTowers};
+use support::{read_safetensors, RawTensor};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train")
-}
-
-/// A minimal safetensors reader: name -> (dtype, shape, bytes).
-fn read_safetensors(path: &Path) -> HashMap<String, (String, Vec<usize>, Vec<u8>)> {
-    let raw = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let n = u64::from_le_bytes(raw[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&raw[8..8 + n]).unwrap();
-    let data = &raw[8 + n..];
-    let mut out = HashMap::new();
-    for (k, v) in header.as_object().unwrap() {
-        if k == "__metadata__" {
-            continue;
-        }
-        let dtype = v["dtype"].as_str().unwrap().to_string();
-        let shape = v["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as usize)
-            .collect();
-        let off = v["data_offsets"].as_array().unwrap();
-        let (a, b) = (
-            off[0].as_u64().unwrap() as usize,
-            off[1].as_u64().unwrap() as usize,
-        );
-        out.insert(k.clone(), (dtype, shape, data[a..b].to_vec()));
-    }
-    out
-}
-
-fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-fn i64s(bytes: &[u8]) -> Vec<i64> {
-    bytes
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    support::fixtures("train")
 }
 
 /// A torch `nn.Linear` (weight `[out, in]`) as a burn head (weight `[in, out]`).
-fn torch_linear(
-    t: &HashMap<String, (String, Vec<usize>, Vec<u8>)>,
-    name: &str,
-    device: &Device,
-) -> ProjectionHead {
-    let (_, shape, w) = &t[&format!("{name}.weight")];
-    let (out_d, in_d) = (shape[0], shape[1]);
-    let w = Tensor::<2>::from_data(TensorData::new(f32s(w), [out_d, in_d]), device).transpose();
+fn torch_linear(t: &BTreeMap<String, RawTensor>, name: &str, device: &Device) -> ProjectionHead {
+    let w = &t[&format!("{name}.weight")];
+    let (out_d, in_d) = (w.shape[0], w.shape[1]);
+    let w = Tensor::<2>::from_data(TensorData::new(w.f32s(), [out_d, in_d]), device).transpose();
     let b = Tensor::<1>::from_data(
-        TensorData::new(f32s(&t[&format!("{name}.bias")].2), [out_d]),
+        TensorData::new(t[&format!("{name}.bias")].f32s(), [out_d]),
         device,
     );
     ProjectionHead {
@@ -122,14 +79,14 @@ fn first_20_losses_match_pytorch() {
     .unwrap();
 
     let batches = read_safetensors(&dir.join("batches.safetensors"));
-    let (_, ishape, images) = &batches["images"];
+    let (ishape, images) = (&batches["images"].shape, &batches["images"].bytes);
     let (nb, bs, s) = (ishape[0], ishape[1], ishape[3]);
-    let image_labels = i64s(&batches["image_labels"].2);
-    let (_, tshape, text_ids) = &batches["text_ids"];
+    let image_labels = batches["image_labels"].i64s();
+    let tshape = &batches["text_ids"].shape;
     let (nt, tl) = (tshape[1], tshape[2]);
-    let text_ids = i64s(text_ids);
-    let text_lengths = i64s(&batches["text_lengths"].2);
-    let text_labels = i64s(&batches["text_labels"].2);
+    let text_ids = batches["text_ids"].i64s();
+    let text_lengths = batches["text_lengths"].i64s();
+    let text_labels = batches["text_labels"].i64s();
     let mean: Vec<f32> = settings["mean"]
         .as_array()
         .unwrap()

@@ -2,11 +2,14 @@
 //! as an Encoder, an interrupted run resumes to exactly the uninterrupted result, locked towers
 //! train from the feature cache, and bad input is a clear error.
 
+mod support;
+
 use std::path::Path;
 
+use siam::model::twin::FreezePolicy;
+use siam::model::Encoder;
 use siam::train::config::LossSettings;
-use siam::train::twin::FreezePolicy;
-use siam::train::{train, Encoder, Event, Observer, TrainConfig, TrainError};
+use siam::train::{train, Event, Observer, TrainConfig, TrainError};
 use siam_data::dataset::Dataset;
 
 #[derive(Default)]
@@ -25,42 +28,20 @@ fn demo() -> Dataset {
 }
 
 fn cfg(out: &Path) -> TrainConfig {
-    TrainConfig {
+    let mut c = TrainConfig {
         arch: Some("tiny".into()),
         out: out.to_path_buf(),
-        epochs: 2,
-        warmup_steps: 2,
-        classes_per_batch: 4,
-        per_class: 4,
         ..TrainConfig::default()
-    }
-}
-
-/// The tensors of a model folder by name (safetensors: 8-byte header length, JSON header,
-/// data), so two folders compare by value, not by the order of their header entries.
-fn weights(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let raw = std::fs::read(dir.join("model.safetensors")).unwrap();
-    let n = u64::from_le_bytes(raw[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&raw[8..8 + n]).unwrap();
-    let data = &raw[8 + n..];
-    header
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(k, _)| *k != "__metadata__")
-        .map(|(k, v)| {
-            let o = v["data_offsets"].as_array().unwrap();
-            let (a, b) = (
-                o[0].as_u64().unwrap() as usize,
-                o[1].as_u64().unwrap() as usize,
-            );
-            (k.clone(), data[a..b].to_vec())
-        })
-        .collect()
+    };
+    c.optim.epochs = Some(2);
+    c.optim.warmup_steps = 2;
+    c.batch.classes_per_batch = 4;
+    c.batch.per_class = 4;
+    c
 }
 
 fn same_weights(a: &Path, b: &Path) -> bool {
-    weights(a) == weights(b)
+    support::weights(a) == support::weights(b)
 }
 
 #[test]
@@ -68,7 +49,7 @@ fn demo_training_improves_recall_and_the_folder_loads() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model");
     let mut c = cfg(&out);
-    c.epochs = 6;
+    c.optim.epochs = Some(6);
     let device = siam::device::from_env();
     let mut log = Log::default();
     let report = train(&c, &device, Some(demo()), &mut log).unwrap();
@@ -152,12 +133,12 @@ fn resume_refuses_a_checkpoint_of_another_model() {
     let out = dir.path().join("m");
     let device = siam::device::from_env();
     let mut c = cfg(&out);
-    c.epochs = 1;
+    c.optim.epochs = Some(1);
     train(&c, &device, Some(demo()), &mut Log::default()).unwrap();
     let mut other = c.clone();
-    other.joint_dim = Some(32);
+    other.towers.joint_dim = Some(32);
     other.resume = true;
-    other.epochs = 2;
+    other.optim.epochs = Some(2);
     let err = train(&other, &device, Some(demo()), &mut Log::default()).unwrap_err();
     assert!(matches!(err, TrainError::Checkpoint(_)), "{err}");
     assert!(err.to_string().contains("another model"), "{err}");
@@ -171,9 +152,9 @@ fn locked_towers_train_heads_from_the_feature_cache() {
     let dir = tempfile::tempdir().unwrap();
     let device = siam::device::from_env();
     let mut c = cfg(&dir.path().join("a"));
-    c.freeze_image = FreezePolicy::Locked;
-    c.freeze_text = FreezePolicy::Locked;
-    c.cache_dir = Some(dir.path().join("cache"));
+    c.towers.freeze_image = FreezePolicy::Locked;
+    c.towers.freeze_text = FreezePolicy::Locked;
+    c.cache.cache_dir = Some(dir.path().join("cache"));
     let mut log = Log::default();
     let first = train(&c, &device, Some(demo()), &mut log).unwrap();
     assert!(
@@ -225,12 +206,12 @@ fn bad_input_is_a_clear_error() {
     };
 
     let mut c = cfg(&dir.path().join("x"));
-    c.lr = 0.0;
+    c.optim.lr = 0.0;
     assert!(run(&c, demo()).contains("--lr"));
-    c.lr = f64::NAN;
+    c.optim.lr = f64::NAN;
     assert!(run(&c, demo()).contains("--lr"));
     let mut c = cfg(&dir.path().join("y"));
-    c.classes_per_batch = 20;
+    c.batch.classes_per_batch = 20;
     let e = run(&c, demo());
     assert!(e.contains("--classes-per-batch") && e.contains("12"), "{e}");
 
@@ -256,9 +237,9 @@ fn a_loss_that_turns_nan_stops_and_names_the_last_checkpoint() {
     let device = siam::device::from_env();
     let mut c = cfg(&dir.path().join("nan"));
     // A learning rate this large overflows the weights within a few steps.
-    c.lr = 1e30;
-    c.warmup_steps = 0;
-    c.max_grad_norm = None;
+    c.optim.lr = 1e30;
+    c.optim.warmup_steps = 0;
+    c.optim.clip_grad = 0.0;
     c.checkpoint_every = 1;
     let err = train(&c, &device, Some(demo()), &mut Log::default()).unwrap_err();
     let msg = err.to_string();
@@ -274,11 +255,11 @@ fn last_blocks_train_from_the_prefix_cache() {
     let cache = dir.path().join("cache");
     let run = |name: &str, feature_cache: bool| {
         let mut c = cfg(&dir.path().join(name));
-        c.epochs = 1;
-        c.freeze_image = FreezePolicy::LastBlocks(1);
-        c.freeze_text = FreezePolicy::LastBlocks(1);
-        c.feature_cache = feature_cache;
-        c.cache_dir = Some(cache.clone());
+        c.optim.epochs = Some(1);
+        c.towers.freeze_image = FreezePolicy::LastBlocks(1);
+        c.towers.freeze_text = FreezePolicy::LastBlocks(1);
+        c.cache.feature_cache = feature_cache;
+        c.cache.cache_dir = Some(cache.clone());
         let mut log = Log::default();
         let r = train(&c, &device, Some(demo()), &mut log).unwrap();
         let steps = siam::train::metrics::read(&c.out.join("metrics.jsonl")).unwrap();

@@ -33,12 +33,12 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     /// A file or folder could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file or folder.
         path: PathBuf,
         /// The operating system's error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The path given to [`Dataset::open`] does not exist.
     #[error("{0}: no such file or folder")]
@@ -108,10 +108,10 @@ pub enum DatasetError {
 pub type Result<T, E = DatasetError> = std::result::Result<T, E>;
 
 impl DatasetError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
     pub(crate) fn malformed(path: impl Into<PathBuf>, line: usize, msg: impl Into<String>) -> Self {
@@ -125,7 +125,8 @@ impl DatasetError {
 
 /// What to do with an image that cannot be read or decoded (and, at open time, with a file
 /// that a table names but that does not exist). CLI: `--on-bad-image skip|fail`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnBadImage {
     /// Leave the image out, count it and name it in the run summary.
     #[default]
@@ -134,15 +135,37 @@ pub enum OnBadImage {
     Fail,
 }
 
+/// A value that is not one of an option's accepted names (the `FromStr` error of the enums of
+/// siam-data and siam).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {given:?}: expected {expected}")]
+pub struct UnknownName {
+    /// What was being named ("split", "bad-image policy", ...).
+    pub what: &'static str,
+    /// The value given.
+    pub given: String,
+    /// The accepted values, in words.
+    pub expected: &'static str,
+}
+
+impl UnknownName {
+    /// The error for `given`, a bad `what`, with the accepted values in words.
+    pub fn new(what: &'static str, given: &str, expected: &'static str) -> Self {
+        Self {
+            what,
+            given: given.to_string(),
+            expected,
+        }
+    }
+}
+
 impl FromStr for OnBadImage {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownName> {
         match s.trim().to_ascii_lowercase().as_str() {
             "skip" => Ok(Self::Skip),
             "fail" => Ok(Self::Fail),
-            _ => Err(format!(
-                "unknown bad-image policy {s:?}: expected skip or fail"
-            )),
+            _ => Err(UnknownName::new("bad-image policy", s, "skip or fail")),
         }
     }
 }
@@ -214,13 +237,13 @@ pub enum Split {
 }
 
 impl FromStr for Split {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownName> {
         match s.trim().to_ascii_lowercase().as_str() {
             "train" | "training" | "restval" => Ok(Self::Train),
             "val" | "valid" | "validation" | "dev" => Ok(Self::Val),
             "test" | "testing" => Ok(Self::Test),
-            _ => Err(format!("unknown split {s:?}: expected train, val or test")),
+            _ => Err(UnknownName::new("split", s, "train, val or test")),
         }
     }
 }
@@ -573,7 +596,7 @@ pub(crate) fn split_hash(seed: u64, key: &str) -> u64 {
 }
 
 /// SplitMix64 (Steele, Lea, Flood 2014), used to derive independent seeds.
-pub(crate) fn splitmix64(x: u64) -> u64 {
+pub fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -3,7 +3,6 @@
 //! `siam-data` knows files and pixels, nothing about losses or models.
 
 pub mod augment;
-pub mod cache;
 pub mod dataset;
 pub mod formats;
 pub mod pipeline;

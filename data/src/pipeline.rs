@@ -15,9 +15,8 @@
 //! [`PipelineError::BadImage`].
 
 use crate::augment::Augment;
-use crate::cache::PixelCache;
 use crate::dataset::{splitmix64, Dataset, ImageSource, OnBadImage};
-use crate::preprocess::{resize_bicubic, shortest_side_size, ImageError, Preprocessor};
+use crate::preprocess::{ImageError, Preprocessor};
 use image::RgbImage;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -32,12 +31,12 @@ use std::thread::JoinHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// An image could not be read or decoded and the policy is [`OnBadImage::Fail`].
-    #[error("record {record}: {source} (use --on-bad-image skip to leave such images out)")]
+    #[error("record {record}: {cause} (use --on-bad-image skip to leave such images out)")]
     BadImage {
         /// Index of the record in the loader's dataset.
         record: usize,
         /// Why it could not be read; names the file.
-        source: ImageError,
+        cause: ImageError,
     },
     /// A worker thread stopped without sending its batch (it panicked).
     #[error("a loader thread stopped unexpectedly before batch {0}")]
@@ -45,7 +44,7 @@ pub enum PipelineError {
 }
 
 /// Loader settings. `Default`: 2 threads, 4 batches of prefetch, no augmentation, seed 0,
-/// [`OnBadImage::Skip`], no cache.
+/// [`OnBadImage::Skip`].
 #[derive(Debug, Clone)]
 pub struct LoaderOptions {
     /// Worker threads decoding in parallel.
@@ -58,8 +57,6 @@ pub struct LoaderOptions {
     pub seed: u64,
     /// What to do with an unreadable image.
     pub on_bad_image: OnBadImage,
-    /// Decode-once cache shared across epochs (see [`crate::cache`]).
-    pub cache: Option<Arc<PixelCache>>,
 }
 
 impl Default for LoaderOptions {
@@ -70,7 +67,6 @@ impl Default for LoaderOptions {
             augment: None,
             seed: 0,
             on_bad_image: OnBadImage::Skip,
-            cache: None,
         }
     }
 }
@@ -177,8 +173,7 @@ impl Loader {
     /// Starts loading `batches` (record indices into `dataset`).
     ///
     /// # Panics
-    /// If a record index is out of range, or the cache was made for another image size
-    /// (programmer errors).
+    /// If a record index is out of range (a programmer error).
     pub fn new(
         dataset: Arc<Dataset>,
         pre: Preprocessor,
@@ -189,13 +184,6 @@ impl Loader {
             batches.iter().flatten().all(|&i| i < dataset.len()),
             "Loader: record index out of range"
         );
-        if let Some(c) = &opts.cache {
-            assert_eq!(
-                c.image_size(),
-                pre.image_size,
-                "Loader: the cache was made for another image size"
-            );
-        }
         let total = batches.len();
         let threads = opts.threads.max(1).min(total.max(1));
         let depth = opts.prefetch.max(1).div_ceil(threads);
@@ -320,7 +308,7 @@ fn build_batch(work: &Work, number: usize) -> Result<Batch, PipelineError> {
                 OnBadImage::Fail => {
                     return Err(PipelineError::BadImage {
                         record: r,
-                        source: e,
+                        cause: e,
                     })
                 }
                 OnBadImage::Skip => {
@@ -341,30 +329,7 @@ fn build_batch(work: &Work, number: usize) -> Result<Batch, PipelineError> {
 /// Preprocesses record `r` into `out` (3 x S x S floats).
 fn fill(work: &Work, r: usize, rng: &mut StdRng, out: &mut [f32]) -> Result<(), ImageError> {
     let pre = &work.pre;
-    let s = pre.image_size;
     let src = &work.dataset.records[r].image;
-    if let Some(cache) = &work.opts.cache {
-        let resized = match cache.get(r) {
-            Some(img) => img,
-            None => {
-                let img = decode(pre, src)?;
-                let (w, h) = shortest_side_size(img.width(), img.height(), s);
-                let resized = Arc::new(resize_bicubic(&img, w, h));
-                cache.insert(r, Arc::clone(&resized));
-                resized
-            }
-        };
-        let square = match &work.opts.augment {
-            Some(a) => a.apply(pre, &resized, rng),
-            None => {
-                let (w, h) = resized.dimensions();
-                image::imageops::crop_imm(resized.as_ref(), (w - s) / 2, (h - s) / 2, s, s)
-                    .to_image()
-            }
-        };
-        pre.normalize_into(&square, out);
-        return Ok(());
-    }
     let img = decode(pre, src)?;
     match &work.opts.augment {
         Some(a) => pre.normalize_into(&a.apply(pre, &img, rng), out),

@@ -5,7 +5,8 @@
 //! shape, two cues a tiny randomly initialised model can learn in minutes; size, background,
 //! position, rotation, colour jitter and pixel noise vary within a label, and the caption names
 //! them. Shapes are rasterised with 4 x 4 supersampling (anti-aliased edges). The set feeds
-//! `siam train`'s embedded default and the tests; [`write_demo`] writes it to disk as an image
+//! `siam train`'s embedded default and the tests; [`write_demo`] writes it to disk, split as
+//! `siam train` splits it, as an image
 //! folder plus a captions table, the formats a user brings.
 
 use crate::dataset::{
@@ -278,43 +279,49 @@ fn inside(shape: Shape, poly: &[(f64, f64)], u: f64, v: f64) -> bool {
     }
 }
 
-/// Writes the demo set to `dir` as `images/<label with _>/<nnnn>.png` plus `captions.csv`
-/// (columns `image,text,label`, image paths relative to `dir`), each file written to a
-/// temporary name and renamed. Returns the number of images written. Both
-/// `Dataset::open(dir/captions.csv)` and `Dataset::open(dir/images)` read it back.
+/// Writes the demo set to `dir` as `images/<split>/<label with _>/<nnnn>.png` plus
+/// `captions.csv` (columns `image,text,label,split`, image paths relative to `dir`), each file
+/// written to a temporary name and renamed. The split of every image is the one [`demo`] gives
+/// it for the same arguments, so the images a `siam train` on the demo set held out (for the
+/// same seed and size) land in `val/` and `test/`, apart from `train/`. Returns the number of
+/// images written. Both `Dataset::open(dir/captions.csv)` and `Dataset::open(dir/images)` read
+/// it back with these splits.
 ///
 /// # Errors
 /// [`DatasetError::Write`] naming the file that could not be written.
 pub fn write_demo(dir: &Path, n_per_class: usize, image_size: u32, seed: u64) -> Result<usize> {
-    let cfg = SyntheticConfig::demo(n_per_class, image_size, seed);
+    let ds = demo(n_per_class, image_size, seed);
     let werr = |p: &Path, e: &dyn std::fmt::Display| DatasetError::Write {
         path: p.to_path_buf(),
         msg: e.to_string(),
     };
-    let mut csv = String::from("image,text,label\n");
-    let mut count = vec![0usize; cfg.labels().len()];
-    let labels = cfg.labels();
-    for s in samples(&cfg) {
-        let li = labels
-            .iter()
-            .position(|l| *l == s.label)
-            .expect("sample label is a config label");
-        let folder = s.label.replace(' ', "_");
-        let rel = format!("images/{folder}/{:04}.png", count[li]);
+    let mut csv = String::from("image,text,label,split\n");
+    let mut count = vec![0usize; ds.labels.len()];
+    for (r, split) in ds.records.iter().zip(&ds.splits) {
+        let (ImageSource::Rgb(image, _), Some(li)) = (&r.image, r.label) else {
+            unreachable!("the demo set's images are labelled and in memory");
+        };
+        let label = &ds.labels[li];
+        let caption = &ds.texts[r.texts[0]];
+        let rel = format!(
+            "images/{split}/{}/{:04}.png",
+            label.replace(' ', "_"),
+            count[li]
+        );
         count[li] += 1;
         let path = dir.join(&rel);
         let parent = path.parent().expect("has a parent");
         std::fs::create_dir_all(parent).map_err(|e| werr(parent, &e))?;
         let mut png = Vec::new();
-        s.image
+        image
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .map_err(|e| werr(&path, &e))?;
         write_atomic(&path, &png)?;
         csv.push_str(&format!(
-            "{},{},{}\n",
+            "{},{},{},{split}\n",
             csv_field(&rel),
-            csv_field(&s.caption),
-            csv_field(&s.label)
+            csv_field(caption),
+            csv_field(label)
         ));
     }
     std::fs::create_dir_all(dir).map_err(|e| werr(dir, &e))?;

@@ -51,12 +51,12 @@ pub const CLIP_CIFAR: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     /// The template file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: std::path::PathBuf,
         /// The operating system's error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A template lacks the `{}` placeholder.
     #[error("{origin}:{line}: template {template:?} has no {{}} placeholder for the label")]
@@ -135,9 +135,9 @@ impl Templates {
     /// # Errors
     /// [`TemplateError`] if the file cannot be read or a line lacks `{}`.
     pub fn from_file(path: &Path) -> Result<Self, TemplateError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| TemplateError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let origin = path.display().to_string();
         let mut out = Vec::new();

@@ -1,7 +1,7 @@
 //! The synthetic demo set: in memory, and written to disk as an image folder plus captions
 //! table that the ordinary readers open again.
 
-use siam_data::dataset::{Dataset, DatasetKind, ImageSource, OpenOptions};
+use siam_data::dataset::{Dataset, DatasetKind, ImageSource, OpenOptions, Split};
 use siam_data::synthetic::{demo, write_demo};
 
 #[test]
@@ -51,4 +51,38 @@ fn demo_labels_are_balanced_and_split_per_label() {
         assert_eq!(labels.iter().filter(|&&x| x == l).count(), 10);
     }
     assert_eq!(ds.split_counts(), (96, 12, 12));
+}
+
+#[test]
+fn written_demo_keeps_the_in_memory_split_in_folders_and_table() {
+    // 10 per label: 8 train, 1 val, 1 test per label, by the seeded split `siam train` uses.
+    let d = tempfile::tempdir().unwrap();
+    write_demo(d.path(), 10, 16, 3).unwrap();
+    let mem = demo(10, 16, 3);
+    let table = Dataset::open(&d.path().join("captions.csv"), &OpenOptions::default()).unwrap();
+    assert_eq!(table.splits, mem.splits, "the table carries the split");
+    let folder = Dataset::open(&d.path().join("images"), &OpenOptions::default()).unwrap();
+    assert_eq!(folder.split_counts(), mem.split_counts());
+    for split in [Split::Train, Split::Val, Split::Test] {
+        let sub = d.path().join("images").join(split.to_string());
+        let files = walk(&sub);
+        assert_eq!(files, mem.indices_of(split).len(), "{split}");
+    }
+    // Another seed holds out other images: the folder follows the seed it was written with.
+    let other = demo(10, 16, 4);
+    assert_ne!(other.splits, mem.splits);
+}
+
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p)
+            } else {
+                1
+            }
+        })
+        .sum()
 }

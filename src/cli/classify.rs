@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use siam_data::dataset::OnBadImage;
 
-use super::common::{read_lines, DeviceArgs, ModelArgs};
+use super::common::{read_lines, ModelArgs};
+use siam::device::DeviceConfig;
 use siam::embed::{class_embeddings, class_probabilities, embed_image_files, expand_image_args};
 
 /// Classify images against label texts (zero-shot).
@@ -18,7 +19,7 @@ pub struct ClassifyArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub device: DeviceConfig,
     /// Comma-separated labels, e.g. "cataract,pterygium,normal eye".
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,

@@ -1,4 +1,6 @@
-//! Arguments and helpers shared by the subcommands: device and model selection, progress bars.
+//! Arguments and helpers shared by the subcommands: model selection, progress bars, the
+//! bad-image summary. (The device and data sections are the library's:
+//! [`siam::device::DeviceConfig`], [`siam::dataset::DataConfig`].)
 
 use std::path::PathBuf;
 
@@ -6,29 +8,8 @@ use anyhow::Context;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use siam::device::{self, Backend, DeviceSpec};
 use siam::model::encoder::Encoder;
-
-/// `--device` and `--backend`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct DeviceArgs {
-    /// Where to compute: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Backend: flex (pure Rust, CPU), tch (libtorch; feature `tch`) or cuda (burn's CUDA
-    /// backend; feature `cuda`). Default: flex on the CPU, the compiled-in GPU backend on cuda.
-    #[arg(long)]
-    pub backend: Option<String>,
-}
-
-impl DeviceArgs {
-    /// Opens the device, or a one-line error naming the fix.
-    pub fn open(&self) -> anyhow::Result<Device> {
-        let spec: DeviceSpec = self.device.parse()?;
-        let backend: Option<Backend> = self.backend.as_deref().map(str::parse).transpose()?;
-        Ok(device::open(spec, backend)?)
-    }
-}
+use siam::progress::Progress;
 
 /// `--model`, `--arch`, `--tokenizer`.
 #[derive(clap::Args, Debug, Clone)]
@@ -86,38 +67,6 @@ pub fn read_lines(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     Ok(v)
 }
 
-/// `--data` and how to open it.
-#[derive(clap::Args, Debug, Clone)]
-pub struct DataArgs {
-    /// A dataset: image folder, captions table (.csv/.tsv/.jsonl), Karpathy split JSON, CIFAR
-    /// batches folder, or webdataset .tar shard(s).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Prompt templates for label texts: a preset (photo, imagenet7, cifar) or a file with one
-    /// template per line, each with {} for the label.
-    #[arg(long, default_value = "photo")]
-    pub templates: String,
-    /// Seed of the train/val/test split for datasets whose files carry none.
-    #[arg(long, default_value_t = 0)]
-    pub split_seed: u64,
-    /// What to do with an unreadable image: skip (counted and named) or fail.
-    #[arg(long, default_value = "skip")]
-    pub on_bad_image: siam_data::dataset::OnBadImage,
-}
-
-impl DataArgs {
-    /// Opens the dataset.
-    pub fn open(&self) -> anyhow::Result<siam_data::dataset::Dataset> {
-        let opts = siam_data::dataset::OpenOptions {
-            seed: self.split_seed,
-            templates: siam_data::templates::Templates::from_name_or_file(&self.templates)?,
-            on_bad_image: self.on_bad_image,
-            ..Default::default()
-        };
-        Ok(siam_data::dataset::Dataset::open(&self.data, &opts)?)
-    }
-}
-
 /// Prints the bad-image summary of a run, if any image was skipped.
 pub fn report_skipped(s: &siam_data::pipeline::BadImageSummary) {
     if s.count > 0 {
@@ -133,6 +82,33 @@ pub fn report_skipped(s: &siam_data::pipeline::BadImageSummary) {
     }
 }
 
+/// Progress bars on stderr for the library's [`Progress`] reports, one bar per stage.
+#[derive(Default)]
+pub struct Bars {
+    bar: parking_lot::Mutex<Option<ProgressBar>>,
+}
+
+impl Progress for Bars {
+    fn start(&self, stage: &str, len: usize) {
+        *self.bar.lock() = Some(progress_bar(len, stage));
+    }
+    fn set(&self, done: usize) {
+        if let Some(b) = &*self.bar.lock() {
+            b.set_position(done as u64);
+        }
+    }
+    fn inc(&self, n: usize) {
+        if let Some(b) = &*self.bar.lock() {
+            b.inc(n as u64);
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = self.bar.lock().take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
 /// Embeds dataset records with a progress bar labelled `what`, then reports skipped images.
 pub fn embed_records_with_progress(
     enc: &Encoder,
@@ -143,17 +119,21 @@ pub fn embed_records_with_progress(
     on_bad_image: siam_data::dataset::OnBadImage,
     what: &str,
 ) -> anyhow::Result<siam::embed::ImageEmbeddings> {
-    let pb = progress_bar(records.len(), what);
-    let out = siam::embed::embed_records(
+    let out = siam::index::dataset::embed_dataset_images(
         enc,
-        std::sync::Arc::clone(ds),
+        ds,
         records,
         batch_size,
         threads,
         on_bad_image,
-        &mut |n| pb.set_position(n as u64),
+        what,
+        &Bars::default(),
     )?;
-    pb.finish_and_clear();
     report_skipped(&out.skipped);
     Ok(out)
+}
+
+/// The split a siam model folder records in its `siam.json` (`None` for other models).
+pub fn recorded_split(model: &std::path::Path) -> Option<siam::dataset::SplitRecord> {
+    siam::model::folder::read_card(model).ok()?.split
 }

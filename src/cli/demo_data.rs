@@ -1,21 +1,23 @@
 //! `siam demo-data`: writes the synthetic demo set as an ordinary image folder plus a captions
-//! table, so users see the formats siam reads.
+//! table, so users see the formats siam reads. By default it is exactly the set `siam train`
+//! trains on without `--data`, with the images that run held out in `images/val/` and
+//! `images/test/`, apart from `images/train/`.
 
 use std::path::PathBuf;
 
 /// Write the synthetic shapes demo set to a folder.
 #[derive(clap::Args, Debug)]
 pub struct DemoDataArgs {
-    /// Output folder (gets images/<label>/*.png and captions.csv).
+    /// Output folder (gets images/{train,val,test}/<label>/*.png and captions.csv).
     #[arg(long, short = 'o')]
     pub out: PathBuf,
-    /// Images per class.
-    #[arg(long, default_value_t = 24)]
+    /// Images per class (`siam train`'s demo: its --demo-per-class).
+    #[arg(long, default_value_t = siam::train::config::DEMO_PER_CLASS)]
     pub per_class: usize,
     /// Image side in pixels.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = siam::train::config::DEMO_IMAGE_SIZE)]
     pub image_size: u32,
-    /// Seed.
+    /// Seed of the images and of the split (`siam train`'s --seed, or --split-seed).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -27,9 +29,10 @@ pub fn run(args: DemoDataArgs) -> anyhow::Result<()> {
     let n =
         siam_data::synthetic::write_demo(&args.out, args.per_class, args.image_size, args.seed)?;
     eprintln!(
-        "wrote {n} images to {} (image folder: {}/images, captions table: {}/captions.csv)",
+        "wrote {n} images to {} (image folder: {}/images, split into train/, val/ and test/ as `siam train --seed {}` splits them; captions table: {}/captions.csv)",
         args.out.display(),
         args.out.display(),
+        args.seed,
         args.out.display()
     );
     Ok(())

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use siam_data::dataset::OnBadImage;
 
-use super::common::{progress_bar, read_lines, report_skipped, DeviceArgs, ModelArgs};
+use super::common::{progress_bar, read_lines, report_skipped, ModelArgs};
+use siam::device::DeviceConfig;
 use siam::embed::{embed_image_files, embed_texts, expand_image_args};
 use siam::io::{atomic_write_bytes, write_npy};
 
@@ -17,7 +18,7 @@ pub struct EmbedArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub device: DeviceConfig,
     /// Image files or folders (walked recursively).
     #[arg(long, num_args = 1..)]
     pub images: Vec<PathBuf>,
@@ -43,6 +44,8 @@ pub struct EmbedArgs {
 
 /// Runs `siam embed`.
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.batch_size > 0, "--batch-size: must be at least 1");
+    anyhow::ensure!(args.threads > 0, "--threads: must be at least 1");
     // Resolve every input before loading the model, so bad input fails fast.
     let images = if args.images.is_empty() {
         Vec::new()

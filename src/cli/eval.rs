@@ -11,17 +11,20 @@ use anyhow::Context;
 use serde::Serialize;
 use siam_data::dataset::{Dataset, DatasetKind, Split};
 
-use super::common::{embed_records_with_progress, DataArgs, DeviceArgs, ModelArgs};
-use super::index::{dataset_texts, split_records};
+use super::common::{embed_records_with_progress, recorded_split, Bars, ModelArgs};
+use siam::dataset::{DataConfig, SplitRecord};
+use siam::device::DeviceConfig;
 use siam::eval::classification::{neighbour_metrics, zero_shot, NeighbourReport, ZeroShotReport};
 use siam::eval::linear_probe::{linear_probe, LinearProbeConfig, LinearProbeReport};
 use siam::eval::plot::recall_curves;
 use siam::eval::retrieval::{retrieval_report, Positives, RetrievalReport};
+use siam::index::dataset::{dataset_texts, Subset};
 use siam::index::{HnswParams, VectorIndex};
 use siam::model::encoder::Encoder;
 
 /// Evaluate one model (or compare two) on a dataset split.
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("data", |a| a.required(true)))]
 pub struct EvalArgs {
     /// The model (folder, or checkpoint with --arch).
     #[arg(long, short = 'm', required_unless_present = "compare")]
@@ -33,12 +36,12 @@ pub struct EvalArgs {
     #[arg(long, num_args = 2, value_names = ["M1", "M2"], conflicts_with = "model")]
     pub compare: Vec<PathBuf>,
     #[command(flatten)]
-    pub data: DataArgs,
+    pub data: DataConfig,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub device: DeviceConfig,
     /// The split to evaluate: test, val, train or all.
     #[arg(long, default_value = "test")]
-    pub split: String,
+    pub split: Subset,
     /// Write the report as JSON here (and the recall@k curves as a PNG beside it).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -82,6 +85,11 @@ pub struct EvalReport {
     pub linear_probe: Option<LinearProbeReport>,
     /// HNSW recall@10 against exact search, per direction (with --ann).
     pub ann_recall_at_10: Option<AnnRecall>,
+    /// The split the records were chosen from (seed and fractions).
+    pub split_record: SplitRecord,
+    /// Evaluated images the model was trained on (`None`: the model records no split of this
+    /// dataset, so it cannot tell).
+    pub training_images: Option<usize>,
 }
 
 /// HNSW recall@10 against exact ranking.
@@ -95,22 +103,50 @@ pub struct AnnRecall {
 
 /// Runs `siam eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let ds = Arc::new(args.data.open()?);
-    let records = split_records(&ds, &args.split)?;
-    let device = args.device.open()?;
+    anyhow::ensure!(args.batch_size > 0, "--batch-size: must be at least 1");
+    anyhow::ensure!(args.threads > 0, "--threads: must be at least 1");
+    anyhow::ensure!(
+        args.probe_c.is_finite() && args.probe_c > 0.0,
+        "--probe-c: must be a positive number, got {}",
+        args.probe_c
+    );
     let models: Vec<PathBuf> = match &args.model {
         Some(m) => vec![m.clone()],
         None => args.compare.clone(),
     };
+    // The split: the first model's own for this dataset, if it recorded one.
+    let splits: Vec<Option<SplitRecord>> = models.iter().map(|m| recorded_split(m)).collect();
+    let primary = splits.iter().flatten().find(|r| args.data.is_split_of(r));
+    let data = args.data.open_for_model(primary)?;
+    eprintln!("{}", data.describe());
+    let ds = Arc::new(data.dataset.clone());
+    let records = args.split.records(&ds)?;
+    let device = args.device.open()?;
     let mut reports = Vec::new();
-    for m in &models {
+    for (m, split) in models.iter().zip(&splits) {
         let enc = ModelArgs {
             model: m.clone(),
             arch: args.arch.clone(),
             tokenizer: None,
         }
         .load(&device)?;
-        reports.push(evaluate(&enc, m, &ds, &records, &args)?);
+        let mut report = evaluate(&enc, m, &ds, &records, &args, &data.split)?;
+        report.training_images = match split {
+            Some(r) if Some(r) == primary => data.trained_on(&records),
+            Some(r) => args
+                .data
+                .training_images(r)?
+                .map(|names| data.count_in(&records, &names)),
+            None => None,
+        };
+        if let Some(n) = report.training_images.filter(|&n| n > 0) {
+            eprintln!(
+                "warning: {n} of the {} evaluated images were in the training split of {} (it was trained on them)",
+                records.len(),
+                m.display()
+            );
+        }
+        reports.push(report);
     }
     print_reports(&reports);
     if let Some(json) = &args.json {
@@ -138,6 +174,7 @@ pub fn evaluate(
     ds: &Arc<Dataset>,
     records: &[usize],
     args: &EvalArgs,
+    split: &SplitRecord,
 ) -> anyhow::Result<EvalReport> {
     let d = enc.dim();
     let img = embed_records_with_progress(
@@ -150,7 +187,7 @@ pub fn evaluate(
         "images",
     )?;
     let kept: Vec<usize> = img.kept.iter().map(|&i| records[i]).collect();
-    let (texts, entries) = dataset_texts(enc, ds, &kept)?;
+    let (texts, entries) = dataset_texts(enc, ds, &kept, &Bars::default())?;
     let (retrieval, zero, neighbours, probe) = match ds.kind {
         DatasetKind::Labels => {
             let labels: Vec<usize> = kept
@@ -211,7 +248,7 @@ pub fn evaluate(
     Ok(EvalReport {
         model: model.display().to_string(),
         data: ds.root.display().to_string(),
-        split: args.split.clone(),
+        split: args.split.to_string(),
         images: kept.len(),
         texts: entries.len(),
         retrieval,
@@ -219,6 +256,8 @@ pub fn evaluate(
         neighbours,
         linear_probe: probe,
         ann_recall_at_10: ann,
+        split_record: split.clone(),
+        training_images: None,
     })
 }
 
@@ -231,7 +270,7 @@ fn linear_probe_on_train(
     test_y: &[usize],
     args: &EvalArgs,
 ) -> anyhow::Result<Option<LinearProbeReport>> {
-    if args.split == "train" || args.split == "all" {
+    if matches!(args.split, Subset::All | Subset::Only(Split::Train)) {
         return Ok(None);
     }
     let train = ds.indices_of(Split::Train);

@@ -1,39 +1,32 @@
 //! `siam index`: embeds a dataset's images and its label texts (or captions) with a model and
-//! builds HNSW indexes over both.
-//!
-//! ```text
-//! INDEX/model.json   which model built it: path, --arch, fingerprint
-//! INDEX/hnsw/        the JointIndex (manifest, embeddings, ids, graphs)
-//! ```
-//! The folder is built under a temporary name and renamed.
+//! builds HNSW indexes over both ([`siam::index::dataset::build_index`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
-use serde::{Deserialize, Serialize};
-use siam_data::dataset::{Dataset, DatasetKind, Split};
+use siam::index::dataset::{build_index, BuildOptions, Subset};
+use siam::index::HnswParams;
 
-use super::common::{embed_records_with_progress, progress_bar, DataArgs, DeviceArgs, ModelArgs};
-use siam::embed::{embed_texts, ensemble};
-use siam::index::{HnswParams, JointIndex, TextEntry, VectorIndex};
-use siam::model::encoder::Encoder;
+use super::common::{recorded_split, report_skipped, Bars, ModelArgs};
+use siam::dataset::DataConfig;
+use siam::device::DeviceConfig;
 
 /// Build an HNSW index over a dataset's images and texts.
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("data", |a| a.required(true)))]
 pub struct IndexArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
-    pub data: DataArgs,
+    pub data: DataConfig,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub device: DeviceConfig,
     /// Output index folder.
     #[arg(long, short = 'o')]
     pub out: PathBuf,
     /// Which records to index: all, train, val or test.
     #[arg(long, default_value = "all")]
-    pub split: String,
+    pub split: Subset,
     /// HNSW neighbours per node (M).
     #[arg(long, default_value_t = 16)]
     pub m: usize,
@@ -51,169 +44,61 @@ pub struct IndexArgs {
     pub threads: usize,
 }
 
-/// `INDEX/model.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IndexModel {
-    /// The model path as an absolute path.
-    pub path: PathBuf,
-    /// `--arch` given with it.
-    pub arch: Option<String>,
-    /// Its fingerprint.
-    pub fingerprint: String,
-}
-
-/// The JointIndex folder inside an index folder.
-pub fn hnsw_dir(index: &Path) -> PathBuf {
-    index.join("hnsw")
-}
-
-/// Records of a split (`all` for every record); an error if the split is empty.
-pub fn split_records(ds: &Dataset, split: &str) -> anyhow::Result<Vec<usize>> {
-    if split == "all" {
-        return Ok((0..ds.len()).collect());
-    }
-    let s: Split = split.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    let idx = ds.indices_of(s);
-    if idx.is_empty() {
-        let (tr, va, te) = ds.split_counts();
-        anyhow::bail!(
-            "{}: the dataset has no {split} split (train {tr}, val {va}, test {te} images)",
-            ds.root.display()
-        );
-    }
-    Ok(idx)
-}
-
-/// Label datasets: one ensembled embedding per class (mean of its prompt-text embeddings,
-/// re-normalised). Caption datasets: one per caption of the indexed records.
-pub fn dataset_texts(
-    enc: &Encoder,
-    ds: &Dataset,
-    records: &[usize],
-) -> anyhow::Result<(Vec<f32>, Vec<TextEntry>)> {
-    let d = enc.dim();
-    match ds.kind {
-        DatasetKind::Labels => {
-            let mut out = Vec::with_capacity(ds.labels.len() * d);
-            let mut entries = Vec::new();
-            for (c, label) in ds.labels.iter().enumerate() {
-                let prompts: Vec<&str> = ds.label_texts[c]
-                    .iter()
-                    .map(|&t| ds.texts[t].as_str())
-                    .collect();
-                out.extend(ensemble(enc, &prompts)?);
-                entries.push(TextEntry {
-                    text: label.clone(),
-                    image: None,
-                    label: Some(c),
-                });
-            }
-            Ok((out, entries))
-        }
-        DatasetKind::Captions => {
-            let mut entries = Vec::new();
-            for (pos, &r) in records.iter().enumerate() {
-                for &t in &ds.records[r].texts {
-                    entries.push(TextEntry {
-                        text: ds.texts[t].clone(),
-                        image: Some(pos),
-                        label: None,
-                    });
-                }
-            }
-            let texts: Vec<&str> = entries.iter().map(|e| e.text.as_str()).collect();
-            let pb = progress_bar(texts.len(), "captions");
-            let out = embed_texts(enc, &texts, 256, &mut |n| pb.set_position(n as u64))?;
-            pb.finish_and_clear();
-            Ok((out, entries))
-        }
-    }
-}
-
-/// Embeds `records` of `ds` and their texts with `enc` and writes an index folder at `out`.
-#[allow(clippy::too_many_arguments)]
-pub fn build_index(
-    enc: &Encoder,
-    model_path: &Path,
-    arch: Option<&str>,
-    ds: Arc<Dataset>,
-    records: &[usize],
-    out: &Path,
-    params: HnswParams,
-    batch_size: usize,
-    threads: usize,
-) -> anyhow::Result<(usize, usize)> {
-    let fingerprint =
-        siam::fingerprint::model_fingerprint(model_path, arch).with_context(|| {
-            format!(
-                "{}: reading the model to fingerprint it",
-                model_path.display()
-            )
-        })?;
-    let images = embed_records_with_progress(
-        enc,
-        &ds,
-        records,
-        batch_size,
-        threads,
-        siam_data::dataset::OnBadImage::Skip,
-        "images",
-    )?;
-    let kept: Vec<usize> = images.kept.iter().map(|&i| records[i]).collect();
-    let image_ids: Vec<String> = kept.iter().map(|&r| ds.records[r].image.name()).collect();
-    let (texts, entries) = dataset_texts(enc, &ds, &kept)?;
-    let graph = |vectors: &[f32], what: &str| {
-        let pb = progress_bar(vectors.len() / enc.dim().max(1), what);
-        let built = VectorIndex::build_with_progress(vectors, enc.dim(), params, &|k| pb.inc(k));
-        pb.finish_and_clear();
-        built
-    };
-    let image_graph = graph(&images.data, "image graph")?;
-    let text_graph = graph(&texts, "text graph")?;
-    let index = JointIndex::from_parts(&fingerprint, image_graph, image_ids, text_graph, entries)?;
-    let model = IndexModel {
-        path: std::fs::canonicalize(model_path).unwrap_or_else(|_| model_path.to_path_buf()),
-        arch: arch.map(String::from),
-        fingerprint,
-    };
-    let counts = (index.manifest().images, index.manifest().texts);
-    siam::io::atomic_dir(out, |tmp| {
-        index.save(&hnsw_dir(tmp))?;
-        siam::io::atomic_write_bytes(
-            &tmp.join("model.json"),
-            &serde_json::to_vec_pretty(&model)?,
-        )?;
-        Ok(())
-    })
-    .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
-    Ok(counts)
-}
-
 /// Runs `siam index`.
 pub fn run(args: IndexArgs) -> anyhow::Result<()> {
-    let ds = Arc::new(args.data.open()?);
-    let records = split_records(&ds, &args.split)?;
-    let device = args.device.open()?;
-    let enc = args.model.load(&device)?;
+    anyhow::ensure!(args.batch_size > 0, "--batch-size: must be at least 1");
+    anyhow::ensure!(args.threads > 0, "--threads: must be at least 1");
     let params = HnswParams {
         m: args.m,
         ef_construction: args.ef_construction,
         ef_search: args.ef,
         ..HnswParams::default()
     };
-    let (ni, nt) = build_index(
+    params.validate().map_err(|e| match e {
+        // The parameter by its flag.
+        siam::index::IndexError::BadParams { what, .. } => {
+            let flag = match what {
+                "ef_search" => "ef",
+                other => other,
+            };
+            anyhow::anyhow!("--{}: {e}", flag.replace('_', "-"))
+        }
+        other => other.into(),
+    })?;
+    let recorded = recorded_split(&args.model.model);
+    let data = args.data.open_for_model(recorded.as_ref())?;
+    if let Subset::Only(_) = args.split {
+        eprintln!("{}", data.describe());
+        if let Some(n) = data.trained_on(&args.split.records(&data.dataset)?) {
+            if n > 0 && args.split != Subset::Only(siam_data::dataset::Split::Train) {
+                eprintln!("warning: {n} of the indexed images were in the model's training split");
+            }
+        }
+    }
+    let ds = Arc::new(data.dataset);
+    let records = args.split.records(&ds)?;
+    let device = args.device.open()?;
+    let enc = args.model.load(&device)?;
+    let opts = BuildOptions {
+        params,
+        batch_size: args.batch_size,
+        threads: args.threads,
+    };
+    let done = build_index(
         &enc,
         &args.model.model,
         args.model.arch.as_deref(),
         ds,
         &records,
         &args.out,
-        params,
-        args.batch_size,
-        args.threads,
+        opts,
+        &Bars::default(),
     )?;
+    report_skipped(&done.skipped);
     eprintln!(
-        "indexed {ni} images and {nt} texts in {}",
+        "indexed {} images and {} texts in {}",
+        done.images,
+        done.texts,
         args.out.display()
     );
     Ok(())

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use siam_data::dataset::OnBadImage;
 
-use super::common::{DeviceArgs, ModelArgs};
-use super::index::{hnsw_dir, IndexModel};
+use super::common::ModelArgs;
+use siam::device::DeviceConfig;
 use siam::embed::{embed_image_files, embed_texts, expand_image_args};
-use siam::index::{Hit, JointIndex};
+use siam::index::{Hit, JointIndex, Manifest};
 
 /// Ask an index: images in, label texts out; or --text in, images out.
 #[derive(clap::Args, Debug)]
@@ -25,7 +25,7 @@ pub struct QueryArgs {
     /// output folder with an `index/` inside also works).
     #[arg(long, short = 'i')]
     pub index: PathBuf,
-    /// Answers per query.
+    /// Answers per query (at most the whole index).
     #[arg(long, short = 'k', default_value_t = 5)]
     pub k: usize,
     /// Print JSON.
@@ -41,31 +41,38 @@ pub struct QueryArgs {
     #[arg(long)]
     pub arch: Option<String>,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub device: DeviceConfig,
 }
 
 /// Runs `siam query`.
 pub fn run(args: QueryArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.k > 0, "--k must be at least 1");
     let mut dir = args.index.clone();
-    if !dir.join("model.json").is_file() && dir.join("index").join("model.json").is_file() {
+    if !dir.join("manifest.json").is_file() && dir.join("index").join("manifest.json").is_file() {
         dir = dir.join("index");
     }
     anyhow::ensure!(dir.exists(), "{}: no such index folder", dir.display());
-    let card_path = dir.join("model.json");
-    let card: IndexModel =
-        serde_json::from_slice(&std::fs::read(&card_path).with_context(|| {
-            format!("{}: not a siam index folder (no model.json)", dir.display())
+    let manifest_path = dir.join("manifest.json");
+    let manifest: Manifest =
+        serde_json::from_slice(&std::fs::read(&manifest_path).with_context(|| {
+            format!(
+                "{}: not a siam index folder (no manifest.json)",
+                dir.display()
+            )
         })?)
-        .with_context(|| format!("{}: not a siam index manifest", card_path.display()))?;
+        .with_context(|| format!("{}: not a siam index manifest", manifest_path.display()))?;
     let images = expand_image_args(&args.images)?;
-    let (model_path, arch) = match &args.model {
-        Some(m) => (m.clone(), args.arch.clone()),
-        None => (card.path.clone(), card.arch.clone()),
+    let (model_path, arch) = match (&args.model, &manifest.model) {
+        (Some(m), _) => (m.clone(), args.arch.clone()),
+        (None, Some(source)) => (source.path.clone(), source.arch.clone()),
+        (None, None) => anyhow::bail!(
+            "{}: the index does not name its model; give --model",
+            dir.display()
+        ),
     };
     let fingerprint = siam::fingerprint::model_fingerprint(&model_path, arch.as_deref())
         .with_context(|| format!("{}: the model that built this index", model_path.display()))?;
-    let index = JointIndex::load(&hnsw_dir(&dir), Some(&fingerprint))?;
+    let index = JointIndex::load(&dir, Some(&fingerprint))?;
     let device = args.device.open()?;
     let enc = ModelArgs {
         model: model_path,
@@ -76,11 +83,8 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
     let results: Vec<(String, Vec<Hit>)> = if !images.is_empty() {
         let n = index.manifest().texts;
         anyhow::ensure!(n > 0, "{}: the index holds no texts", dir.display());
-        anyhow::ensure!(
-            args.k <= n,
-            "--k {} is larger than the {n} texts in the index",
-            args.k
-        );
+        // A --k larger than the index answers with the whole index.
+        let k = args.k.min(n);
         let e = embed_image_files(&enc, &images, 32, 2, OnBadImage::Fail, &mut |_| {})?;
         e.data
             .chunks(e.dim)
@@ -88,28 +92,20 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
             .map(|(q, &i)| {
                 Ok((
                     images[i].display().to_string(),
-                    index.query_by_image_embedding(q, args.k, args.exact)?,
+                    index.query_by_image_embedding(q, k, args.exact)?,
                 ))
             })
             .collect::<anyhow::Result<_>>()?
     } else {
         let n = index.manifest().images;
         anyhow::ensure!(n > 0, "{}: the index holds no images", dir.display());
-        anyhow::ensure!(
-            args.k <= n,
-            "--k {} is larger than the {n} images in the index",
-            args.k
-        );
+        // A --k larger than the index answers with the whole index.
+        let k = args.k.min(n);
         let refs: Vec<&str> = args.text.iter().map(String::as_str).collect();
         let e = embed_texts(&enc, &refs, 256, &mut |_| {})?;
         e.chunks(enc.dim())
             .zip(&args.text)
-            .map(|(q, t)| {
-                Ok((
-                    t.clone(),
-                    index.query_by_text_embedding(q, args.k, args.exact)?,
-                ))
-            })
+            .map(|(q, t)| Ok((t.clone(), index.query_by_text_embedding(q, k, args.exact)?)))
             .collect::<anyhow::Result<_>>()?
     };
     print_results(&results, args.json)

@@ -23,12 +23,12 @@ pub enum ConfigError {
         known: String,
     },
     /// The config file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The config file is not the JSON we expect.
     #[error("{path}: not a valid {what}: {why}")]
@@ -711,9 +711,9 @@ impl ClipConfig {
 }
 
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 

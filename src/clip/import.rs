@@ -46,12 +46,12 @@ const TORCHSCRIPT_FIX: &str = "convert it to a state dict with `python -c \"impo
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     /// The operating system refused a read or write.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file involved.
         path: PathBuf,
         /// What the OS said.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The architecture could not be resolved.
     #[error(transparent)]
@@ -264,9 +264,9 @@ struct Source {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
-    move |source| ImportError::Io {
+    move |cause| ImportError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 

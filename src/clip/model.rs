@@ -58,12 +58,7 @@ pub struct Clip {
 
 /// L2-normalises rows: `x / max(||x||, 1e-12)` (PyTorch `F.normalize`).
 pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
-    let norm = x
-        .clone()
-        .powf_scalar(2.0)
-        .sum_dim(1)
-        .sqrt()
-        .clamp_min(1e-12);
+    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
     x / norm
 }
 

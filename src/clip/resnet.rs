@@ -427,20 +427,20 @@ pub enum ResnetImportError {
         path: PathBuf,
     },
     /// The safetensors file could not be read.
-    #[error("{path}: cannot read safetensors: {source}")]
+    #[error("{path}: cannot read safetensors: {cause}")]
     Safetensors {
         /// The file.
         path: PathBuf,
         /// What burn-store reported.
-        source: burn::store::SafetensorsStoreError,
+        cause: burn::store::SafetensorsStoreError,
     },
     /// The PyTorch pickle could not be read.
-    #[error("{path}: cannot read PyTorch checkpoint: {source}")]
+    #[error("{path}: cannot read PyTorch checkpoint: {cause}")]
     Pytorch {
         /// The file.
         path: PathBuf,
         /// What burn-store reported.
-        source: burn::store::PytorchStoreError,
+        cause: burn::store::PytorchStoreError,
     },
     /// No tensor in the file starts with the prefix.
     #[error("{path}: no tensor named {prefix:?}* (is this an open_clip ResNet state dict?)")]
@@ -540,9 +540,9 @@ pub fn load_open_clip_resnet(
             let mut store = SafetensorsStore::from_file(path);
             let map = store
                 .get_all_tensors()
-                .map_err(|source| ResnetImportError::Safetensors {
+                .map_err(|cause| ResnetImportError::Safetensors {
                     path: path.to_path_buf(),
-                    source,
+                    cause,
                 })?;
             map.values().cloned().collect()
         }
@@ -550,9 +550,9 @@ pub fn load_open_clip_resnet(
             let mut store = PytorchStore::from_file(path);
             let map = store
                 .get_all_tensors()
-                .map_err(|source| ResnetImportError::Pytorch {
+                .map_err(|cause| ResnetImportError::Pytorch {
                     path: path.to_path_buf(),
-                    source,
+                    cause,
                 })?;
             map.values().cloned().collect()
         }

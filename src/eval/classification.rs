@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::scores::{for_each_query_scores, ranks_before, top_k};
 use super::{check_count, rows_of, EvalError, Result};
+use crate::index::scores::{for_each_query_scores, ranks_before, top_k};
 
 /// Zero-shot classification results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

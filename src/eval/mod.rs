@@ -13,13 +13,13 @@
 //! - [`plot`]: PNG line charts (recall@k curves, loss curves), written atomically.
 //!
 //! Ties in similarity are broken deterministically everywhere: a higher score ranks first, and
-//! among equal scores the lower index ranks first.
+//! among equal scores the lower index ranks first (the exact ranking primitives are shared with
+//! brute-force search in `crate::index`, which this module uses and which never uses it).
 
 pub mod classification;
 pub mod linear_probe;
 pub mod plot;
 pub mod retrieval;
-pub(crate) mod scores;
 
 /// Errors from the metric computations: all are caller mistakes in shapes or labels.
 #[derive(Debug, thiserror::Error)]

@@ -14,8 +14,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::scores::{for_each_query_scores, ranks_before};
 use super::{check_count, median, rows_of, Result};
+use crate::index::scores::{for_each_query_scores, ranks_before};
 
 /// Which texts are positives of which images.
 #[derive(Debug, Clone, Copy)]

@@ -3,7 +3,8 @@
 //! Layout (format version [`FORMAT_VERSION`]):
 //! ```text
 //! INDEX/
-//!   manifest.json   format version, model fingerprint, dim, counts, build parameters
+//!   manifest.json   format version, the model (fingerprint, path, --arch), dim, counts,
+//!                   build parameters: the index's one manifest
 //!   images.json     image ids (paths), one per image row
 //!   texts.json      texts: {"text", "image" (caption of that image) or "label" (class)}
 //!   images/         VectorIndex: vectors.npy (image embeddings), hnsw.json, graph.hnsw.{graph,data}
@@ -46,6 +47,19 @@ pub struct Manifest {
     pub params: HnswParams,
     /// Version of siam that wrote the index.
     pub siam_version: String,
+    /// The model that built the index, so `siam query` embeds its questions with the same
+    /// model (`None` for indexes assembled from bare embeddings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSource>,
+}
+
+/// Where the indexed embeddings' model lives: what `siam query` loads by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSource {
+    /// The model folder or checkpoint file, as an absolute path.
+    pub path: std::path::PathBuf,
+    /// The `--arch` given with a bare checkpoint.
+    pub arch: Option<String>,
 }
 
 /// One indexed text: a label text (prompt) of a class, or a caption of an image.
@@ -176,6 +190,7 @@ impl JointIndex {
                 texts: n_texts,
                 params,
                 siam_version: env!("CARGO_PKG_VERSION").to_string(),
+                model: None,
             },
             images: image_index,
             texts: text_index,
@@ -281,6 +296,12 @@ impl JointIndex {
             image_ids,
             text_entries,
         })
+    }
+
+    /// Records the model that built the index in its manifest (see [`Manifest::model`]).
+    pub fn with_model_source(mut self, source: ModelSource) -> Self {
+        self.manifest.model = Some(source);
+        self
     }
 
     /// The manifest.

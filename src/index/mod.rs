@@ -14,13 +14,15 @@
 //! nothing borrows its loader), and an empty index saves and loads.
 
 mod build;
+pub mod dataset;
 pub mod dot;
 mod dump;
 mod flat;
 mod joint;
+pub(crate) mod scores;
 mod vector;
 
-pub use joint::{Hit, JointIndex, Manifest, TextEntry, FORMAT_VERSION};
+pub use joint::{Hit, JointIndex, Manifest, ModelSource, TextEntry, FORMAT_VERSION};
 pub use vector::{HnswParams, VectorIndex};
 
 use std::path::PathBuf;

@@ -46,7 +46,8 @@ impl Default for HnswParams {
 }
 
 impl HnswParams {
-    fn validate(&self) -> Result<()> {
+    /// Checks every parameter, naming the first one out of its domain.
+    pub fn validate(&self) -> Result<()> {
         let bad = |what, value, must| Err(IndexError::BadParams { what, value, must });
         // hnsw_rs's dump stores M in one byte.
         if !(2..=255).contains(&self.m) {
@@ -264,7 +265,7 @@ impl VectorIndex {
             .chunks_exact(self.dim)
             .map(|v| dot(query, v))
             .collect();
-        Ok(crate::eval::scores::top_k(&scores, k, None)
+        Ok(super::scores::top_k(&scores, k, None)
             .into_iter()
             .map(|i| (i, scores[i]))
             .collect())

@@ -95,22 +95,6 @@ impl Encoder {
         })
     }
 
-    /// Wraps a model already in memory (e.g. at the end of training).
-    pub fn from_parts(
-        model: TwinTowers,
-        card: ModelCard,
-        tokenizer: ClipTokenizer,
-        device: &Device,
-    ) -> Self {
-        Self {
-            model,
-            card,
-            tokenizer,
-            source: PathBuf::new(),
-            device: device.clone(),
-        }
-    }
-
     /// The device it computes on.
     pub fn device(&self) -> &Device {
         &self.device
@@ -205,6 +189,7 @@ pub fn clip_card(
         std: siam_data::preprocess::CLIP_STD,
         initial_weights: initial,
         training: serde_json::Value::Null,
+        split: None,
     }
 }
 

@@ -1,14 +1,14 @@
 //! The trained model folder that `siam train` writes and every other command loads.
 //!
 //! ```text
-//! <out>/siam.json            ModelCard: marker, CLIP config, heads, tokenizer, preprocessing
+//! <out>/siam.json            ModelCard: marker, CLIP config, heads, tokenizer, preprocessing,
+//!                            the training configuration and the split it trained on
 //! <out>/model.safetensors    TwinTowers parameters (burn layout, enum variant names skipped)
 //! <out>/tokenizer.json       only when the source checkpoint brought its own tokenizer
 //! ```
 //!
 //! Each file is written to a temporary name and renamed ([`crate::io`]); the card comes last.
 
-use burn::module::Module;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -105,6 +105,10 @@ pub struct ModelCard {
     /// The resolved training configuration (free-form, for the record).
     #[serde(default)]
     pub training: serde_json::Value,
+    /// The dataset and train/val/test split the model was trained on; `siam eval` and `siam
+    /// index` use it for that dataset (`None`: not trained by siam, or by an older version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<crate::dataset::SplitRecord>,
 }
 
 impl ModelCard {
@@ -155,10 +159,10 @@ pub fn read_card(dir: &Path) -> Result<ModelCard, FolderError> {
 }
 
 /// Serialises the model's parameters as safetensors bytes.
-pub fn weights_bytes(model: &TwinTowers) -> Result<Vec<u8>, String> {
+fn weights_bytes(model: &TwinTowers) -> Result<Vec<u8>, burn::store::SafetensorsStoreError> {
     let mut store = SafetensorsStore::from_bytes(None).skip_enum_variants(true);
-    model.save_into(&mut store).map_err(|e| e.to_string())?;
-    store.get_bytes().map_err(|e| e.to_string())
+    model.save_into(&mut store)?;
+    store.get_bytes()
 }
 
 /// Writes a model folder: `model.safetensors` (and the tokenizer copy) first, `siam.json` last,
@@ -174,7 +178,7 @@ pub fn save(
         path: dir.to_path_buf(),
         why,
     };
-    let weights = weights_bytes(model).map_err(werr)?;
+    let weights = weights_bytes(model).map_err(|e| werr(e.to_string()))?;
     let json = serde_json::to_vec_pretty(card).map_err(|e| werr(e.to_string()))?;
     crate::io::atomic_write_bytes(&dir.join(WEIGHTS_FILE), &weights)
         .map_err(|e| werr(e.to_string()))?;
@@ -216,11 +220,6 @@ pub fn load(dir: &Path, device: &Device) -> Result<(TwinTowers, ModelCard), Fold
     Ok((model, card))
 }
 
-/// The number of parameters (scalar values) of a module, for messages.
-pub fn count_values<M: Module>(m: &M) -> usize {
-    m.num_params()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +252,7 @@ mod tests {
                 seed: 1,
             },
             training: serde_json::Value::Null,
+            split: None,
         }
     }
 

@@ -34,14 +34,16 @@ pub enum HeadKind {
 }
 
 impl FromStr for HeadKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "linear" => Ok(Self::Linear),
             "adapter" | "mlp" | "residual" => Ok(Self::Adapter),
             "identity" | "none" => Ok(Self::Identity),
-            _ => Err(format!(
-                "unknown head {s:?}: expected linear, adapter or identity"
+            _ => Err(crate::UnknownName::new(
+                "head",
+                s,
+                "linear, adapter or identity",
             )),
         }
     }
@@ -167,11 +169,7 @@ impl ProjectionHead {
     }
 }
 
-/// `torch.nn.functional.normalize(x, dim=1)`: `x / max(||x||_2, 1e-12)` row by row.
-pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
-    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
-    x / norm
-}
+pub use crate::clip::model::l2_normalize;
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,7 @@
 //!   `query`, `eval` and by training's own index.
 //!
 //! Training ([`crate::train`]), the index ([`crate::index`]), evaluation ([`crate::eval`]) and
-//! the binary use this module; it uses none of them.
+//! the binary use this module; it uses none of them (its unit tests aside).
 
 pub mod encoder;
 pub mod folder;

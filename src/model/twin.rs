@@ -29,9 +29,9 @@ pub enum FreezePolicy {
 }
 
 impl FromStr for FreezePolicy {
-    type Err = String;
+    type Err = crate::UnknownName;
     /// `locked` | `last:N` (or `lastN`, `N`) | `full`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim().to_ascii_lowercase();
         match t.as_str() {
             "locked" | "lock" | "frozen" | "heads" | "heads-only" => Ok(Self::Locked),
@@ -45,8 +45,10 @@ impl FromStr for FreezePolicy {
                 match n.parse::<usize>() {
                     Ok(0) => Ok(Self::Locked),
                     Ok(n) => Ok(Self::LastBlocks(n)),
-                    Err(_) => Err(format!(
-                        "unknown freeze policy {s:?}: expected locked, last:N or full"
+                    Err(_) => Err(crate::UnknownName::new(
+                        "freeze policy",
+                        s,
+                        "locked, last:N or full",
                     )),
                 }
             }
@@ -181,6 +183,18 @@ impl TwinTowers {
             TextInput::Features(f) => f,
         };
         l2_normalize(self.text_head.forward(feats))
+    }
+
+    /// Size of the joint space (the image head's output).
+    pub fn image_head_dim(&self) -> usize {
+        match (&self.image_head.proj, &self.image_head.adapter) {
+            (Some(p), _) => p.weight.shape().dims::<2>()[1],
+            (None, Some(a)) => a.up.weight.shape().dims::<2>()[1],
+            (None, None) => match &self.clip.visual {
+                ImageTower::Vit(v) => v.proj.shape().dims::<2>()[1],
+                ImageTower::ResNet(_) => self.clip.text.text_projection.shape().dims::<2>()[1],
+            },
+        }
     }
 
     /// The image tower's block count (0 for a ResNet).

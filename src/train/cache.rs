@@ -47,14 +47,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use siam_data::dataset::Dataset;
-use siam_data::pipeline::{Loader, LoaderOptions};
+
 use siam_data::preprocess::Preprocessor;
 use siam_data::tokenizer::ClipTokenizer;
 
-use crate::model::encoder::{to_vec, token_tensor};
-use super::run::hex;
-use crate::model::twin::TwinTowers;
+use super::inputs::for_each_pixel_batch;
 use super::TrainError;
+use crate::fingerprint::hex;
+use crate::model::encoder::{to_vec, token_tensor};
+use crate::model::twin::TwinTowers;
 
 /// Where cached features live.
 #[derive(Debug, Clone)]
@@ -369,7 +370,7 @@ impl FeatureCache {
             let frozen = model.valid();
             let vit = frozen.clip.visual.as_vit().expect("checked above");
             let mut out = Vec::with_capacity(records.len() * tokens * width);
-            for_each_pixel_batch(ds, pre, records, threads, device, "prefix", |px| {
+            for_each_pixel_batch(ds, pre, records, threads, device, "prefix cache", |px| {
                 out.extend(to_vec(vit.forward_prefix(px, from_block)));
             })?;
             Ok(out)
@@ -488,7 +489,7 @@ impl FeatureCache {
             let frozen = model.valid();
             let mut out = Vec::new();
             let mut dim = 0;
-            for_each_pixel_batch(ds, pre, records, threads, device, "feature", |px| {
+            for_each_pixel_batch(ds, pre, records, threads, device, "feature cache", |px| {
                 let f = frozen.clip.encode_image(px);
                 dim = f.dims()[1];
                 out.extend(to_vec(f));
@@ -532,48 +533,6 @@ impl FeatureCache {
             Ok((out, ds.texts.len(), dim))
         })
     }
-}
-
-/// Calls `f` with the preprocessed pixels of `records` (`[n, 3, s, s]` on `device` without
-/// autodiff), 64 records at a time in record order, decoded on `threads` threads. An image that
-/// cannot be read is an error naming the records (`cache` says which cache was being filled).
-fn for_each_pixel_batch(
-    ds: &Arc<Dataset>,
-    pre: &Preprocessor,
-    records: &[usize],
-    threads: usize,
-    device: &Device,
-    cache: &str,
-    mut f: impl FnMut(Tensor<4>),
-) -> Result<(), TrainError> {
-    const B: usize = 64;
-    let inner = device.clone().without_autodiff();
-    let batches: Vec<Vec<usize>> = records.chunks(B).map(<[usize]>::to_vec).collect();
-    let loader = Loader::new(
-        Arc::clone(ds),
-        pre.clone(),
-        batches,
-        LoaderOptions {
-            threads,
-            ..LoaderOptions::default()
-        },
-    );
-    let s = pre.image_size as usize;
-    for b in loader {
-        let b = b?;
-        if b.len() != b.indices.len() || !b.skipped.is_empty() {
-            return Err(TrainError::Config(format!(
-                "image(s) could not be read while filling the {cache} cache: {:?}",
-                b.skipped
-            )));
-        }
-        let n = b.len();
-        f(Tensor::<4>::from_data(
-            TensorData::new(b.pixels, [n, 3, s, s]),
-            &inner,
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

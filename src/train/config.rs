@@ -1,11 +1,42 @@
-//! The resolved training configuration, saved in every checkpoint and in the model card.
+//! The training configuration. Each section is at once a `clap` argument group (`siam train`
+//! flattens them, so a flag, its help and its default are written once, here) and a part of
+//! [`TrainConfig`], which is saved in every checkpoint and in the model card:
+//!
+//! | section | flags |
+//! |---|---|
+//! | [`DataConfig`] (shared with `eval` and `index`) | `--data --templates --split-seed --on-bad-image` |
+//! | [`LossSettings`] | `--loss --miner --margin --pos-margin --neg-margin --temperature --ms-*` |
+//! | [`BatchConfig`] | `--classes-per-batch --per-class --batch-size --accum` |
+//! | [`OptimConfig`] | `--epochs --lr --min-lr --warmup --clip-grad`, AdamW's `--weight-decay --beta1 --beta2 --adam-eps` |
+//! | [`TowerConfig`] | `--head --joint-dim --adapter-ratio --adapter-reduction --freeze-image --freeze-text --dtype` |
+//! | [`CacheConfig`] | `--no-cache --cache-dir --prefix-cache-max-gb` |
+//!
+//! [`TrainConfig::default`] is the command line's defaults ([`clap_defaults`]), so a library
+//! caller and `siam train` without flags run the same configuration.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+pub use super::optim::AdamWSettings;
+use crate::dataset::DataConfig;
 use crate::model::heads::HeadKind;
-use super::optim::AdamWSettings;
 use crate::model::twin::FreezePolicy;
+
+/// Images per label of the synthetic demo set `siam train` uses without `--data`.
+pub const DEMO_PER_CLASS: usize = 40;
+/// Side of the demo images (the tiny architecture's input size).
+pub const DEMO_IMAGE_SIZE: u32 = 64;
+/// Epochs on the demo set when `--epochs` is not given (recall@1 from chance to ~0.8).
+pub const DEMO_EPOCHS: usize = 15;
+/// Epochs on a dataset when `--epochs` is not given.
+pub const DATA_EPOCHS: usize = 10;
+
+/// Validation metrics `--select-metric` may name (see [`super::report::metric_map`]).
+pub const SELECT_METRICS: &[&str] = &[
+    "mean_r1", "mean_r5", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10",
+];
+
+pub use crate::settings::clap_defaults;
 
 /// Numeric type the towers compute in. Norms, losses and mining always stay in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -30,178 +61,409 @@ impl TowerDtype {
 }
 
 impl std::str::FromStr for TowerDtype {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "f32" | "fp32" | "float32" => Ok(Self::F32),
             "bf16" | "bfloat16" => Ok(Self::Bf16),
-            _ => Err(format!("unknown dtype {s:?}: expected f32 or bf16")),
+            _ => Err(crate::UnknownName::new("dtype", s, "f32 or bf16")),
         }
     }
 }
 
 /// Loss and miner settings (names as `siam_losses` parses them).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct LossSettings {
-    /// `contrastive`, `pairwise`, `triplet` or `multi-similarity`.
+    /// Loss: contrastive, pairwise, triplet or multi-similarity.
+    #[arg(long, default_value = "triplet")]
     pub loss: String,
-    /// `all`, `hard`, `semihard`, `max-violation`, `distance-weighted`, `multi-similarity`,
-    /// `none`; `None` picks the loss's usual miner.
+    /// Miner: all, hard, semihard, max-violation, distance-weighted, multi-similarity, none, or
+    /// a schedule such as semihard:2,hard (default: the loss's usual miner).
+    #[arg(long)]
     pub miner: Option<String>,
-    /// Triplet margin (cosine).
+    /// Triplet margin (cosine similarity units).
+    #[arg(long, default_value_t = 0.2)]
     pub margin: f64,
     /// Pairwise loss: positives should be more similar than this.
+    #[arg(long, default_value_t = 0.8)]
     pub pos_margin: f64,
     /// Pairwise loss: negatives should be less similar than this.
+    #[arg(long, default_value_t = 0.3)]
     pub neg_margin: f64,
-    /// Contrastive (InfoNCE) initial temperature; the logit scale starts at `ln(1/t)`
-    /// unless the checkpoint brings its own.
+    /// Contrastive (InfoNCE) initial temperature, > 0: the logit scale starts at `ln(1/t)`
+    /// (random-init models; checkpoints keep theirs).
+    #[arg(long)]
     pub temperature: Option<f64>,
-    /// Multi-similarity `alpha`, `beta`, `base` (Wang et al. 2019: 2, 50, 0.5).
+    /// Multi-similarity `alpha` (Wang et al. 2019: 2).
+    #[arg(long, default_value_t = 2.0)]
     pub ms_alpha: f64,
-    /// Multi-similarity `beta`.
+    /// Multi-similarity `beta` (Wang et al. 2019: 50).
+    #[arg(long, default_value_t = 50.0)]
     pub ms_beta: f64,
-    /// Multi-similarity `base` (lambda).
+    /// Multi-similarity `base`, lambda (Wang et al. 2019: 0.5).
+    #[arg(long, default_value_t = 0.5)]
     pub ms_base: f64,
 }
 
 impl Default for LossSettings {
     fn default() -> Self {
-        Self {
-            loss: "triplet".into(),
-            miner: None,
-            margin: 0.2,
-            pos_margin: 0.8,
-            neg_margin: 0.3,
-            temperature: None,
-            ms_alpha: 2.0,
-            ms_beta: 50.0,
-            ms_base: 0.5,
-        }
+        clap_defaults()
     }
 }
 
-/// Everything `siam train` needs, resolved.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// Starting checkpoint (a file, a Hugging Face folder, or a siam folder); `None` trains
-    /// from random weights of `arch`.
-    pub model: Option<PathBuf>,
-    /// Architecture: a preset or an open_clip model-config JSON (needed for bare files, and
-    /// for random initialisation; `tiny` by default).
-    pub arch: Option<String>,
-    /// Dataset path; `None` uses the synthetic demo set.
-    pub data: Option<PathBuf>,
-    /// Demo set: images per label.
-    pub demo_per_class: usize,
-    /// Output (model) folder.
-    pub out: PathBuf,
-    /// Loss and miner.
-    pub loss: LossSettings,
+/// How batches are drawn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct BatchConfig {
     /// Labels per batch (P) for class-balanced batches.
+    #[arg(long, default_value_t = 6)]
     pub classes_per_batch: usize,
     /// Images per label per batch (K).
+    #[arg(long, default_value_t = 4)]
     pub per_class: usize,
     /// Batch size for datasets without labels (shuffled batches).
+    #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// Micro-batches per optimiser step (1 = no accumulation).
+    /// Micro-batches per optimiser step (gradient accumulation keeping all negatives; 1 = none).
+    #[arg(long = "accum", default_value_t = 1)]
     pub accum_steps: usize,
-    /// Passes over the training split.
-    pub epochs: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Final learning rate of the cosine.
-    pub min_lr: f64,
-    /// Warm-up steps (linear).
-    pub warmup_steps: usize,
-    /// AdamW settings.
-    pub adamw: AdamWSettings,
-    /// Global-norm gradient clipping (`None`: off).
-    pub max_grad_norm: Option<f64>,
-    /// Head kind.
-    pub head: HeadKind,
-    /// Joint embedding size (`None`: the CLIP's embedding size).
-    pub joint_dim: Option<usize>,
-    /// Adapter mixing ratio.
-    pub adapter_ratio: f64,
-    /// Adapter bottleneck reduction.
-    pub adapter_reduction: usize,
-    /// Image tower policy.
-    pub freeze_image: FreezePolicy,
-    /// Text tower policy.
-    pub freeze_text: FreezePolicy,
-    /// Random-crop / flip augmentation of training images.
-    pub augment: bool,
-    /// Seed of every random choice.
-    pub seed: u64,
-    /// Validation metric that selects the best checkpoint (`mean_r1`, `i2t_r1`, `t2i_r5`, ...).
-    pub select_metric: String,
-    /// Stop after this many epochs without improvement (`None`: never).
-    pub patience: Option<usize>,
-    /// Also checkpoint every N optimiser steps (0: only at epoch ends).
-    pub checkpoint_every: usize,
-    /// Use the on-disk feature cache for locked towers.
-    pub feature_cache: bool,
-    /// Where the feature cache lives (`None`: `<out>/../.siam-cache`).
-    pub cache_dir: Option<PathBuf>,
-    /// Largest frozen-prefix cache file, in GB (1e9 bytes), built for a `last:N` tower
-    /// (images only without augmentation); a tower whose cache would be larger runs its frozen
-    /// blocks every step instead. 0 turns the prefix cache off. See [`super::cache`] for the
-    /// size per item.
-    #[serde(default = "default_prefix_cache_max_gb")]
-    pub prefix_cache_max_gb: f64,
-    /// Tower compute type.
-    pub dtype: TowerDtype,
-    /// Loader threads.
-    pub threads: usize,
-    /// Continue the run in `out` from its last checkpoint.
-    pub resume: bool,
-    /// Stop after this many optimiser steps in this invocation (testing resumption).
-    pub max_steps: Option<usize>,
 }
 
-/// 4 GB: some 26k ViT-B/32 or 6.8k ViT-B/16 images (see [`super::cache`]).
-pub fn default_prefix_cache_max_gb() -> f64 {
-    4.0
+impl Default for BatchConfig {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+/// The optimiser and its schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct OptimConfig {
+    /// Passes over the training split (default: 15 on the demo set, 10 on a dataset).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Peak learning rate (after warm-up).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Learning rate at the end of the cosine.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_lr: f64,
+    /// Linear warm-up steps.
+    #[arg(long = "warmup", default_value_t = 10)]
+    pub warmup_steps: usize,
+    /// Clip the global gradient norm to this (0 turns clipping off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip_grad: f64,
+    /// AdamW.
+    #[command(flatten)]
+    pub adamw: AdamWSettings,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+impl OptimConfig {
+    /// Global-norm gradient clipping, `None` when `--clip-grad 0`.
+    pub fn max_grad_norm(&self) -> Option<f64> {
+        (self.clip_grad != 0.0).then_some(self.clip_grad)
+    }
+}
+
+/// The heads, what of the towers trains, and the towers' number type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct TowerConfig {
+    /// Projection heads: linear, adapter (CLIP-Adapter residual MLP) or identity.
+    #[arg(long, default_value = "linear")]
+    pub head: HeadKind,
+    /// Joint embedding size (default: the CLIP's embedding size).
+    #[arg(long)]
+    pub joint_dim: Option<usize>,
+    /// Adapter mixing ratio alpha, in [0, 1].
+    #[arg(long, default_value_t = 0.2)]
+    pub adapter_ratio: f64,
+    /// Adapter bottleneck reduction (hidden size = input size / this).
+    #[arg(long, default_value_t = 4)]
+    pub adapter_reduction: usize,
+    /// Image tower: locked, last:N or full.
+    #[arg(long, default_value = "full")]
+    pub freeze_image: FreezePolicy,
+    /// Text tower: locked, last:N or full.
+    #[arg(long, default_value = "full")]
+    pub freeze_text: FreezePolicy,
+    /// Tower matmul type: f32, or bf16 as PyTorch autocast (linears, attention, patch
+    /// embedding and projections in bf16; f32 master weights, norms, softmax, heads, losses
+    /// and mining; a ResNet image tower stays f32; flex emulates it, slower than f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: TowerDtype,
+}
+
+impl Default for TowerConfig {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+/// The on-disk caches of frozen towers' outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct CacheConfig {
+    /// Use the on-disk feature cache for locked towers (`--no-cache` turns it off).
+    #[arg(long = "no-cache", action = clap::ArgAction::SetFalse)]
+    pub feature_cache: bool,
+    /// Feature cache folder (default: <out>/../.siam-cache).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Largest cache (GB, 1e9 bytes) of a last:N tower's frozen blocks' hidden states (images:
+    /// only without --augment); larger ones run the frozen blocks every step. 0: never cache.
+    /// Per item: 150 KiB for a ViT-B/32 image, 591 KiB for ViT-B/16, ~2 KiB per text token
+    /// (see `siam::train::cache`).
+    #[arg(long, default_value_t = 4.0)]
+    #[serde(default = "default_prefix_cache_max_gb")]
+    pub prefix_cache_max_gb: f64,
+}
+
+fn default_prefix_cache_max_gb() -> f64 {
+    CacheConfig::default().prefix_cache_max_gb
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+/// Everything `siam train` needs: its flags, section by section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct TrainConfig {
+    /// Starting checkpoint: a siam model folder, a Hugging Face CLIP folder, or an
+    /// OpenAI/open_clip state dict (.safetensors/.pt, with --arch). Omit to start from random
+    /// weights of --arch.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Architecture: a preset (tiny, ViT-B-32, ViT-B-32-quickgelu, ViT-B-16, ViT-L-14, RN50, ...)
+    /// or an open_clip model-config JSON file. Without --model: random initial weights (tiny by
+    /// default).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// The dataset (none: the synthetic demo set) and its split.
+    #[command(flatten)]
+    pub data: DataConfig,
+    /// Demo set (no --data): images per label.
+    #[arg(long, default_value_t = DEMO_PER_CLASS)]
+    pub demo_per_class: usize,
+    /// Output model folder (also holds checkpoint/, metrics.jsonl, loss.png, recall.png).
+    #[arg(long, short = 'o', default_value = "siam-model")]
+    pub out: PathBuf,
+    /// Loss and miner.
+    #[command(flatten)]
+    pub loss: LossSettings,
+    /// Batches.
+    #[command(flatten)]
+    pub batch: BatchConfig,
+    /// Optimiser and schedule.
+    #[command(flatten)]
+    pub optim: OptimConfig,
+    /// Heads and towers.
+    #[command(flatten)]
+    pub towers: TowerConfig,
+    /// Feature caches.
+    #[command(flatten)]
+    pub cache: CacheConfig,
+    /// Random-resized-crop and flip augmentation of training images.
+    #[arg(long)]
+    pub augment: bool,
+    /// Seed of every random choice (a CPU run with the same seed is reproducible); also the
+    /// split seed unless --split-seed is given.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Validation metric that picks the kept checkpoint (mean_r1, mean_r5, i2t_r1, i2t_r5,
+    /// i2t_r10, t2i_r1, t2i_r5, t2i_r10).
+    #[arg(long, default_value = "mean_r1")]
+    pub select_metric: String,
+    /// Stop after this many epochs without improvement (default: never).
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Also checkpoint every N optimiser steps (0: only at epoch ends).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: usize,
+    /// Loader threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many optimiser steps in this invocation (the run can be resumed).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self {
-            model: None,
-            arch: None,
-            data: None,
-            demo_per_class: 40,
-            out: PathBuf::from("siam-model"),
-            loss: LossSettings::default(),
-            classes_per_batch: 6,
-            per_class: 4,
-            batch_size: 32,
-            accum_steps: 1,
-            epochs: 8,
-            lr: 1e-3,
-            min_lr: 0.0,
-            warmup_steps: 10,
-            adamw: AdamWSettings::default(),
-            max_grad_norm: Some(1.0),
-            head: HeadKind::Linear,
-            joint_dim: None,
-            adapter_ratio: 0.2,
-            adapter_reduction: 4,
-            freeze_image: FreezePolicy::Full,
-            freeze_text: FreezePolicy::Full,
-            augment: false,
-            seed: 0,
-            select_metric: "mean_r1".into(),
-            patience: None,
-            checkpoint_every: 0,
-            feature_cache: true,
-            cache_dir: None,
-            prefix_cache_max_gb: default_prefix_cache_max_gb(),
-            dtype: TowerDtype::F32,
-            threads: 2,
-            resume: false,
-            max_steps: None,
+        clap_defaults()
+    }
+}
+
+impl TrainConfig {
+    /// Epochs of the run: `--epochs`, else [`DEMO_EPOCHS`] on the demo set and
+    /// [`DATA_EPOCHS`] on a dataset.
+    pub fn epochs(&self) -> usize {
+        self.optim.epochs.unwrap_or(if self.data.data.is_none() {
+            DEMO_EPOCHS
+        } else {
+            DATA_EPOCHS
+        })
+    }
+
+    /// The seed of the train/val/test split: `--split-seed`, else `--seed`.
+    pub fn split_seed(&self) -> u64 {
+        self.data.split_seed.unwrap_or(self.seed)
+    }
+
+    /// The synthetic demo set this configuration trains on when it names no dataset.
+    pub fn demo_dataset(&self) -> siam_data::dataset::Dataset {
+        siam_data::synthetic::demo(self.demo_per_class, DEMO_IMAGE_SIZE, self.split_seed())
+    }
+
+    /// Checks every value that needs no data, naming the flag of the first bad one; `siam
+    /// train` calls this before it reads a file or creates one.
+    pub fn validate(&self) -> Result<(), super::TrainError> {
+        let bad =
+            |flag: &str, why: String| Err(super::TrainError::Config(format!("{flag}: {why}")));
+        let o = &self.optim;
+        if !o.lr.is_finite() || o.lr <= 0.0 {
+            return bad(
+                "--lr",
+                format!("the learning rate must be a positive number, got {}", o.lr),
+            );
+        }
+        if !o.min_lr.is_finite() || o.min_lr < 0.0 || o.min_lr > o.lr {
+            return bad("--min-lr", format!("must be in [0, lr], got {}", o.min_lr));
+        }
+        if o.epochs == Some(0) {
+            return bad("--epochs", "must be at least 1".into());
+        }
+        if !(o.clip_grad.is_finite() && o.clip_grad >= 0.0) {
+            return bad(
+                "--clip-grad",
+                format!("must be positive (0: off), got {}", o.clip_grad),
+            );
+        }
+        let w = &o.adamw;
+        if !(w.weight_decay.is_finite() && w.weight_decay >= 0.0) {
+            return bad(
+                "--weight-decay",
+                format!("must be >= 0, got {}", w.weight_decay),
+            );
+        }
+        for (flag, b) in [("--beta1", w.beta_1), ("--beta2", w.beta_2)] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(flag, format!("must be in [0, 1), got {b}"));
+            }
+        }
+        if !(w.epsilon.is_finite() && w.epsilon > 0.0) {
+            return bad("--adam-eps", format!("must be positive, got {}", w.epsilon));
+        }
+        let b = &self.batch;
+        if b.classes_per_batch < 2 {
+            return bad(
+                "--classes-per-batch",
+                format!(
+                    "{} label(s) per batch leaves no negatives; use at least 2",
+                    b.classes_per_batch
+                ),
+            );
+        }
+        for (flag, v) in [
+            ("--per-class", b.per_class),
+            ("--batch-size", b.batch_size),
+            ("--accum", b.accum_steps),
+            ("--threads", self.threads),
+            ("--demo-per-class", self.demo_per_class),
+            ("--adapter-reduction", self.towers.adapter_reduction),
+        ] {
+            if v == 0 {
+                return bad(flag, "must be at least 1".into());
+            }
+        }
+        if self.max_steps == Some(0) {
+            return bad("--max-steps", "must be at least 1".into());
+        }
+        if self.towers.joint_dim == Some(0) {
+            return bad("--joint-dim", "must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.towers.adapter_ratio) {
+            return bad(
+                "--adapter-ratio",
+                format!("must be in [0, 1], got {}", self.towers.adapter_ratio),
+            );
+        }
+        let gb = self.cache.prefix_cache_max_gb;
+        if !(gb.is_finite() && gb >= 0.0) {
+            return bad("--prefix-cache-max-gb", format!("must be >= 0, got {gb}"));
+        }
+        if let Some(t) = self.loss.temperature {
+            if !(t.is_finite() && t > 0.0) {
+                return bad(
+                    "--temperature",
+                    format!("must be a positive number, got {t}"),
+                );
+            }
+        }
+        if !SELECT_METRICS.contains(&self.select_metric.as_str()) {
+            return bad(
+                "--select-metric",
+                format!(
+                    "unknown metric {:?}; one of {}",
+                    self.select_metric,
+                    SELECT_METRICS.join(", ")
+                ),
+            );
+        }
+        super::objective::build_objective(&self.loss).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_command_lines() {
+        let c = TrainConfig::default();
+        assert_eq!(c.loss.loss, "triplet");
+        assert_eq!(c.loss.margin, 0.2);
+        assert_eq!(c.batch.classes_per_batch, 6);
+        assert_eq!(c.optim.adamw, AdamWSettings::default());
+        assert_eq!(c.optim.max_grad_norm(), Some(1.0));
+        assert!(c.cache.feature_cache);
+        assert_eq!(c.cache.prefix_cache_max_gb, 4.0);
+        assert_eq!(c.demo_per_class, DEMO_PER_CLASS);
+        assert_eq!(c.epochs(), DEMO_EPOCHS);
+        assert_eq!(c.out, PathBuf::from("siam-model"));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut TrainConfig)>)> = vec![
+            (
+                "--temperature",
+                Box::new(|c| c.loss.temperature = Some(0.0)),
+            ),
+            ("--batch-size", Box::new(|c| c.batch.batch_size = 0)),
+            ("--joint-dim", Box::new(|c| c.towers.joint_dim = Some(0))),
+            (
+                "--select-metric",
+                Box::new(|c| c.select_metric = "r@1".into()),
+            ),
+            ("--loss", Box::new(|c| c.loss.loss = "quadruplet".into())),
+            ("--clip-grad", Box::new(|c| c.optim.clip_grad = -1.0)),
+        ];
+        for (flag, edit) in cases {
+            let mut c = TrainConfig::default();
+            edit(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(flag), "{flag}: {e}");
         }
     }
 }

@@ -11,6 +11,14 @@
 //!
 //! Validation mirrors this: label datasets rank one prompt per class against the images
 //! (image-to-text recall@1 is then zero-shot accuracy); caption datasets rank captions.
+//!
+//! Training draws one of a class's prompts per batch and its validation ranks each class's
+//! first prompt, where `siam eval` and `siam index` rank the template ensemble (the
+//! re-normalised mean of the class's prompt embeddings, CLIP's prompt ensembling). With one
+//! template (`--templates photo`, the default) all three are the same text. With several, the
+//! loss sees every prompt across batches (so the model learns them all) and validation scores
+//! one fixed prompt, which is cheap per epoch and ranks epochs consistently; `siam eval`
+//! reports the ensembled numbers a user of the model gets.
 
 use siam_data::dataset::{Dataset, DatasetKind, Split};
 use siam_data::sampler::{ClassBalancedSampler, SamplerError, ShuffledSampler};
@@ -80,12 +88,7 @@ pub struct BatchPlan {
 }
 
 /// `splitmix64`, for per-(seed, epoch, batch, slot) choices.
-pub fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub use siam_data::dataset::splitmix64 as mix;
 
 fn pick(seed: u64, epoch: usize, batch: usize, slot: usize, n: usize) -> usize {
     if n <= 1 {

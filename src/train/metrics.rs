@@ -39,12 +39,12 @@ pub struct StepMetrics {
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     /// The log could not be opened, read or written.
-    #[error("metrics log {path}: {source}")]
+    #[error("metrics log {path}: {cause}")]
     Io {
         /// The log file.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -57,9 +57,9 @@ pub struct MetricsLog {
 
 impl MetricsLog {
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MetricsError + '_ {
-        move |source| MetricsError::Io {
+        move |cause| MetricsError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         }
     }
 
@@ -86,7 +86,7 @@ impl MetricsLog {
         }
         crate::io::atomic_write_bytes(path, &body).map_err(|e| MetricsError::Io {
             path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
+            cause: std::io::Error::other(e.to_string()),
         })?;
         let file = OpenOptions::new()
             .append(true)

@@ -6,31 +6,56 @@
 //! - [`checkpoint`], [`metrics`]: resumable checkpoints and the per-step JSONL log;
 //! - [`cache`]: locked towers' features and `last:N` towers' frozen-prefix hidden states on
 //!   disk, memory-mapped;
-//! - [`run`]: the whole run ([`run::train`]).
+//! - [`config`]: [`TrainConfig`], whose sections are `siam train`'s flags;
+//! - [`data`]: what a batch and a validation set are made of;
+//! - [`setup`], [`inputs`], [`report`]: the model a run starts from, what the towers read
+//!   (pixels or caches), and what the run reports;
+//! - [`trainer`]: the run as phases ([`trainer::train`]).
 
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod fused_adamw;
+pub mod inputs;
 pub mod metrics;
 pub mod objective;
 pub mod optim;
-pub mod run;
+pub mod report;
 pub mod schedule;
+pub mod setup;
 pub mod step;
+pub mod trainer;
 
 pub use config::TrainConfig;
-pub use run::{train, Event, Observer, TrainReport};
+pub use report::{Event, Observer, TrainReport};
+pub use trainer::train;
 
 use std::path::PathBuf;
 
 /// Errors of a training run. Each names the file, the option or the step involved.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    /// An option or combination of options that cannot work.
+    /// An option or combination of options that cannot work (names the option).
     #[error("{0}")]
     Config(String),
+    /// The dataset given by `--data` (or its templates) could not be opened.
+    #[error(transparent)]
+    Data(#[from] crate::dataset::DataError),
+    /// The dataset has no training image.
+    #[error("{0}: the training split is empty")]
+    EmptyTrainSplit(String),
+    /// Images could not be read (training, validation and the caches need every image).
+    #[error("{what}: image(s) could not be read: {images}")]
+    Unreadable {
+        /// The job: "training", "validation", "feature cache", "prefix cache".
+        what: String,
+        /// Each image with the reason.
+        images: String,
+    },
+    /// The image loader ended before the epoch's last batch.
+    #[error("the image loader stopped before the epoch's last batch")]
+    LoaderEnded,
     /// The dataset could not be opened.
     #[error(transparent)]
     Dataset(#[from] siam_data::dataset::DatasetError),
@@ -72,10 +97,10 @@ pub enum TrainError {
     #[error("{0}: {1}")]
     Io(PathBuf, String),
     /// A training step failed (NaN loss, ...); names the last good checkpoint.
-    #[error("{source}; {}", match last_checkpoint { Some(p) => format!("the last good checkpoint is {} (resume with --resume)", p.display()), None => "no checkpoint was written yet".to_string() })]
+    #[error("{cause}; {}", match last_checkpoint { Some(p) => format!("the last good checkpoint is {} (resume with --resume)", p.display()), None => "no checkpoint was written yet".to_string() })]
     Step {
         /// What went wrong.
-        source: step::StepError,
+        cause: step::StepError,
         /// The last checkpoint on disk.
         last_checkpoint: Option<PathBuf>,
     },

@@ -9,7 +9,7 @@
 use burn::tensor::Tensor;
 
 use super::config::LossSettings;
-use super::step::{Objective, Scored};
+use super::step::{Objective, ScoreError, Scored};
 use super::TrainError;
 use siam_losses::{HardnessSchedule, Loss};
 
@@ -61,9 +61,9 @@ pub fn build_objective(s: &LossSettings) -> Result<Box<dyn Objective>, TrainErro
             }
         }
         Loss::MultiSimilarity(m) => {
-            m.alpha = finite("alpha", s.ms_alpha)?;
-            m.beta = finite("beta", s.ms_beta)?;
-            m.base = finite("base", s.ms_base)?;
+            m.alpha = finite("--ms-alpha", s.ms_alpha)?;
+            m.beta = finite("--ms-beta", s.ms_beta)?;
+            m.base = finite("--ms-base", s.ms_base)?;
         }
     }
     let miner_text = s
@@ -98,14 +98,14 @@ impl Objective for MetricObjective {
         txt_labels: &[usize],
         logit_scale: Tensor<1>,
         epoch: usize,
-    ) -> Result<Scored, String> {
+    ) -> Result<Scored, ScoreError> {
         let miner = self.miners.miner_for_epoch(epoch);
         let scale = self.uses_logit_scale().then_some(logit_scale);
         if let Loss::Contrastive(_) = self.loss {
             let out = self
                 .loss
                 .forward(img, img_labels, txt, txt_labels, miner, scale)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| ScoreError(e.to_string()))?;
             let v = value(&out.loss);
             return Ok(Scored {
                 loss: out.loss,
@@ -124,11 +124,11 @@ impl Objective for MetricObjective {
                 miner,
                 scale.clone(),
             )
-            .map_err(|e| format!("image anchors: {e}"))?;
+            .map_err(|e| ScoreError(format!("image anchors: {e}")))?;
         let b = self
             .loss
             .forward(txt, txt_labels, img, img_labels, miner, scale)
-            .map_err(|e| format!("text anchors: {e}"))?;
+            .map_err(|e| ScoreError(format!("text anchors: {e}")))?;
         let (i2t, t2i) = (value(&a.loss), value(&b.loss));
         Ok(Scored {
             loss: (a.loss + b.loss).mul_scalar(0.5),

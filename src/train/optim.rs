@@ -22,26 +22,25 @@ use serde::{Deserialize, Serialize};
 use super::fused_adamw::FusedAdamW;
 
 /// AdamW hyper-parameters (PyTorch's names and defaults, except the weight decay).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct AdamWSettings {
-    /// First-moment decay `beta_1`.
+    /// AdamW first-moment decay beta_1.
+    #[arg(long = "beta1", default_value_t = 0.9)]
     pub beta_1: f32,
-    /// Second-moment decay `beta_2`.
+    /// AdamW second-moment decay beta_2.
+    #[arg(long = "beta2", default_value_t = 0.999)]
     pub beta_2: f32,
-    /// Added to `sqrt(v_hat)`; PyTorch's default 1e-8 (burn's default is 1e-5).
+    /// AdamW epsilon, added to sqrt(v_hat) (PyTorch's default 1e-8; burn's is 1e-5).
+    #[arg(long = "adam-eps", default_value_t = 1e-8)]
     pub epsilon: f32,
-    /// Decoupled weight decay for the parameters that decay.
+    /// AdamW decoupled weight decay (never applied to norms, biases and the logit scale).
+    #[arg(long, default_value_t = 0.1)]
     pub weight_decay: f32,
 }
 
 impl Default for AdamWSettings {
     fn default() -> Self {
-        Self {
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-8,
-            weight_decay: 0.1,
-        }
+        super::config::clap_defaults()
     }
 }
 

@@ -54,7 +54,7 @@ pub trait Objective {
         txt_labels: &[usize],
         logit_scale: Tensor<1>,
         epoch: usize,
-    ) -> Result<Scored, String>;
+    ) -> Result<Scored, ScoreError>;
 
     /// Whether the loss uses the logit scale (so the scale should train).
     fn uses_logit_scale(&self) -> bool;
@@ -106,6 +106,12 @@ pub enum StepError {
     #[error("gradient accumulation needs at least one micro-batch")]
     Empty,
 }
+
+/// A loss that refused its inputs (e.g. non-finite embeddings): the loss's message, with the
+/// anchors' tower when both directions are scored.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ScoreError(pub String);
 
 /// What a step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -191,7 +197,15 @@ impl Stepper {
             self.epoch,
         ) {
             Ok(s) => s,
-            Err(why) => return Err((model, StepError::Loss { step: n, why })),
+            Err(why) => {
+                return Err((
+                    model,
+                    StepError::Loss {
+                        step: n,
+                        why: why.0,
+                    },
+                ))
+            }
         };
         let total = 0.5 * (s.i2t + s.t2i);
         if !total.is_finite() {
@@ -262,7 +276,15 @@ impl Stepper {
                 self.epoch,
             ) {
                 Ok(s) => s,
-                Err(why) => return Err((model, StepError::Loss { step: n, why })),
+                Err(why) => {
+                    return Err((
+                        model,
+                        StepError::Loss {
+                            step: n,
+                            why: why.0,
+                        },
+                    ))
+                }
             };
             let total = 0.5 * (s.i2t + s.t2i);
             if !total.is_finite() {

@@ -77,7 +77,7 @@ pub(super) fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
         let split = match &row.split {
             Some(s) => Some(
                 s.parse::<Split>()
-                    .map_err(|m| DatasetError::malformed(path, row.line, m))?,
+                    .map_err(|m| DatasetError::malformed(path, row.line, m.to_string()))?,
             ),
             None => None,
         };

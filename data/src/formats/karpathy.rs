@@ -80,7 +80,10 @@ pub(super) fn open(path: &Path, opts: &OpenOptions) -> Result<Dataset> {
         let rel = relative(img);
         let at =
             |msg: String| DatasetError::malformed(path, n, format!("image #{n} ({rel}): {msg}"));
-        let split: Split = img.split.parse().map_err(at)?;
+        let split: Split = img
+            .split
+            .parse()
+            .map_err(|e: crate::dataset::UnknownName| at(e.to_string()))?;
         let file_path = resolve_under(&root, &rel, path, n)?;
         if img.sentences.is_empty() {
             return Err(at("no sentences".into()));

@@ -37,16 +37,18 @@ pub enum Format {
 }
 
 impl FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = crate::dataset::UnknownName;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "folder" | "imagefolder" | "image-folder" => Ok(Self::ImageFolder),
             "captions" | "csv" | "tsv" | "jsonl" => Ok(Self::Captions),
             "karpathy" => Ok(Self::Karpathy),
             "cifar" | "cifar10" | "cifar100" => Ok(Self::Cifar),
             "webdataset" | "wds" | "tar" => Ok(Self::WebDataset),
-            _ => Err(format!(
-                "unknown format {s:?}: expected folder, captions, karpathy, cifar or webdataset"
+            _ => Err(crate::dataset::UnknownName::new(
+                "format",
+                s,
+                "folder, captions, karpathy, cifar or webdataset",
             )),
         }
     }

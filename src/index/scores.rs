@@ -1,9 +1,10 @@
 //! Blocked similarity matrices: `queries x candidates` dot products computed a block of query
-//! rows at a time, so memory stays O(block x candidates) whatever the number of queries.
+//! rows at a time, so memory stays O(block x candidates) whatever the number of queries. Shared by
+//! exact search ([`super::VectorIndex::search_exact`]) and the metrics of `crate::eval`.
 
 use rayon::prelude::*;
 
-use crate::index::dot::dot_kernel;
+use super::dot::dot_kernel;
 
 /// Upper bound on the floats of one score block (16 MiB).
 const BLOCK_FLOATS: usize = 1 << 22;
