@@ -1,5 +1,8 @@
-//! Command-line front ends: one module per `siam` subcommand, each a `clap::Args` struct and a
-//! `run` function that calls the library. `src/main.rs` only dispatches.
+//! The binary's front ends (declared from `src/main.rs`, not part of the library): one module
+//! per `siam` subcommand, each a `clap::Args` struct (mostly the library's own settings
+//! sections, flattened) and a `run` function that calls the library. Subcommand modules never
+//! call each other; what they share (model loading, progress bars, the bad-image summary) is in
+//! [`common`]. `src/main.rs` only parses, dispatches and reports errors.
 
 pub mod classify;
 pub mod common;

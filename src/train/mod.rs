@@ -1,5 +1,6 @@
-//! The training loop: feature cache, optimiser, checkpoints (the model it trains lives in
-//! [`crate::model`]).
+//! Training: [`TrainConfig`] and the run that follows it, as phases ([`trainer`]: setup or
+//! resume, cache attachment, epochs, validation and keeping the best, finish). The model it
+//! trains lives in [`crate::model`], its data section in [`crate::dataset`].
 //!
 //! - [`step`]: one optimiser step, with open_clip-style gradient accumulation;
 //! - [`optim`], [`schedule`]: AdamW with a no-decay group, global-norm clipping, warm-up + cosine;
