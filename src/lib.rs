@@ -6,10 +6,12 @@
 
 pub mod cli;
 pub mod clip;
+pub mod console;
 pub mod device;
 pub mod embed;
 pub mod eval;
 pub mod fingerprint;
 pub mod index;
 pub mod io;
+pub mod output;
 pub mod train;

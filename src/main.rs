@@ -51,7 +51,20 @@ fn main() -> std::process::ExitCode {
                 let twice = format!("{m}: {m}");
                 line = line.replace(&twice, m);
             }
-            eprintln!("siam: error: {line}");
+            // One line, whatever the causes quote: control characters (ESC, CR, newlines from
+            // a hostile file) are escaped.
+            let line: String = line
+                .chars()
+                .flat_map(|c| {
+                    let esc: Vec<char> = if c.is_control() {
+                        c.escape_default().collect()
+                    } else {
+                        vec![c]
+                    };
+                    esc
+                })
+                .collect();
+            siam::console::err_line(format_args!("siam: error: {line}"));
             std::process::ExitCode::FAILURE
         }
     }

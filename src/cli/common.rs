@@ -66,8 +66,15 @@ pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
         ProgressBar::new(len as u64)
     };
     pb.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {rate} ETA {eta}")
             .expect("a valid template")
+            // indicatif's {per_sec} prints every digit it has (`370.8121/s`).
+            .with_key(
+                "rate",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1}/s", s.per_sec());
+                },
+            )
             .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
@@ -114,14 +121,18 @@ impl DataArgs {
             on_bad_image: self.on_bad_image,
             ..Default::default()
         };
-        Ok(siam_data::dataset::Dataset::open(&self.data, &opts)?)
+        let ds = siam_data::dataset::Dataset::open(&self.data, &opts)?;
+        if let Some(line) = ds.missing_summary() {
+            crate::console::err_line(format_args!("{line}"));
+        }
+        Ok(ds)
     }
 }
 
 /// Prints the bad-image summary of a run, if any image was skipped.
 pub fn report_skipped(s: &siam_data::pipeline::BadImageSummary) {
     if s.count > 0 {
-        eprintln!(
+        crate::console::err_line(format_args!(
             "skipped {} unreadable image(s), first: {}",
             s.count,
             s.first
@@ -129,7 +140,7 @@ pub fn report_skipped(s: &siam_data::pipeline::BadImageSummary) {
                 .map(|(n, why)| format!("{n} ({why})"))
                 .collect::<Vec<_>>()
                 .join("; ")
-        );
+        ));
     }
 }
 
