@@ -17,7 +17,10 @@ fn write_line(w: &mut dyn Write, closed: &AtomicBool, args: fmt::Arguments<'_>) 
     if closed.load(Ordering::Relaxed) {
         return false;
     }
-    let ok = w.write_fmt(args).and_then(|()| w.write_all(b"\n")).and_then(|()| w.flush());
+    let ok = w
+        .write_fmt(args)
+        .and_then(|()| w.write_all(b"\n"))
+        .and_then(|()| w.flush());
     if ok.is_err() {
         closed.store(true, Ordering::Relaxed);
     }

@@ -170,8 +170,9 @@ impl OutputKind {
                     && json(&path.join("hnsw").join("manifest.json"))
                         .is_some_and(|v| has_key(&v, "format_version"))
             }
-            OutputKind::JointIndex => json(&path.join("manifest.json"))
-                .is_some_and(|v| has_key(&v, "format_version")),
+            OutputKind::JointIndex => {
+                json(&path.join("manifest.json")).is_some_and(|v| has_key(&v, "format_version"))
+            }
             OutputKind::VectorIndex => {
                 json(&path.join("hnsw.json")).is_some_and(|v| has_key(&v, "params"))
             }
@@ -185,7 +186,8 @@ impl OutputKind {
                     && crate::io::read_npy_shape(path).is_ok()
             }
             OutputKind::EvalReport => json(path).is_some_and(|v| {
-                let is_report = |r: &serde_json::Value| has_key(r, "model") && has_key(r, "retrieval");
+                let is_report =
+                    |r: &serde_json::Value| has_key(r, "model") && has_key(r, "retrieval");
                 match &v {
                     serde_json::Value::Array(a) => !a.is_empty() && a.iter().all(is_report),
                     r => is_report(r),
@@ -513,10 +515,18 @@ mod tests {
         let user = dir.path().join("userdir");
         fs::create_dir(&user).unwrap();
         fs::write(user.join("precious.txt"), b"x").unwrap();
-        for kind in [OutputKind::IndexFolder, OutputKind::TrainRun, OutputKind::DemoData] {
+        for kind in [
+            OutputKind::IndexFolder,
+            OutputKind::TrainRun,
+            OutputKind::DemoData,
+        ] {
             assert!(check_replaceable(&user, kind).is_err());
         }
-        for kind in [OutputKind::Embeddings, OutputKind::EvalReport, OutputKind::Plot] {
+        for kind in [
+            OutputKind::Embeddings,
+            OutputKind::EvalReport,
+            OutputKind::Plot,
+        ] {
             assert!(check_replaceable(&notes, kind).is_err());
         }
         // Free: missing paths and empty folders.
@@ -566,7 +576,10 @@ mod tests {
         let out = dir.path().join("run");
         let lock = OutputLock::acquire(&out, "first").unwrap();
         let e = OutputLock::acquire(&out, "second").unwrap_err().to_string();
-        assert!(e.contains("first") && e.contains(&std::process::id().to_string()), "{e}");
+        assert!(
+            e.contains("first") && e.contains(&std::process::id().to_string()),
+            "{e}"
+        );
         drop(lock);
         assert!(!lock_path(&out).exists());
         // A lock of a process that no longer exists.

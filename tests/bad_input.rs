@@ -56,7 +56,11 @@ fn fails(args: &[&str], needles: &[&str], absent: &[&Path]) -> String {
     );
     assert!(!err.contains("panicked"), "siam {args:?} panicked: {err}");
     let line = err.trim_end();
-    assert_eq!(line.lines().count(), 1, "siam {args:?}: not one line: {err}");
+    assert_eq!(
+        line.lines().count(),
+        1,
+        "siam {args:?}: not one line: {err}"
+    );
     assert!(
         !line.chars().any(|c| c.is_control()),
         "raw control characters: {line:?}"
@@ -97,7 +101,13 @@ fn trained() -> &'static Path {
         let dir = tempfile::tempdir().unwrap().keep();
         let run = dir.join("run");
         ok(&[
-            "train", "--epochs", "1", "--no-index", "--quiet", "--out", &s(&run),
+            "train",
+            "--epochs",
+            "1",
+            "--no-index",
+            "--quiet",
+            "--out",
+            &s(&run),
         ]);
         run
     })
@@ -182,7 +192,15 @@ fn outputs_never_replace_a_users_files() {
     // 1-2: index --out an existing file, a user's folder.
     for target in [&notes, &user] {
         fails(
-            &["index", "--model", &hf(), "--data", &images, "--out", &s(target)],
+            &[
+                "index",
+                "--model",
+                &hf(),
+                "--data",
+                &images,
+                "--out",
+                &s(target),
+            ],
             &[&s(target), "refusing to replace"],
             &[],
         );
@@ -210,7 +228,15 @@ fn outputs_never_replace_a_users_files() {
     let side = d.join("e.ids.json");
     write(&side, "{\"mine\": true}");
     fails(
-        &["embed", "--model", &hf(), "--texts", "x", "--out", &s(&d.join("e.npy"))],
+        &[
+            "embed",
+            "--model",
+            &hf(),
+            "--texts",
+            "x",
+            "--out",
+            &s(&d.join("e.npy")),
+        ],
         &["e.ids.json", "refusing"],
         &[&d.join("e.npy")],
     );
@@ -219,7 +245,15 @@ fn outputs_never_replace_a_users_files() {
     let ujson = d.join("results.json");
     write(&ujson, "{\"mine\": 1}");
     fails(
-        &["eval", "--model", &hf(), "--data", &images, "--json", &s(&ujson)],
+        &[
+            "eval",
+            "--model",
+            &hf(),
+            "--data",
+            &images,
+            "--json",
+            &s(&ujson),
+        ],
         &["results.json", "refusing"],
         &[&d.join("results.png")],
     );
@@ -227,7 +261,15 @@ fn outputs_never_replace_a_users_files() {
     let upng = d.join("chart.png");
     write(&upng, b"\x89PNG\r\n\x1a\nuser");
     fails(
-        &["eval", "--model", &hf(), "--data", &images, "--json", &s(&d.join("chart.json"))],
+        &[
+            "eval",
+            "--model",
+            &hf(),
+            "--data",
+            &images,
+            "--json",
+            &s(&d.join("chart.json")),
+        ],
         &["chart.png", "refusing"],
         &[&d.join("chart.json")],
     );
@@ -240,7 +282,15 @@ fn outputs_never_replace_a_users_files() {
     );
     // 10: train --report a user's file (refused before training).
     fails(
-        &["train", "--epochs", "1", "--out", &s(&d.join("r")), "--report", &s(&notes)],
+        &[
+            "train",
+            "--epochs",
+            "1",
+            "--out",
+            &s(&d.join("r")),
+            "--report",
+            &s(&notes),
+        ],
         &["notes.txt", "refusing"],
         &[&d.join("r")],
     );
@@ -255,13 +305,27 @@ fn outputs_siam_wrote_are_replaced() {
     let idx = d.join("idx");
     copy_dir(index(), &idx);
     ok(&[
-        "index", "--model", &hf(), "--data", &s(&demo().join("images")), "--out", &s(&idx),
+        "index",
+        "--model",
+        &hf(),
+        "--data",
+        &s(&demo().join("images")),
+        "--out",
+        &s(&idx),
     ]);
     assert!(idx.join("hnsw/manifest.json").is_file());
     // ... but not once a user's file was put inside it.
     write(&idx.join("notes.txt"), "mine");
     fails(
-        &["index", "--model", &hf(), "--data", &s(&demo().join("images")), "--out", &s(&idx)],
+        &[
+            "index",
+            "--model",
+            &hf(),
+            "--data",
+            &s(&demo().join("images")),
+            "--out",
+            &s(&idx),
+        ],
         &["notes.txt", "siam did not write"],
         &[],
     );
@@ -295,7 +359,15 @@ fn a_live_lock_refuses_and_a_stale_one_is_taken_over() {
     let mut holder = Command::new("sleep").arg("30").spawn().unwrap();
     lock_file(&out, holder.id());
     fails(
-        &["index", "--model", &hf(), "--data", &images, "--out", &s(&out)],
+        &[
+            "index",
+            "--model",
+            &hf(),
+            "--data",
+            &images,
+            "--out",
+            &s(&out),
+        ],
         &["another siam process", &format!("pid {}", holder.id())],
         &[&out],
     );
@@ -310,7 +382,15 @@ fn a_live_lock_refuses_and_a_stale_one_is_taken_over() {
     holder.kill().unwrap();
     holder.wait().unwrap();
     // 15: the holder is gone: its lock is stale and taken over.
-    ok(&["index", "--model", &hf(), "--data", &images, "--out", &s(&out)]);
+    ok(&[
+        "index",
+        "--model",
+        &hf(),
+        "--data",
+        &images,
+        "--out",
+        &s(&out),
+    ]);
     assert!(!siam::output::lock_path(&out).exists());
 }
 
@@ -321,7 +401,15 @@ fn two_trainings_of_one_folder_at_once_one_is_refused() {
     let run = s(&dir.path().join("run"));
     let spawn = || {
         Command::new(env!("CARGO_BIN_EXE_siam"))
-            .args(["train", "--epochs", "1", "--no-index", "--quiet", "--out", &run])
+            .args([
+                "train",
+                "--epochs",
+                "1",
+                "--no-index",
+                "--quiet",
+                "--out",
+                &run,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -336,7 +424,10 @@ fn two_trainings_of_one_folder_at_once_one_is_refused() {
     );
     let refused = outs.iter().find(|o| o.status.code() == Some(1)).unwrap();
     let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(err.contains("another siam process") && err.contains("pid"), "{err}");
+    assert!(
+        err.contains("another siam process") && err.contains("pid"),
+        "{err}"
+    );
     assert!(dir.path().join("run/siam.json").is_file());
     no_leftovers(dir.path());
 }
@@ -361,22 +452,62 @@ fn bad_siam_json_values_are_named() {
     type Edit = fn(&mut serde_json::Value);
     let cases: &[(&str, Edit, &[&str])] = &[
         // 18-23
-        ("patch_size 0", |v| v["clip"]["vision"]["patch_size"] = 0.into(), &["patch_size", "allowed"]),
-        ("image_size 0", |v| v["clip"]["vision"]["image_size"] = 0.into(), &["image_size", "allowed"]),
-        ("joint_dim 0", |v| v["joint_dim"] = 0.into(), &["joint_dim", "allowed"]),
-        ("std 0", |v| v["std"] = serde_json::json!([0.0, 0.0, 0.0]), &["std[0]", "above 0"]),
+        (
+            "patch_size 0",
+            |v| v["clip"]["vision"]["patch_size"] = 0.into(),
+            &["patch_size", "allowed"],
+        ),
+        (
+            "image_size 0",
+            |v| v["clip"]["vision"]["image_size"] = 0.into(),
+            &["image_size", "allowed"],
+        ),
+        (
+            "joint_dim 0",
+            |v| v["joint_dim"] = 0.into(),
+            &["joint_dim", "allowed"],
+        ),
+        (
+            "std 0",
+            |v| v["std"] = serde_json::json!([0.0, 0.0, 0.0]),
+            &["std[0]", "above 0"],
+        ),
         ("version 99", |v| v["version"] = 99.into(), &["version 99"]),
-        ("heads 0", |v| v["clip"]["text"]["heads"] = 0.into(), &["text.heads", "allowed"]),
-        ("embed_dim text", |v| v["clip"]["embed_dim"] = "wide".into(), &["invalid type"]),
-        ("card image_size", |v| v["image_size"] = 7.into(), &["image_size = 7"]),
-        ("head d_in", |v| v["image_head"]["d_in"] = 3.into(), &["image_head.d_in"]),
+        (
+            "heads 0",
+            |v| v["clip"]["text"]["heads"] = 0.into(),
+            &["text.heads", "allowed"],
+        ),
+        (
+            "embed_dim text",
+            |v| v["clip"]["embed_dim"] = "wide".into(),
+            &["invalid type"],
+        ),
+        (
+            "card image_size",
+            |v| v["image_size"] = 7.into(),
+            &["image_size = 7"],
+        ),
+        (
+            "head d_in",
+            |v| v["image_head"]["d_in"] = 3.into(),
+            &["image_head.d_in"],
+        ),
     ];
     for (what, edit, needles) in cases {
         let dir = tempfile::tempdir().unwrap();
         let m = edited_model(dir.path(), edit);
         let out = dir.path().join("e.npy");
         let line = fails(
-            &["embed", "--model", &s(&m), "--texts", "x", "--out", &s(&out)],
+            &[
+                "embed",
+                "--model",
+                &s(&m),
+                "--texts",
+                "x",
+                "--out",
+                &s(&out),
+            ],
             needles,
             &[&out],
         );
@@ -395,8 +526,14 @@ fn bad_hf_and_open_clip_configs_are_named() {
     type Edit = fn(&mut serde_json::Value);
     // 24-26: Hugging Face config.json.
     let hf_cases: &[(Edit, &str)] = &[
-        (|v| v["vision_config"]["patch_size"] = 0.into(), "patch_size"),
-        (|v| v["vision_config"]["num_attention_heads"] = 0.into(), "vision.heads"),
+        (
+            |v| v["vision_config"]["patch_size"] = 0.into(),
+            "patch_size",
+        ),
+        (
+            |v| v["vision_config"]["num_attention_heads"] = 0.into(),
+            "vision.heads",
+        ),
         (|v| v["text_config"]["hidden_size"] = 0.into(), "text.width"),
     ];
     for (i, (edit, field)) in hf_cases.iter().enumerate() {
@@ -406,17 +543,37 @@ fn bad_hf_and_open_clip_configs_are_named() {
         edit(&mut v);
         write(&m.join("config.json"), v.to_string());
         fails(
-            &["embed", "--model", &s(&m), "--texts", "x", "--out", &s(&d.join("o.npy"))],
+            &[
+                "embed",
+                "--model",
+                &s(&m),
+                "--texts",
+                "x",
+                "--out",
+                &s(&d.join("o.npy")),
+            ],
             &["config.json", field],
             &[&d.join("o.npy")],
         );
     }
     // 27-30: open_clip model-config JSON given as --arch.
     let oc_cases: &[(&str, &str)] = &[
-        (r#"{"embed_dim": 64, "vision_cfg": {"image_size": 0, "patch_size": 8, "width": 64, "layers": 1, "head_width": 32}, "text_cfg": {"width": 64, "heads": 2, "layers": 1}}"#, "image_size"),
-        (r#"{"embed_dim": 64, "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 64, "layers": 1, "head_width": 0}, "text_cfg": {"width": 64, "heads": 2, "layers": 1}}"#, "head_width"),
-        (r#"{"embed_dim": 64, "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 64, "layers": 1, "head_width": 32, "mlp_ratio": -1}, "text_cfg": {"width": 64, "heads": 2, "layers": 1}}"#, "mlp_width"),
-        (r#"{"embed_dim": 0, "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 64, "layers": 1, "head_width": 32}, "text_cfg": {"width": 64, "heads": 2, "layers": 1}}"#, "embed_dim"),
+        (
+            r#"{"embed_dim": 64, "vision_cfg": {"image_size": 0, "patch_size": 8, "width": 64, "layers": 1, "head_width": 32}, "text_cfg": {"width": 64, "heads": 2, "layers": 1}}"#,
+            "image_size",
+        ),
+        (
+            r#"{"embed_dim": 64, "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 64, "layers": 1, "head_width": 0}, "text_cfg": {"width": 64, "heads": 2, "layers": 1}}"#,
+            "head_width",
+        ),
+        (
+            r#"{"embed_dim": 64, "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 64, "layers": 1, "head_width": 32, "mlp_ratio": -1}, "text_cfg": {"width": 64, "heads": 2, "layers": 1}}"#,
+            "mlp_width",
+        ),
+        (
+            r#"{"embed_dim": 0, "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 64, "layers": 1, "head_width": 32}, "text_cfg": {"width": 64, "heads": 2, "layers": 1}}"#,
+            "embed_dim",
+        ),
     ];
     for (i, (json, field)) in oc_cases.iter().enumerate() {
         let arch = d.join(format!("arch{i}.json"));
@@ -424,7 +581,17 @@ fn bad_hf_and_open_clip_configs_are_named() {
         let out = d.join(format!("o{i}.npy"));
         let weights = fixture("clip/hf_vit/model.safetensors");
         fails(
-            &["embed", "--model", &weights, "--arch", &s(&arch), "--texts", "x", "--out", &s(&out)],
+            &[
+                "embed",
+                "--model",
+                &weights,
+                "--arch",
+                &s(&arch),
+                "--texts",
+                "x",
+                "--out",
+                &s(&out),
+            ],
             &[&format!("arch{i}.json"), field],
             &[&out],
         );
@@ -442,7 +609,8 @@ fn sha(p: &Path) -> String {
 /// Rewrites `hnsw.json` of `graph_dir` with the current checksums of its dump files.
 fn rehash(graph_dir: &Path) {
     let meta = graph_dir.join("hnsw.json");
-    let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&meta).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&meta).unwrap()).unwrap();
     v["graph_sha256"] = sha(&graph_dir.join("graph.hnsw.graph")).into();
     v["data_sha256"] = sha(&graph_dir.join("graph.hnsw.data")).into();
     write(&meta, v.to_string());
@@ -464,71 +632,113 @@ fn altered_index_files_are_errors() {
     type Alter = fn(&Path);
     let cases: &[(&str, Alter, &[&str])] = &[
         // 31: truncated graph, checksum updated.
-        ("truncated graph", |h| {
-            let g = h.join("images/graph.hnsw.graph");
-            let b = fs::read(&g).unwrap();
-            write(&g, &b[..b.len() / 2]);
-            rehash(&h.join("images"));
-        }, &["graph.hnsw.graph", "truncated"]),
+        (
+            "truncated graph",
+            |h| {
+                let g = h.join("images/graph.hnsw.graph");
+                let b = fs::read(&g).unwrap();
+                write(&g, &b[..b.len() / 2]);
+                rehash(&h.join("images"));
+            },
+            &["graph.hnsw.graph", "truncated"],
+        ),
         // 32: a point count of 2^62 (hnsw_rs would allocate it and abort).
-        ("huge count", |h| {
-            let g = h.join("images/graph.hnsw.graph");
-            let mut b = fs::read(&g).unwrap();
-            let at = layer0_count_offset(&b);
-            b[at..at + 8].copy_from_slice(&(1u64 << 62).to_ne_bytes());
-            write(&g, b);
-            rehash(&h.join("images"));
-        }, &["graph.hnsw.graph", "claims"]),
+        (
+            "huge count",
+            |h| {
+                let g = h.join("images/graph.hnsw.graph");
+                let mut b = fs::read(&g).unwrap();
+                let at = layer0_count_offset(&b);
+                b[at..at + 8].copy_from_slice(&(1u64 << 62).to_ne_bytes());
+                write(&g, b);
+                rehash(&h.join("images"));
+            },
+            &["graph.hnsw.graph", "claims"],
+        ),
         // 33: truncated data file (hnsw_rs exits 1 silently).
-        ("truncated data", |h| {
-            let g = h.join("texts/graph.hnsw.data");
-            let b = fs::read(&g).unwrap();
-            write(&g, &b[..b.len() - 7]);
-            rehash(&h.join("texts"));
-        }, &["graph.hnsw.graph", "data file"]),
+        (
+            "truncated data",
+            |h| {
+                let g = h.join("texts/graph.hnsw.data");
+                let b = fs::read(&g).unwrap();
+                write(&g, &b[..b.len() - 7]);
+                rehash(&h.join("texts"));
+            },
+            &["graph.hnsw.graph", "data file"],
+        ),
         // 34: flipped bytes in the middle of the graph.
-        ("flipped graph", |h| {
-            let g = h.join("images/graph.hnsw.graph");
-            let mut b = fs::read(&g).unwrap();
-            let mid = b.len() / 2;
-            for x in &mut b[mid..mid + 16] {
-                *x ^= 0xa5;
-            }
-            write(&g, b);
-            rehash(&h.join("images"));
-        }, &["graph.hnsw.graph", "corrupt"]),
+        (
+            "flipped graph",
+            |h| {
+                let g = h.join("images/graph.hnsw.graph");
+                let mut b = fs::read(&g).unwrap();
+                let mid = b.len() / 2;
+                for x in &mut b[mid..mid + 16] {
+                    *x ^= 0xa5;
+                }
+                write(&g, b);
+                rehash(&h.join("images"));
+            },
+            &["graph.hnsw.graph", "corrupt"],
+        ),
         // 35: checksum not updated.
-        ("plain flip", |h| {
-            let g = h.join("images/graph.hnsw.data");
-            let mut b = fs::read(&g).unwrap();
-            let n = b.len() - 1;
-            b[n] ^= 1;
-            write(&g, b);
-        }, &["graph.hnsw.data", "altered"]),
+        (
+            "plain flip",
+            |h| {
+                let g = h.join("images/graph.hnsw.data");
+                let mut b = fs::read(&g).unwrap();
+                let n = b.len() - 1;
+                b[n] ^= 1;
+                write(&g, b);
+            },
+            &["graph.hnsw.data", "altered"],
+        ),
         // 36: bad HNSW parameters.
-        ("m 0", |h| {
-            let p = h.join("images/hnsw.json");
-            let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
-            v["params"]["m"] = 0.into();
-            write(&p, v.to_string());
-        }, &["hnsw.json", "m = 0"]),
+        (
+            "m 0",
+            |h| {
+                let p = h.join("images/hnsw.json");
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+                v["params"]["m"] = 0.into();
+                write(&p, v.to_string());
+            },
+            &["hnsw.json", "m = 0"],
+        ),
         // 37: another format version.
-        ("version", |h| {
-            let p = h.join("manifest.json");
-            let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
-            v["format_version"] = 99.into();
-            write(&p, v.to_string());
-        }, &["manifest.json", "version 99"]),
+        (
+            "version",
+            |h| {
+                let p = h.join("manifest.json");
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+                v["format_version"] = 99.into();
+                write(&p, v.to_string());
+            },
+            &["manifest.json", "version 99"],
+        ),
         // 38: truncated vectors.
-        ("vectors", |h| {
-            let p = h.join("texts/vectors.npy");
-            let b = fs::read(&p).unwrap();
-            write(&p, &b[..b.len() - 4]);
-        }, &["vectors.npy", "truncated"]),
+        (
+            "vectors",
+            |h| {
+                let p = h.join("texts/vectors.npy");
+                let b = fs::read(&p).unwrap();
+                write(&p, &b[..b.len() - 4]);
+            },
+            &["vectors.npy", "truncated"],
+        ),
         // 39: image ids of the wrong count.
-        ("ids", |h| write(&h.join("images.json"), "[\"a.png\"]"), &["image ids"]),
+        (
+            "ids",
+            |h| write(&h.join("images.json"), "[\"a.png\"]"),
+            &["image ids"],
+        ),
         // 40: texts file missing.
-        ("texts", |h| fs::remove_file(h.join("texts.json")).unwrap(), &["texts.json", "missing"]),
+        (
+            "texts",
+            |h| fs::remove_file(h.join("texts.json")).unwrap(),
+            &["texts.json", "missing"],
+        ),
     ];
     for (what, alter, needles) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -543,7 +753,11 @@ fn altered_index_files_are_errors() {
     let idx = dir.path().join("idx");
     copy_dir(index(), &idx);
     write(&idx.join("model.json"), "\u{1b}[31mnot json\r");
-    fails(&["query", &query_img(), "--index", &s(&idx)], &["model.json"], &[]);
+    fails(
+        &["query", &query_img(), "--index", &s(&idx)],
+        &["model.json"],
+        &[],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -575,10 +789,22 @@ fn bad_checkpoint_files_are_errors() {
     });
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         // 42-47
-        ("trunc.safetensors", weights[..weights.len() / 3].to_vec(), "trunc.safetensors"),
-        ("huge_header.safetensors", huge_header, "huge_header.safetensors"),
+        (
+            "trunc.safetensors",
+            weights[..weights.len() / 3].to_vec(),
+            "trunc.safetensors",
+        ),
+        (
+            "huge_header.safetensors",
+            huge_header,
+            "huge_header.safetensors",
+        ),
         ("huge_shape.safetensors", huge_shape, "do not fit"),
-        ("random.pt", [&[0x80u8, 0x02][..], &[0xffu8; 64][..]].concat(), "random.pt"),
+        (
+            "random.pt",
+            [&[0x80u8, 0x02][..], &[0xffu8; 64][..]].concat(),
+            "random.pt",
+        ),
         ("zip.pt", b"PK\x03\x04 not really a zip".to_vec(), "zip.pt"),
         ("empty.bin", Vec::new(), "empty.bin"),
     ];
@@ -587,7 +813,17 @@ fn bad_checkpoint_files_are_errors() {
         write(&p, bytes);
         let out = d.join("o.npy");
         fails(
-            &["embed", "--model", &s(&p), "--arch", "tiny", "--texts", "x", "--out", &s(&out)],
+            &[
+                "embed",
+                "--model",
+                &s(&p),
+                "--arch",
+                "tiny",
+                "--texts",
+                "x",
+                "--out",
+                &s(&out),
+            ],
             &[needle],
             &[&out],
         );
@@ -596,13 +832,31 @@ fn bad_checkpoint_files_are_errors() {
     let tok = d.join("tokenizer.json");
     write(&tok, "{\"model\": {\"type\": \"BPE\", \"vocab\": 5}}");
     fails(
-        &["embed", "--model", &hf(), "--tokenizer", &s(&tok), "--texts", "x", "--out", &s(&d.join("o.npy"))],
+        &[
+            "embed",
+            "--model",
+            &hf(),
+            "--tokenizer",
+            &s(&tok),
+            "--texts",
+            "x",
+            "--out",
+            &s(&d.join("o.npy")),
+        ],
         &["tokenizer.json"],
         &[&d.join("o.npy")],
     );
     // 49: a missing --texts-file.
     fails(
-        &["embed", "--model", &hf(), "--texts-file", &s(&d.join("none.txt")), "--out", &s(&d.join("o.npy"))],
+        &[
+            "embed",
+            "--model",
+            &hf(),
+            "--texts-file",
+            &s(&d.join("none.txt")),
+            "--out",
+            &s(&d.join("o.npy")),
+        ],
         &["none.txt"],
         &[&d.join("o.npy")],
     );
@@ -620,15 +874,34 @@ fn bad_images_name_the_file_once_and_advise_only_where_it_applies() {
     // 50: embed: names the file once, and the --on-bad-image advice it accepts.
     let out = d.join("o.npy");
     let line = fails(
-        &["embed", "--model", &hf(), "--images", &bad, "--out", &s(&out)],
+        &[
+            "embed",
+            "--model",
+            &hf(),
+            "--images",
+            &bad,
+            "--out",
+            &s(&out),
+        ],
         &["truncated.jpg", "--on-bad-image skip"],
         &[&out],
     );
-    assert_eq!(line.matches("truncated.jpg").count(), 1, "cause repeated: {line}");
+    assert_eq!(
+        line.matches("truncated.jpg").count(),
+        1,
+        "cause repeated: {line}"
+    );
     // 51-52: query and classify do not accept --on-bad-image: no such advice.
     for args in [
         vec!["query", bad.as_str(), "--index", index().to_str().unwrap()],
-        vec!["classify", bad.as_str(), "--model", hf().leak(), "--labels", "a,b"],
+        vec![
+            "classify",
+            bad.as_str(),
+            "--model",
+            hf().leak(),
+            "--labels",
+            "a,b",
+        ],
     ] {
         let line = fails(&args, &["truncated.jpg"], &[]);
         assert!(!line.contains("--on-bad-image"), "{line}");
@@ -636,10 +909,23 @@ fn bad_images_name_the_file_once_and_advise_only_where_it_applies() {
     // 53: every image unreadable: the message names them.
     let line = fails(
         &[
-            "embed", "--model", &hf(), "--on-bad-image", "skip", "--out", &s(&out), "--images",
-            &bad, &fixture("images/empty.jpg"), &fixture("images/not_an_image.jpg"),
+            "embed",
+            "--model",
+            &hf(),
+            "--on-bad-image",
+            "skip",
+            "--out",
+            &s(&out),
+            "--images",
+            &bad,
+            &fixture("images/empty.jpg"),
+            &fixture("images/not_an_image.jpg"),
         ],
-        &["none of the 3 image(s) could be read", "truncated.jpg", "empty.jpg"],
+        &[
+            "none of the 3 image(s) could be read",
+            "truncated.jpg",
+            "empty.jpg",
+        ],
         &[&out],
     );
     let _ = line;
@@ -649,7 +935,15 @@ fn bad_images_name_the_file_once_and_advise_only_where_it_applies() {
     b[16..24].copy_from_slice(&[0, 0, 0x9c, 0x40, 0, 0, 0x9c, 0x40]);
     write(&png, b);
     fails(
-        &["embed", "--model", &hf(), "--images", &s(&png), "--out", &s(&out)],
+        &[
+            "embed",
+            "--model",
+            &hf(),
+            "--images",
+            &s(&png),
+            "--out",
+            &s(&out),
+        ],
         &["huge.png"],
         &[&out],
     );
@@ -663,7 +957,13 @@ fn bad_datasets_are_named_and_skipped_rows_counted() {
     fs::copy(&img, d.join("a.png")).unwrap();
     fs::copy(demo().join("images/blue_square/0000.png"), d.join("b.png")).unwrap();
     let eval = |data: &Path, extra: &[&str]| {
-        let mut a = vec!["eval".to_string(), "--model".into(), hf(), "--data".into(), s(data)];
+        let mut a = vec![
+            "eval".to_string(),
+            "--model".into(),
+            hf(),
+            "--data".into(),
+            s(data),
+        ];
         a.extend(extra.iter().map(|x| x.to_string()));
         a
     };
@@ -673,19 +973,31 @@ fn bad_datasets_are_named_and_skipped_rows_counted() {
     };
     // 55: rows naming missing images are counted and named.
     let t = d.join("missing.csv");
-    write(&t, "image,text,split\na.png,a red circle,test\nb.png,a blue square,test\ngone.png,lost,test\n");
+    write(
+        &t,
+        "image,text,split\na.png,a red circle,test\nb.png,a blue square,test\ngone.png,lost,test\n",
+    );
     let a = eval(&t, &["--split", "test"]);
     let refs: Vec<&str> = a.iter().map(String::as_str).collect();
     let out = ok(&refs);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("skipped 1 record(s)") && err.contains("gone.png"), "{err}");
+    assert!(
+        err.contains("skipped 1 record(s)") && err.contains("gone.png"),
+        "{err}"
+    );
     // 56: no test split: the message names the table.
     let t = d.join("nosplit.csv");
     write(&t, "image,text,split\na.png,x,train\nb.png,y,train\n");
-    let line = run(&eval(&t, &["--split", "test"]), &["nosplit: the dataset has no test split"]);
+    let line = run(
+        &eval(&t, &["--split", "test"]),
+        &["nosplit: the dataset has no test split"],
+    );
     assert!(!line.starts_with("siam: error: :"), "{line}");
     // 57: --split bogus lists every valid value.
-    run(&eval(&t, &["--split", "bogus"]), &["bogus", "all, train, val or test"]);
+    run(
+        &eval(&t, &["--split", "bogus"]),
+        &["bogus", "all, train, val or test"],
+    );
     // 58: a header without an image column.
     let t = d.join("noimage.csv");
     write(&t, "text,label\nhello,a\n");
@@ -723,7 +1035,13 @@ fn bad_datasets_are_named_and_skipped_rows_counted() {
     run(&eval(&d.join("empty_folder"), &[]), &["empty_folder"]);
     // 66: `siam index` of the table with missing rows says so too.
     let out = ok(&[
-        "index", "--model", &hf(), "--data", &s(&d.join("missing.csv")), "--out", &s(&d.join("i")),
+        "index",
+        "--model",
+        &hf(),
+        "--data",
+        &s(&d.join("missing.csv")),
+        "--out",
+        &s(&d.join("i")),
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("gone.png"));
 }
@@ -746,7 +1064,12 @@ fn closed_pipe(args: &[&str], close_stderr: bool) -> (Option<i32>, String) {
     if close_stderr {
         drop(child.stderr.take());
     } else {
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
     }
     (child.wait().unwrap().code(), err)
 }
@@ -754,12 +1077,23 @@ fn closed_pipe(args: &[&str], close_stderr: bool) -> (Option<i32>, String) {
 #[test]
 fn closed_pipes_do_not_panic_or_stop_the_work() {
     // 67: query --json | head
-    let (code, err) = closed_pipe(&["query", &query_img(), "--index", &s(index()), "--json"], false);
+    let (code, err) = closed_pipe(
+        &["query", &query_img(), "--index", &s(index()), "--json"],
+        false,
+    );
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     // 68: classify --json | head
     let (code, err) = closed_pipe(
-        &["classify", &query_img(), "--model", &hf(), "--labels", "a,b", "--json"],
+        &[
+            "classify",
+            &query_img(),
+            "--model",
+            &hf(),
+            "--labels",
+            "a,b",
+            "--json",
+        ],
         false,
     );
     assert_eq!(code, Some(0), "{err}");
@@ -767,7 +1101,10 @@ fn closed_pipes_do_not_panic_or_stop_the_work() {
     // 69: train 2>&1 | head: both closed; the run still writes its model.
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let (code, _) = closed_pipe(&["train", "--epochs", "1", "--no-index", "--out", &s(&run)], true);
+    let (code, _) = closed_pipe(
+        &["train", "--epochs", "1", "--no-index", "--out", &s(&run)],
+        true,
+    );
     assert_eq!(code, Some(0));
     assert!(run.join("siam.json").is_file() && run.join("model.safetensors").is_file());
 }
@@ -777,7 +1114,15 @@ fn closed_pipes_do_not_panic_or_stop_the_work() {
 // ---------------------------------------------------------------------------------------------
 
 fn embed_image(path: &str, out: &Path) -> Vec<f32> {
-    ok(&["embed", "--model", &hf(), "--images", path, "--out", &s(out)]);
+    ok(&[
+        "embed",
+        "--model",
+        &hf(),
+        "--images",
+        path,
+        "--out",
+        &s(out),
+    ]);
     siam::io::read_npy(out).unwrap().0
 }
 
@@ -792,15 +1137,24 @@ fn unusual_images_embed_like_their_rgb_originals() {
     let out = dir.path().join("e.npy");
     let unrelated = embed_image(&fixture("images/cat_like.jpg"), &out);
     for name in [
-        "animated.gif", "lossless.webp", "gray16.png", "gray.png", "palette.png", "cmyk.jpg",
-        "exif_rot6.jpg", "png_named.jpg",
+        "animated.gif",
+        "lossless.webp",
+        "gray16.png",
+        "gray.png",
+        "palette.png",
+        "cmyk.jpg",
+        "exif_rot6.jpg",
+        "png_named.jpg",
     ] {
         let got = embed_image(&fixture(&format!("images/variants/{name}")), &out);
         let want = embed_image(&fixture(&format!("images/variants/{name}.rgb.png")), &out);
         let (same, other) = (cosine(&got, &want), cosine(&got, &unrelated));
         // Lossless decodes match to rounding; JPEG decoders differ by a level or two.
         assert!(same > 0.999, "{name}: cosine {same} with its RGB original");
-        assert!(1.0 - same < (1.0 - other) / 10.0, "{name}: {same} vs unrelated {other}");
+        assert!(
+            1.0 - same < (1.0 - other) / 10.0,
+            "{name}: {same} vs unrelated {other}"
+        );
     }
     // The EXIF rotation matters: the unrotated pixels embed measurably differently.
     let rotated = embed_image(&fixture("images/variants/exif_rot6.jpg"), &out);
@@ -816,8 +1170,13 @@ fn a_csv_with_bom_and_quoted_commas_reads_like_the_plain_table() {
     let texts = |table: &str, name: &str| -> serde_json::Value {
         let idx = dir.path().join(name);
         ok(&[
-            "index", "--model", &hf(), "--data", &fixture(&format!("images/variants/{table}")),
-            "--out", &s(&idx),
+            "index",
+            "--model",
+            &hf(),
+            "--data",
+            &fixture(&format!("images/variants/{table}")),
+            "--out",
+            &s(&idx),
         ]);
         serde_json::from_str(&fs::read_to_string(idx.join("hnsw/texts.json")).unwrap()).unwrap()
     };

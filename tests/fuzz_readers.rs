@@ -37,7 +37,8 @@ fn mutate(rng: &mut StdRng, valid: &[u8]) -> Vec<u8> {
             2 => v.insert(i, v[i]),
             3 => v.truncate(i),
             4 => {
-                let x: u64 = [u64::MAX, 1 << 62, 1 << 40, 0, u32::MAX as u64][rng.random_range(0..5)];
+                let x: u64 =
+                    [u64::MAX, 1 << 62, 1 << 40, 0, u32::MAX as u64][rng.random_range(0..5)];
                 let end = (i + 8).min(v.len());
                 v[i..end].copy_from_slice(&x.to_ne_bytes()[..end - i]);
             }
@@ -53,7 +54,9 @@ fn fuzz(name: &str, valid: &[u8], path: &Path, rounds: usize, mut read: impl FnM
     let mut errors = 0;
     for round in 0..rounds {
         let bytes = if round % 10 == 9 {
-            (0..rng.random_range(0..512)).map(|_| rng.random::<u8>()).collect()
+            (0..rng.random_range(0..512))
+                .map(|_| rng.random::<u8>())
+                .collect()
         } else {
             mutate(&mut rng, valid)
         };
@@ -211,8 +214,9 @@ fn tokenizer_json_reader_never_panics() {
         let _ = siam_data::tokenizer::ClipTokenizer::from_file(p);
     });
     // The real CLIP tokenizer, truncated or flipped near its start (its structure).
-    let full = fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/assets/clip_tokenizer.json"))
-        .unwrap();
+    let full =
+        fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/assets/clip_tokenizer.json"))
+            .unwrap();
     let mut rng = StdRng::seed_from_u64(17);
     for round in 0..12 {
         let mut bytes = full[..rng.random_range(0..4096)].to_vec();

@@ -401,7 +401,11 @@ impl Dataset {
         Some(format!(
             "skipped {} record(s) naming missing image files{}: {}",
             self.missing.len(),
-            if self.missing.len() > 5 { ", first 5" } else { "" },
+            if self.missing.len() > 5 {
+                ", first 5"
+            } else {
+                ""
+            },
             shown.join(", ")
         ))
     }

@@ -133,7 +133,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             .map(|r| (r.model.as_str(), &r.retrieval))
             .collect();
         recall_curves(&named, 10, &png)?;
-        crate::console::err_line(format_args!("wrote {} and {}", json.display(), png.display()));
+        crate::console::err_line(format_args!(
+            "wrote {} and {}",
+            json.display(),
+            png.display()
+        ));
     }
     Ok(())
 }

@@ -72,9 +72,9 @@ pub fn split_records(ds: &Dataset, split: &str) -> anyhow::Result<Vec<usize>> {
     if split == "all" {
         return Ok((0..ds.len()).collect());
     }
-    let s: Split = split
-        .parse()
-        .map_err(|_: String| anyhow::anyhow!("--split {split:?}: expected all, train, val or test"))?;
+    let s: Split = split.parse().map_err(|_: String| {
+        anyhow::anyhow!("--split {split:?}: expected all, train, val or test")
+    })?;
     let idx = ds.indices_of(s);
     if idx.is_empty() {
         let (tr, va, te) = ds.split_counts();

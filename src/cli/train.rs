@@ -408,7 +408,9 @@ fn summarise(r: &TrainReport) {
         return;
     }
     if let crate::train::folder::InitialWeights::Random { arch, .. } = &r.initial_weights {
-        crate::console::err_line(format_args!("note: {arch} was trained from RANDOM initial weights (no checkpoint given)"));
+        crate::console::err_line(format_args!(
+            "note: {arch} was trained from RANDOM initial weights (no checkpoint given)"
+        ));
     }
     if let (Some(b), Some(a)) = (&r.before, &r.after) {
         for k in ["i2t_r1", "t2i_r1"] {

@@ -723,11 +723,19 @@ fn open_clip_image_size(vc: &JsonMap, path: &Path) -> Result<usize> {
 fn open_clip_vision(vc: &JsonMap, act: Activation, path: &Path) -> Result<VisionConfig> {
     let parse_err = open_clip_parse_err(path);
     let head_width = get_usize(vc, "head_width", Some(64)).map_err(&parse_err)?;
-    positive(&path.display().to_string(), "vision_cfg.head_width", head_width)?;
+    positive(
+        &path.display().to_string(),
+        "vision_cfg.head_width",
+        head_width,
+    )?;
     let image_size = open_clip_image_size(vc, path)?;
     let width = get_usize(vc, "width", Some(768)).map_err(&parse_err)?;
     if let Some(serde_json::Value::Array(a)) = vc.get("layers") {
-        let l: Vec<usize> = a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect();
+        let l: Vec<usize> = a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as usize)
+            .collect();
         let [l0, l1, l2, l3] = l[..] else {
             return Err(parse_err(
                 "vision_cfg.layers must hold 4 stage depths".into(),

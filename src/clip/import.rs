@@ -448,7 +448,9 @@ fn open_pytorch(path: &Path) -> Result<Source> {
             SrcDType::F32 => 4,
             SrcDType::F64 => 8,
         };
-        let nbytes = shape.iter().try_fold(elem, |acc: u64, &d| acc.checked_mul(d as u64));
+        let nbytes = shape
+            .iter()
+            .try_fold(elem, |acc: u64, &d| acc.checked_mul(d as u64));
         if nbytes.is_none_or(|b| b > max_bytes) {
             return Err(corrupt(format!(
                 "{name}: shape {shape:?} claims more data than a file of {file_len} bytes holds"

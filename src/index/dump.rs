@@ -142,20 +142,28 @@ impl<'a> Cursor<'a> {
     }
 
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_ne_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_ne_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn i32(&mut self) -> Result<i32, String> {
-        Ok(i32::from_ne_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(i32::from_ne_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_ne_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_ne_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn usize(&mut self) -> Result<usize, String> {
         const W: usize = std::mem::size_of::<usize>();
-        Ok(usize::from_ne_bytes(self.take(W)?.try_into().expect("usize bytes")))
+        Ok(usize::from_ne_bytes(
+            self.take(W)?.try_into().expect("usize bytes"),
+        ))
     }
 
     fn magic(&mut self, want: u32, place: &str) -> Result<(), String> {
@@ -286,7 +294,10 @@ pub(crate) fn validate_dump(
         }
     }
     if g.left() != 0 {
-        return Err(format!("graph file: {} stray bytes after the entry point", g.left()));
+        return Err(format!(
+            "graph file: {} stray bytes after the entry point",
+            g.left()
+        ));
     }
 
     let mut dcur = Cursor {
@@ -310,7 +321,10 @@ pub(crate) fn validate_dump(
         dcur.take(row_bytes)?;
     }
     if dcur.left() != 0 {
-        return Err(format!("data file: {} stray bytes after the last point", dcur.left()));
+        return Err(format!(
+            "data file: {} stray bytes after the last point",
+            dcur.left()
+        ));
     }
     Ok(())
 }

@@ -267,11 +267,10 @@ impl VectorIndex {
     pub fn save(&self, dir: &Path) -> Result<()> {
         crate::io::atomic_dir(dir, crate::output::OutputKind::VectorIndex, |tmp| {
             self.write_into(tmp).map_err(Into::into)
-        }).map_err(|e| {
-            match e.downcast::<IndexError>() {
-                Ok(e) => *e,
-                Err(e) => hnsw_error(dir, e.to_string()),
-            }
+        })
+        .map_err(|e| match e.downcast::<IndexError>() {
+            Ok(e) => *e,
+            Err(e) => hnsw_error(dir, e.to_string()),
         })
     }
 

@@ -203,18 +203,31 @@ impl ModelCard {
         let range = |field: &str, value: usize, lo: usize, hi: usize| {
             in_range(&src, field, value, lo, hi).map_err(config)
         };
-        self.clip.validate(&format!("{src}: clip")).map_err(config)?;
+        self.clip
+            .validate(&format!("{src}: clip"))
+            .map_err(config)?;
         positive(&src, "joint_dim", self.joint_dim).map_err(config)?;
         let size = self.clip.image_size();
         range("image_size", self.image_size, size, size)?;
-        range("context_length", self.context_length, 2, self.clip.context_length())?;
+        range(
+            "context_length",
+            self.context_length,
+            2,
+            self.clip.context_length(),
+        )?;
         for c in 0..3 {
             positive_f64(&src, &format!("std[{c}]"), f64::from(self.std[c])).map_err(config)?;
             if !self.mean[c].is_finite() {
-                return Err(invalid(format!("mean[{c}] = {} is not finite", self.mean[c])));
+                return Err(invalid(format!(
+                    "mean[{c}] = {} is not finite",
+                    self.mean[c]
+                )));
             }
         }
-        for (name, head) in [("image_head", &self.image_head), ("text_head", &self.text_head)] {
+        for (name, head) in [
+            ("image_head", &self.image_head),
+            ("text_head", &self.text_head),
+        ] {
             let e = self.clip.embed_dim;
             range(&format!("{name}.d_in"), head.d_in, e, e)?;
             let j = self.joint_dim;
