@@ -422,6 +422,9 @@ pub fn lock_path(out: &Path) -> PathBuf {
 pub struct OutputLock {
     path: PathBuf,
     body: Vec<u8>,
+    /// Folders created to hold the lock file, deepest first; removed on drop when still empty,
+    /// so a command that fails leaves no output path behind.
+    created: Vec<PathBuf>,
 }
 
 impl OutputLock {
@@ -433,7 +436,13 @@ impl OutputLock {
             path: path.clone(),
             source,
         };
+        let mut created = Vec::new();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let mut missing = Some(dir);
+            while let Some(d) = missing.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+                created.push(d.to_path_buf());
+                missing = d.parent();
+            }
             fs::create_dir_all(dir).map_err(|source| OutputError::Io {
                 path: dir.to_path_buf(),
                 source,
@@ -479,7 +488,13 @@ impl OutputLock {
             })
         })();
         let _ = fs::remove_file(&tmp);
-        result.map(|()| OutputLock { path, body })
+        let lock = OutputLock {
+            path,
+            body,
+            created,
+        };
+        // On refusal the lock drops here: the folders made for it go again.
+        result.map(|()| lock)
     }
 
     /// The lock file.
@@ -492,6 +507,10 @@ impl Drop for OutputLock {
     fn drop(&mut self) {
         if fs::read(&self.path).is_ok_and(|b| b == self.body) {
             let _ = fs::remove_file(&self.path);
+        }
+        for d in &self.created {
+            // Fails, as it should, once the output (or anything else) is inside.
+            let _ = fs::remove_dir(d);
         }
     }
 }

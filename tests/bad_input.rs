@@ -295,6 +295,21 @@ fn outputs_never_replace_a_users_files() {
         &[&d.join("r")],
     );
     check_intact();
+    // 10b: a failing command leaves no folder it made for its output.
+    let deep = d.join("deep/er/idx");
+    fails(
+        &[
+            "index",
+            "--model",
+            &hf(),
+            "--data",
+            &s(&d.join("nowhere")),
+            "--out",
+            &s(&deep),
+        ],
+        &["nowhere"],
+        &[&d.join("deep")],
+    );
 }
 
 #[test]

@@ -598,7 +598,7 @@ impl ClipConfig {
         }
         // Start and end tokens need two positions.
         in_range(src, "text.context_length", t.context_length, 2, MAX_SIZE)?;
-        if t.width % t.heads != 0 {
+        if !t.width.is_multiple_of(t.heads) {
             return bad(format!(
                 "text.width {} not divisible by {} text.heads",
                 t.width, t.heads

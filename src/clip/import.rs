@@ -99,14 +99,14 @@ pub enum ImportError {
         sample: String,
     },
     /// The file's keys do not match the architecture.
-    #[error("{path}: checkpoint does not match the {arch} architecture: {details}")]
+    #[error("{}: checkpoint does not match the {arch} architecture: {details}", path.display())]
     KeyMismatch {
-        /// The file.
-        path: PathBuf,
+        /// The file. (Boxed, like `arch` and `details`, to keep [`ImportError`] small.)
+        path: Box<Path>,
         /// Which architecture was expected.
-        arch: String,
+        arch: Box<str>,
         /// Missing, unexpected and mis-shaped keys, listed.
-        details: String,
+        details: Box<str>,
         /// Keys the model needs that the file lacks.
         missing: Vec<String>,
         /// Keys of the file the model has no place for.
@@ -933,9 +933,9 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
             ));
         }
         return Err(ImportError::KeyMismatch {
-            path: src.path.clone(),
-            arch: arch.to_string(),
-            details: parts.join("; "),
+            path: src.path.clone().into_boxed_path(),
+            arch: arch.into(),
+            details: parts.join("; ").into(),
             missing,
             unexpected,
             mis_shaped,

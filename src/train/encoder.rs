@@ -153,7 +153,7 @@ impl Encoder {
     pub fn embed_pixels(&self, pixels: &[f32]) -> Result<Vec<f32>, EncoderError> {
         let s = self.card.image_size;
         let per = 3 * s * s;
-        if pixels.is_empty() || pixels.len() % per != 0 {
+        if pixels.is_empty() || !pixels.len().is_multiple_of(per) {
             return Err(EncoderError::Pixels {
                 got: pixels.len(),
                 size: s,
