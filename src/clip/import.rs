@@ -144,9 +144,10 @@ pub enum ImportError {
         /// burn-store's messages.
         errors: String,
     },
-    /// A `hf:` model name could not be resolved to files in the Hugging Face cache.
+    /// A `hf:` model name could not be resolved to files in the Hugging Face cache (boxed: it
+    /// is large and rare).
     #[error(transparent)]
-    Hub(#[from] crate::hub::HubError),
+    Hub(Box<crate::hub::HubError>),
     /// Writing a model folder failed.
     #[error("{path}: could not save the model: {why}")]
     Save {
@@ -971,7 +972,7 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
 /// `arch` (a preset name or an open_clip model-config JSON path) is required for a bare file
 /// and overrides the folder's config when given.
 pub fn load_model(path: &Path, arch: Option<&str>, device: &Device) -> Result<LoadedModel> {
-    let path = &crate::hub::resolve_model(path)?;
+    let path = &crate::hub::resolve_model(path).map_err(|e| ImportError::Hub(Box::new(e)))?;
     let (weights, config, arch_name, tokenizer, siam_layout) = if path.is_dir() {
         let tok = Some(path.join("tokenizer.json")).filter(|p| p.is_file());
         let siam = path.join(SIAM_CONFIG);

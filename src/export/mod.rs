@@ -276,7 +276,7 @@ pub(crate) fn safetensors_bytes(tensors: &[Named]) -> Vec<u8> {
         );
     }
     let mut h = serde_json::to_vec(&header).expect("a JSON map serialises");
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + data.len());
