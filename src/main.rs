@@ -7,6 +7,9 @@ use siam::cli;
 #[derive(Parser, Debug)]
 #[command(name = "siam", version, about, long_about = None)]
 struct Cli {
+    /// Use only the Hugging Face cache for hf: models, never the network (as HF_HUB_OFFLINE=1).
+    #[arg(long, global = true)]
+    offline: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,10 +30,13 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     /// Write the synthetic demo set as an image folder and a captions table.
     DemoData(cli::demo_data::DemoDataArgs),
+    /// Write a model as a Hugging Face (transformers) or open_clip folder.
+    Export(cli::export::ExportArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    siam::hub::set_offline(cli.offline);
     let result = match cli.command {
         Command::Train(a) => cli::train::run(a),
         Command::Embed(a) => cli::embed::run(a),
@@ -39,6 +45,7 @@ fn main() -> std::process::ExitCode {
         Command::Query(a) => cli::query::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::DemoData(a) => cli::demo_data::run(a),
+        Command::Export(a) => cli::export::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -33,8 +33,9 @@ impl DeviceArgs {
 /// `--model`, `--arch`, `--tokenizer`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A model folder (Hugging Face CLIP layout, or written by `siam train`), or an
-    /// OpenAI/open_clip checkpoint file (.safetensors, .bin, .pt) together with --arch.
+    /// A model folder (Hugging Face CLIP layout, or written by `siam train`), an
+    /// OpenAI/open_clip checkpoint file (.safetensors, .bin, .pt) together with --arch, or a
+    /// Hub name hf:org/name[@revision] (downloaded into the Hugging Face cache).
     #[arg(long, short = 'm')]
     pub model: PathBuf,
     /// Architecture of a checkpoint file: a preset (ViT-B-32, ViT-B-16, ViT-L-14, RN50, tiny)
