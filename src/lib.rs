@@ -12,4 +12,7 @@ pub mod eval;
 pub mod fingerprint;
 pub mod index;
 pub mod io;
+pub mod merge;
+pub mod prompt;
+pub mod pseudo_label;
 pub mod train;

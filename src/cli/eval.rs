@@ -23,9 +23,14 @@ use crate::train::encoder::Encoder;
 /// Evaluate one model (or compare two) on a dataset split.
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// The model (folder, or checkpoint with --arch).
+    /// The model (folder, or checkpoint with --arch). With --alphas: twice, the zero-shot
+    /// model then the fine-tuned one.
     #[arg(long, short = 'm', required_unless_present = "compare")]
-    pub model: Option<PathBuf>,
+    pub model: Vec<PathBuf>,
+    /// WiSE-FT curve: zero-shot accuracy of the weight-space blends (1 - a) * M1 + a * M2 for
+    /// these alphas (e.g. 0,0.25,0.5,0.75,1) on every --data (the first is in-domain).
+    #[arg(long, value_delimiter = ',')]
+    pub alphas: Vec<f32>,
     /// Architecture for a bare checkpoint.
     #[arg(long)]
     pub arch: Option<String>,
@@ -95,10 +100,18 @@ pub struct AnnRecall {
 
 /// Runs `siam eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    if !args.alphas.is_empty() {
+        return super::merge::alpha_curve(&args);
+    }
     let ds = Arc::new(args.data.open()?);
     let records = split_records(&ds, &args.split)?;
     let device = args.device.open()?;
-    let models: Vec<PathBuf> = match &args.model {
+    anyhow::ensure!(
+        args.model.len() <= 1,
+        "--model is given {} times; compare two models with --compare M1 M2, or blend them with --alphas",
+        args.model.len()
+    );
+    let models: Vec<PathBuf> = match args.model.first() {
         Some(m) => vec![m.clone()],
         None => args.compare.clone(),
     };

@@ -7,5 +7,7 @@ pub mod demo_data;
 pub mod embed;
 pub mod eval;
 pub mod index;
+pub mod merge;
+pub mod pseudo_label;
 pub mod query;
 pub mod train;
