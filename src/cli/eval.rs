@@ -79,8 +79,13 @@ pub struct EvalReport {
     pub texts: usize,
     /// Retrieval in both directions.
     pub retrieval: RetrievalReport,
-    /// Zero-shot classification (label datasets).
+    /// Zero-shot classification (label datasets), with the model folder's learned prompts when
+    /// it has them for every class.
     pub zero_shot: Option<ZeroShotReport>,
+    /// Zero-shot classification with the hand-written templates, when `zero_shot` used learned
+    /// prompts (side by side).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zero_shot_templates: Option<ZeroShotReport>,
     /// precision@1, R-precision, MAP@R of image embeddings (label datasets).
     pub neighbours: Option<NeighbourReport>,
     /// Linear probe (label datasets with a train split).
@@ -164,6 +169,7 @@ pub fn evaluate(
     )?;
     let kept: Vec<usize> = img.kept.iter().map(|&i| records[i]).collect();
     let (texts, entries) = dataset_texts(enc, ds, &kept)?;
+    let mut zero_templates = None;
     let (retrieval, zero, neighbours, probe) = match ds.kind {
         DatasetKind::Labels => {
             let labels: Vec<usize> = kept
@@ -188,6 +194,12 @@ pub fn evaluate(
                 },
             )?;
             let zero = zero_shot(&img.data, &texts, d, &labels)?;
+            if crate::prompt::LearnedPrompts::of_encoder(enc)?
+                .is_some_and(|lp| lp.classes_of(&ds.labels).is_some())
+            {
+                let hand = super::index::template_class_texts(enc, ds)?;
+                zero_templates = Some(zero_shot(&img.data, &hand, d, &labels)?);
+            }
             let neighbours = if kept.len() > 1 {
                 Some(neighbour_metrics(&img.data, d, &labels)?)
             } else {
@@ -229,6 +241,7 @@ pub fn evaluate(
         texts: entries.len(),
         retrieval,
         zero_shot: zero,
+        zero_shot_templates: zero_templates,
         neighbours,
         linear_probe: probe,
         ann_recall_at_10: ann,
@@ -355,6 +368,20 @@ fn print_reports(reports: &[EvalReport]) {
     add("zero-shot top-1", &|r| {
         r.zero_shot.as_ref().map(|z| pct(z.top1))
     });
+    if reports.iter().any(|r| r.zero_shot_templates.is_some()) {
+        add("zero-shot top-1 (templates)", &|r| {
+            r.zero_shot_templates
+                .as_ref()
+                .or(r.zero_shot.as_ref())
+                .map(|z| pct(z.top1))
+        });
+        add("zero-shot top-1 (learned)", &|r| {
+            r.zero_shot_templates
+                .as_ref()
+                .and(r.zero_shot.as_ref())
+                .map(|z| pct(z.top1))
+        });
+    }
     add("zero-shot top-5", &|r| {
         r.zero_shot.as_ref().map(|z| pct(z.top5))
     });

@@ -8,6 +8,7 @@ pub mod embed;
 pub mod eval;
 pub mod index;
 pub mod merge;
+pub mod prompt;
 pub mod pseudo_label;
 pub mod query;
 pub mod train;
