@@ -16,4 +16,7 @@ pub mod hub;
 pub mod index;
 pub mod io;
 pub mod output;
+pub mod merge;
+pub mod prompt;
+pub mod pseudo_label;
 pub mod train;

@@ -28,6 +28,10 @@ enum Command {
     Query(cli::query::QueryArgs),
     /// Retrieval recall@k, zero-shot, MAP@R and linear-probe accuracy on a dataset.
     Eval(cli::eval::EvalArgs),
+    /// Blend a zero-shot and a fine-tuned model in weight space (WiSE-FT).
+    Merge(cli::merge::MergeArgs),
+    /// Zero-shot labels for unlabelled images, as a table `siam train --data` reads.
+    PseudoLabel(cli::pseudo_label::PseudoLabelArgs),
     /// Write the synthetic demo set as an image folder and a captions table.
     DemoData(cli::demo_data::DemoDataArgs),
     /// Write a model as a Hugging Face (transformers) or open_clip folder.
@@ -46,6 +50,8 @@ fn main() -> std::process::ExitCode {
         Command::Eval(a) => cli::eval::run(a),
         Command::DemoData(a) => cli::demo_data::run(a),
         Command::Export(a) => cli::export::run(a),
+        Command::Merge(a) => cli::merge::run(a),
+        Command::PseudoLabel(a) => cli::pseudo_label::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
