@@ -22,6 +22,9 @@ pub enum DataError {
     /// The command needs `--data`.
     #[error("--data: required (a dataset to read)")]
     Missing,
+    /// `--data` given several times to a command that reads one dataset.
+    #[error("--data is given {0} times; this command reads one dataset")]
+    Several(usize),
     /// `--templates` names neither a preset nor a readable template file.
     #[error("--templates {given}: {cause}")]
     Templates {
@@ -41,9 +44,9 @@ pub enum DataError {
 pub struct DataConfig {
     /// A dataset: image folder, captions table (.csv/.tsv/.jsonl), Karpathy split JSON, CIFAR
     /// batches folder, or webdataset .tar shard(s). `siam train` without it trains on the
-    /// synthetic demo set.
+    /// synthetic demo set; only `siam eval --alphas` takes several (the first is in-domain).
     #[arg(long)]
-    pub data: Option<PathBuf>,
+    pub data: Vec<PathBuf>,
     /// Prompt templates for label texts: a preset (photo, imagenet7, cifar) or a file with one
     /// template per line, each with {} for the label.
     #[arg(long, default_value = "photo")]
@@ -150,6 +153,25 @@ impl ModelData {
 }
 
 impl DataConfig {
+    /// The one `--data` (`None` when not given).
+    pub fn path(&self) -> Result<Option<&Path>, DataError> {
+        match &self.data[..] {
+            [] => Ok(None),
+            [one] => Ok(Some(one)),
+            several => Err(DataError::Several(several.len())),
+        }
+    }
+
+    fn required(&self) -> Result<&Path, DataError> {
+        self.path()?.ok_or(DataError::Missing)
+    }
+
+    /// Opens the dataset at `path` with these options, split by `--split-seed` (default 0).
+    pub fn open_path(&self, path: &Path) -> Result<Dataset, DataError> {
+        let opts = self.open_options(self.split_seed.unwrap_or(0))?;
+        Ok(Dataset::open(path, &opts)?)
+    }
+
     /// The options to open the dataset with, split by `seed`.
     pub fn open_options(&self, seed: u64) -> Result<OpenOptions, DataError> {
         let templates = Templates::from_name_or_file(&self.templates).map_err(|cause| {
@@ -168,7 +190,7 @@ impl DataConfig {
 
     /// Opens `--data` (required) split by `seed`, with the record of that split.
     pub fn open(&self, seed: u64) -> Result<(Dataset, SplitRecord), DataError> {
-        let path = self.data.as_deref().ok_or(DataError::Missing)?;
+        let path = self.required()?;
         let opts = self.open_options(seed)?;
         let ds = Dataset::open(path, &opts)?;
         let record = SplitRecord {
@@ -185,7 +207,7 @@ impl DataConfig {
     /// `--split-seed` (default 0). Knows which images the model was trained on whenever it
     /// recorded a split of this dataset.
     pub fn open_for_model(&self, trained: Option<&SplitRecord>) -> Result<ModelData, DataError> {
-        let path = self.data.as_deref().ok_or(DataError::Missing)?;
+        let path = self.required()?;
         let id = DatasetId::of_path(path);
         let own = trained.filter(|r| r.dataset == id);
         let (seed, split_from_model) = match (self.split_seed, own) {
@@ -222,9 +244,7 @@ impl DataConfig {
 impl DataConfig {
     /// Whether `split` is a split of `--data`.
     pub fn is_split_of(&self, split: &SplitRecord) -> bool {
-        self.data
-            .as_deref()
-            .is_some_and(|p| split.dataset == DatasetId::of_path(p))
+        matches!(self.path(), Ok(Some(p)) if split.dataset == DatasetId::of_path(p))
     }
 
     /// Image names of the training split `trained` describes, when it is a split of `--data`
@@ -233,7 +253,7 @@ impl DataConfig {
         &self,
         trained: &SplitRecord,
     ) -> Result<Option<HashSet<String>>, DataError> {
-        let Some(path) = self.data.as_deref() else {
+        let Some(path) = self.path()? else {
             return Ok(None);
         };
         if trained.dataset != DatasetId::of_path(path) {
@@ -285,7 +305,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         folder(dir.path());
         let mut cfg = DataConfig {
-            data: Some(dir.path().to_path_buf()),
+            data: vec![dir.path().to_path_buf()],
             ..DataConfig::default()
         };
         let (_, trained) = cfg.open(7).unwrap();

@@ -2,8 +2,9 @@
 //!
 //! The library, layer by layer (each uses only the ones above it):
 //!
-//! - [`device`], [`io`], [`fingerprint`], [`progress`], [`settings`]: devices, file writing,
-//!   model fingerprints, progress reports, option sections' defaults;
+//! - [`device`], [`io`], [`output`], [`console`], [`fingerprint`], [`progress`], [`settings`]:
+//!   devices, file reading and writing, output folders and their locks, terminal output, model
+//!   fingerprints, progress reports, option sections' defaults; [`hub`]: Hugging Face names;
 //! - [`clip`]: the CLIP towers, architectures as data, and weight import;
 //! - [`dataset`]: the data section every command shares and the split a model records;
 //! - [`model`]: [`model::twin::TwinTowers`] (towers + projection heads), the model folder
@@ -11,21 +12,30 @@
 //! - [`embed`]: batches of images and texts through an `Encoder`;
 //! - [`index`]: the HNSW index, exact ranking, and indexing a dataset with a model;
 //! - [`eval`]: retrieval, zero-shot, MAP@R and linear-probe metrics, plots;
-//! - [`train`]: the training configuration and the `Trainer`'s phases.
+//! - [`train`]: the training configuration and the `Trainer`'s phases;
+//! - [`prompt`], [`pseudo_label`], [`merge`], [`export`]: prompt learning (CoOp),
+//!   pseudo-labels, weight-space merging (WiSE-FT), export to transformers/open_clip folders.
 //!
 //! The `siam` binary (`src/main.rs` and `src/cli/`, not part of this library) parses
 //! arguments into these modules' configurations and calls them.
 
 pub mod clip;
+pub mod console;
 pub mod dataset;
 pub mod device;
 pub mod embed;
 pub mod eval;
+pub mod export;
 pub mod fingerprint;
+pub mod hub;
 pub mod index;
 pub mod io;
+pub mod merge;
 pub mod model;
+pub mod output;
 pub mod progress;
+pub mod prompt;
+pub mod pseudo_label;
 pub mod settings;
 pub mod train;
 

@@ -94,7 +94,7 @@ fn values(m: &TwinTowers) -> Vec<f32> {
 fn check(loss: &str, miner: Option<&str>) {
     let device = siam::device::from_env().autodiff();
     let objective = build_objective(&LossSettings {
-        loss: loss.into(),
+        loss: Some(loss.into()),
         miner: miner.map(String::from),
         ..LossSettings::default()
     })

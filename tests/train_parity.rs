@@ -135,7 +135,7 @@ fn first_20_losses_match_pytorch() {
     };
 
     let objective = build_objective(&LossSettings {
-        loss: "triplet".into(),
+        loss: Some("triplet".into()),
         miner: Some("hard".into()),
         margin: settings["margin"].as_f64().unwrap(),
         ..LossSettings::default()

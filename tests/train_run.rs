@@ -225,7 +225,7 @@ fn bad_input_is_a_clear_error() {
 
     let mut c = cfg(&dir.path().join("w"));
     c.loss = LossSettings {
-        loss: "quadruplet".into(),
+        loss: Some("quadruplet".into()),
         ..LossSettings::default()
     };
     assert!(run(&c, demo()).contains("quadruplet"));

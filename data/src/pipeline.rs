@@ -31,11 +31,12 @@ use std::thread::JoinHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// An image could not be read or decoded and the policy is [`OnBadImage::Fail`].
-    #[error("record {record}: {cause} (use --on-bad-image skip to leave such images out)")]
+    #[error("record {record}: {cause}")]
     BadImage {
         /// Index of the record in the loader's dataset.
         record: usize,
-        /// Why it could not be read; names the file.
+        /// Why it could not be read; names the file. (Not a `source`: the message already
+        /// holds it, and a chain would print it twice.)
         cause: ImageError,
     },
     /// A worker thread stopped without sending its batch (it panicked).

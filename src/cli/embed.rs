@@ -9,7 +9,7 @@ use siam_data::dataset::OnBadImage;
 use super::common::{progress_bar, read_lines, report_skipped, ModelArgs};
 use siam::device::DeviceConfig;
 use siam::embed::{embed_image_files, embed_texts, expand_image_args};
-use siam::io::{atomic_write_bytes, write_npy};
+use siam::io::write_npy;
 
 /// Embed images or texts into the joint space.
 #[derive(clap::Args, Debug)]
@@ -46,6 +46,9 @@ pub struct EmbedArgs {
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size: must be at least 1");
     anyhow::ensure!(args.threads > 0, "--threads: must be at least 1");
+    use siam::output::{check_replaceable, write_file, OutputKind};
+    check_replaceable(&args.out, OutputKind::Embeddings)?;
+    check_replaceable(&sidecar_path(&args.out), OutputKind::EmbeddingIds)?;
     // Resolve every input before loading the model, so bad input fails fast.
     let images = if args.images.is_empty() {
         Vec::new()
@@ -67,7 +70,14 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
             args.threads,
             args.on_bad_image,
             &mut |n| pb.set_position(n as u64),
-        )?;
+        )
+        .map_err(|e| match e {
+            // Only `embed` among the commands that stop on a bad image can skip one instead.
+            siam::embed::EmbedError::Image(_) => {
+                anyhow::anyhow!("{e} (use --on-bad-image skip to leave such images out)")
+            }
+            e => e.into(),
+        })?;
         pb.finish_and_clear();
         report_skipped(&e.skipped);
         let ids = e
@@ -88,12 +98,16 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     let sidecar = sidecar_path(&args.out);
     let json = serde_json::to_vec_pretty(&serde_json::json!({ "dim": dim, "ids": ids }))?;
     write_npy(&args.out, &data, rows, dim).with_context(|| "writing embeddings")?;
-    atomic_write_bytes(&sidecar, &json)?;
-    eprintln!(
+    // The sidecar marks the .npy as siam's; without it the pair is not left half written.
+    if let Err(e) = write_file(&sidecar, OutputKind::EmbeddingIds, &json) {
+        let _ = std::fs::remove_file(&args.out);
+        return Err(e.into());
+    }
+    siam::console::err_line(format_args!(
         "wrote {rows} x {dim} embeddings to {} (ids in {})",
         args.out.display(),
         sidecar.display()
-    );
+    ));
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use anyhow::Context;
 use serde::Serialize;
 use siam_data::dataset::{Dataset, DatasetKind, Split};
 
-use super::common::{embed_records_with_progress, recorded_split, Bars, ModelArgs};
+use super::common::{embed_records_with_progress, recorded_split, report_missing, Bars, ModelArgs};
 use siam::dataset::{DataConfig, SplitRecord};
 use siam::device::DeviceConfig;
 use siam::eval::classification::{neighbour_metrics, zero_shot, NeighbourReport, ZeroShotReport};
@@ -26,9 +26,14 @@ use siam::model::encoder::Encoder;
 #[derive(clap::Args, Debug)]
 #[command(mut_arg("data", |a| a.required(true)))]
 pub struct EvalArgs {
-    /// The model (folder, or checkpoint with --arch).
+    /// The model (folder, or checkpoint with --arch). With --alphas: twice, the zero-shot
+    /// model then the fine-tuned one.
     #[arg(long, short = 'm', required_unless_present = "compare")]
-    pub model: Option<PathBuf>,
+    pub model: Vec<PathBuf>,
+    /// WiSE-FT curve: zero-shot accuracy of the weight-space blends (1 - a) * M1 + a * M2 for
+    /// these alphas (e.g. 0,0.25,0.5,0.75,1) on every --data (the first is in-domain).
+    #[arg(long, value_delimiter = ',')]
+    pub alphas: Vec<f32>,
     /// Architecture for a bare checkpoint.
     #[arg(long)]
     pub arch: Option<String>,
@@ -77,8 +82,13 @@ pub struct EvalReport {
     pub texts: usize,
     /// Retrieval in both directions.
     pub retrieval: RetrievalReport,
-    /// Zero-shot classification (label datasets).
+    /// Zero-shot classification (label datasets), with the model folder's learned prompts when
+    /// it has them for every class.
     pub zero_shot: Option<ZeroShotReport>,
+    /// Zero-shot classification with the hand-written templates, when `zero_shot` used learned
+    /// prompts (side by side).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zero_shot_templates: Option<ZeroShotReport>,
     /// precision@1, R-precision, MAP@R of image embeddings (label datasets).
     pub neighbours: Option<NeighbourReport>,
     /// Linear probe (label datasets with a train split).
@@ -110,7 +120,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         "--probe-c: must be a positive number, got {}",
         args.probe_c
     );
-    let models: Vec<PathBuf> = match &args.model {
+    if !args.alphas.is_empty() {
+        return super::merge::alpha_curve(&args);
+    }
+    // Refuse to replace a user's file before any work starts.
+    if let Some(json) = &args.json {
+        use siam::output::{check_replaceable, OutputKind};
+        check_replaceable(json, OutputKind::EvalReport)?;
+        check_replaceable(&json.with_extension("png"), OutputKind::Plot)?;
+    }
+    anyhow::ensure!(
+        args.model.len() <= 1,
+        "--model is given {} times; compare two models with --compare M1 M2, or blend them with --alphas",
+        args.model.len()
+    );
+    let models: Vec<PathBuf> = match args.model.first() {
         Some(m) => vec![m.clone()],
         None => args.compare.clone(),
     };
@@ -118,7 +142,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let splits: Vec<Option<SplitRecord>> = models.iter().map(|m| recorded_split(m)).collect();
     let primary = splits.iter().flatten().find(|r| args.data.is_split_of(r));
     let data = args.data.open_for_model(primary)?;
-    eprintln!("{}", data.describe());
+    report_missing(&data.dataset);
+    siam::console::err_line(format_args!("{}", data.describe()));
     let ds = Arc::new(data.dataset.clone());
     let records = args.split.records(&ds)?;
     let device = args.device.open()?;
@@ -140,11 +165,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             None => None,
         };
         if let Some(n) = report.training_images.filter(|&n| n > 0) {
-            eprintln!(
+            siam::console::err_line(format_args!(
                 "warning: {n} of the {} evaluated images were in the training split of {} (it was trained on them)",
                 records.len(),
                 m.display()
-            );
+            ));
         }
         reports.push(report);
     }
@@ -155,14 +180,19 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         } else {
             serde_json::to_value(&reports)?
         };
-        siam::io::atomic_write_bytes(json, &serde_json::to_vec_pretty(&value)?)?;
+        let body = serde_json::to_vec_pretty(&value)?;
+        siam::output::write_file(json, siam::output::OutputKind::EvalReport, &body)?;
         let png = json.with_extension("png");
         let named: Vec<(&str, &RetrievalReport)> = reports
             .iter()
             .map(|r| (r.model.as_str(), &r.retrieval))
             .collect();
         recall_curves(&named, 10, &png)?;
-        eprintln!("wrote {} and {}", json.display(), png.display());
+        siam::console::err_line(format_args!(
+            "wrote {} and {}",
+            json.display(),
+            png.display()
+        ));
     }
     Ok(())
 }
@@ -188,6 +218,7 @@ pub fn evaluate(
     )?;
     let kept: Vec<usize> = img.kept.iter().map(|&i| records[i]).collect();
     let (texts, entries) = dataset_texts(enc, ds, &kept, &Bars::default())?;
+    let mut zero_templates = None;
     let (retrieval, zero, neighbours, probe) = match ds.kind {
         DatasetKind::Labels => {
             let labels: Vec<usize> = kept
@@ -212,6 +243,12 @@ pub fn evaluate(
                 },
             )?;
             let zero = zero_shot(&img.data, &texts, d, &labels)?;
+            if siam::prompt::LearnedPrompts::of_encoder(enc)?
+                .is_some_and(|lp| lp.classes_of(&ds.labels).is_some())
+            {
+                let hand = siam::index::dataset::template_class_texts(enc, ds)?;
+                zero_templates = Some(zero_shot(&img.data, &hand, d, &labels)?);
+            }
             let neighbours = if kept.len() > 1 {
                 Some(neighbour_metrics(&img.data, d, &labels)?)
             } else {
@@ -253,6 +290,7 @@ pub fn evaluate(
         texts: entries.len(),
         retrieval,
         zero_shot: zero,
+        zero_shot_templates: zero_templates,
         neighbours,
         linear_probe: probe,
         ann_recall_at_10: ann,
@@ -381,6 +419,20 @@ fn print_reports(reports: &[EvalReport]) {
     add("zero-shot top-1", &|r| {
         r.zero_shot.as_ref().map(|z| pct(z.top1))
     });
+    if reports.iter().any(|r| r.zero_shot_templates.is_some()) {
+        add("zero-shot top-1 (templates)", &|r| {
+            r.zero_shot_templates
+                .as_ref()
+                .or(r.zero_shot.as_ref())
+                .map(|z| pct(z.top1))
+        });
+        add("zero-shot top-1 (learned)", &|r| {
+            r.zero_shot_templates
+                .as_ref()
+                .and(r.zero_shot.as_ref())
+                .map(|z| pct(z.top1))
+        });
+    }
     add("zero-shot top-5", &|r| {
         r.zero_shot.as_ref().map(|z| pct(z.top5))
     });
@@ -401,12 +453,12 @@ fn print_reports(reports: &[EvalReport]) {
         r.ann_recall_at_10.as_ref().map(|a| pct(a.text_to_image))
     });
     let first = &reports[0];
-    println!(
+    siam::console::out_line(format_args!(
         "{} split of {}: {} images, {} texts (percent)",
         first.split, first.data, first.images, first.texts
-    );
+    ));
     if reports.len() > 1 {
-        println!(
+        siam::console::out_line(format_args!(
             "{:<26} {}",
             "",
             reports
@@ -415,12 +467,12 @@ fn print_reports(reports: &[EvalReport]) {
                 .map(|(i, _)| format!("  M{}", i + 1))
                 .collect::<Vec<_>>()
                 .join("    ")
-        );
+        ));
         for (i, r) in reports.iter().enumerate() {
-            println!("  M{} = {}", i + 1, r.model);
+            siam::console::out_line(format_args!("  M{} = {}", i + 1, r.model));
         }
     }
     for (name, vals) in rows {
-        println!("{name:<26} {}", vals.join("  "));
+        siam::console::out_line(format_args!("{name:<26} {}", vals.join("  ")));
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use siam::index::dataset::{build_index, BuildOptions, Subset};
 use siam::index::HnswParams;
 
-use super::common::{recorded_split, report_skipped, Bars, ModelArgs};
+use super::common::{recorded_split, report_missing, report_skipped, Bars, ModelArgs};
 use siam::dataset::DataConfig;
 use siam::device::DeviceConfig;
 
@@ -65,13 +65,19 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
         }
         other => other.into(),
     })?;
+    use siam::output::{check_replaceable, command_line, OutputKind, OutputLock};
+    check_replaceable(&args.out, OutputKind::JointIndex)?;
     let recorded = recorded_split(&args.model.model);
     let data = args.data.open_for_model(recorded.as_ref())?;
+    let _lock = OutputLock::acquire(&args.out, &command_line())?;
+    report_missing(&data.dataset);
     if let Subset::Only(_) = args.split {
-        eprintln!("{}", data.describe());
+        siam::console::err_line(format_args!("{}", data.describe()));
         if let Some(n) = data.trained_on(&args.split.records(&data.dataset)?) {
             if n > 0 && args.split != Subset::Only(siam_data::dataset::Split::Train) {
-                eprintln!("warning: {n} of the indexed images were in the model's training split");
+                siam::console::err_line(format_args!(
+                    "warning: {n} of the indexed images were in the model's training split"
+                ));
             }
         }
     }
@@ -95,11 +101,11 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
         &Bars::default(),
     )?;
     report_skipped(&done.skipped);
-    eprintln!(
+    siam::console::err_line(format_args!(
         "indexed {} images and {} texts in {}",
         done.images,
         done.texts,
         args.out.display()
-    );
+    ));
     Ok(())
 }

@@ -29,6 +29,8 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    #[command(flatten)]
+    pub prompt: super::prompt::PromptArgs,
 }
 
 /// Draws the progress bar and prints the run's messages to stderr.
@@ -41,7 +43,9 @@ impl Console {
     fn line(&self, s: &str) {
         match &self.bar {
             Some(b) if !b.is_hidden() => b.println(s),
-            _ => eprintln!("{s}"),
+            _ => {
+                siam::console::err_line(format_args!("{s}"));
+            }
         }
     }
 }
@@ -110,8 +114,25 @@ impl Observer for Console {
 
 /// Runs `siam train`.
 pub fn run(args: TrainArgs) -> Result<()> {
+    if args.prompt.prompt.is_some() {
+        return super::prompt::run(&args);
+    }
+    anyhow::ensure!(
+        args.prompt.weight_by.is_none(),
+        "--weight-by confidence weights CoOp's cross-entropy; use it with --prompt coop:N"
+    );
     let cfg = &args.config;
     cfg.validate()?;
+    {
+        use siam::output::{check_replaceable, OutputKind};
+        check_replaceable(&cfg.out, OutputKind::TrainRun)?;
+        if let Some(p) = &args.report {
+            check_replaceable(p, OutputKind::TrainReport)?;
+        }
+    }
+    // Held until the model, the index and the report are written; a second writer of the same
+    // folder (a fresh run or a --resume) is refused while this process lives.
+    let _lock = siam::output::OutputLock::acquire(&cfg.out, &siam::output::command_line())?;
     let device = args.device.open()?;
     let mut console = Console {
         bar: None,
@@ -128,9 +149,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     if let Some(p) = &args.report {
         let json = serde_json::to_vec_pretty(&report)?;
-        siam::io::atomic_write_bytes(p, &json)
+        siam::output::write_file(p, siam::output::OutputKind::TrainReport, &json)
             .with_context(|| format!("writing --report {}", p.display()))?;
-        eprintln!("report: {}", p.display());
+        siam::console::err_line(format_args!("report: {}", p.display()));
     }
     Ok(())
 }
@@ -138,7 +159,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 /// Builds `<out>/index` over every record of the training dataset with the trained model, so
 /// `siam query --index <out>` answers at once.
 fn index_output(cfg: &TrainConfig, device: &burn::tensor::Device) -> Result<()> {
-    let ds = match &cfg.data.data {
+    let ds = match cfg.data.path()? {
         Some(_) => cfg.data.open(cfg.split_seed())?.0,
         None => cfg.demo_dataset(),
     };
@@ -160,41 +181,43 @@ fn index_output(cfg: &TrainConfig, device: &burn::tensor::Device) -> Result<()> 
         &super::common::Bars::default(),
     )?;
     super::common::report_skipped(&done.skipped);
-    eprintln!(
+    siam::console::err_line(format_args!(
         "index: {} images and {} texts in {} (try `siam query --index {} --text \"a large red circle on a white background\"`)",
         done.images,
         done.texts,
         out.display(),
         cfg.out.display()
-    );
+    ));
     Ok(())
 }
 
 fn summarise(r: &TrainReport) {
     if !r.finished {
-        eprintln!(
+        siam::console::err_line(format_args!(
             "stopped after {} steps (--max-steps); continue with --resume (checkpoint in {})",
             r.steps,
             r.output.join("checkpoint").display()
-        );
+        ));
         return;
     }
     if let siam::model::folder::InitialWeights::Random { arch, .. } = &r.initial_weights {
-        eprintln!("note: {arch} was trained from RANDOM initial weights (no checkpoint given)");
+        siam::console::err_line(format_args!(
+            "note: {arch} was trained from RANDOM initial weights (no checkpoint given)"
+        ));
     }
     if let (Some(b), Some(a)) = (&r.before, &r.after) {
         for k in ["i2t_r1", "t2i_r1"] {
             if let (Some(x), Some(y)) = (b.get(k), a.get(k)) {
-                eprintln!(
+                siam::console::err_line(format_args!(
                     "{}: {:.3} before -> {:.3} after",
                     k.replace("_r", " recall@"),
                     x,
                     y
-                );
+                ));
             }
         }
     }
-    eprintln!(
+    siam::console::err_line(format_args!(
         "{} steps in {:.1} s ({:.0} pairs/s, {:.1} images/s); model (epoch {}) written to {}",
         r.steps,
         r.train_seconds,
@@ -202,5 +225,5 @@ fn summarise(r: &TrainReport) {
         r.images_per_second,
         r.kept_epoch,
         r.output.display()
-    );
+    ));
 }

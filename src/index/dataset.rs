@@ -18,12 +18,10 @@ use crate::progress::Progress;
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetIndexError {
     /// The dataset has no record in the split asked for.
-    #[error(
-        "{root}: the dataset has no {split} split (train {train}, val {val}, test {test} images)"
-    )]
+    #[error("{name}: the dataset has no {split} split (train {train}, val {val}, test {test} images); use --split all, or a split it has")]
     EmptySplit {
-        /// The dataset's root.
-        root: std::path::PathBuf,
+        /// The dataset's name (its root when it has none).
+        name: String,
         /// The split asked for.
         split: Split,
         /// Training images.
@@ -47,6 +45,9 @@ pub enum DatasetIndexError {
     /// Building or writing the index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// The model folder's learned prompts could not be used.
+    #[error(transparent)]
+    Prompt(#[from] crate::prompt::PromptError),
 }
 
 /// Which records of a dataset a command works on: all of them, or one split.
@@ -94,8 +95,14 @@ impl Subset {
         let idx = ds.indices_of(split);
         if idx.is_empty() {
             let (train, val, test) = ds.split_counts();
+            // The dataset's own name (a table's root is its folder, empty in the working folder).
+            let name = if ds.name.is_empty() {
+                ds.root.display().to_string()
+            } else {
+                ds.name.clone()
+            };
             return Err(DatasetIndexError::EmptySplit {
-                root: ds.root.clone(),
+                name,
                 split,
                 train,
                 val,
@@ -106,34 +113,45 @@ impl Subset {
     }
 }
 
+/// One embedding per class of a label dataset from its prompt texts (the dataset's templates),
+/// ensembled and re-normalised (CLIP's prompt ensembling); row-major `classes x d`.
+pub fn template_class_texts(enc: &Encoder, ds: &Dataset) -> Result<Vec<f32>, EmbedError> {
+    let mut out = Vec::with_capacity(ds.labels.len() * enc.dim());
+    for c in 0..ds.labels.len() {
+        let prompts: Vec<&str> = ds.label_texts[c]
+            .iter()
+            .map(|&t| ds.texts[t].as_str())
+            .collect();
+        out.extend(ensemble(enc, &prompts)?);
+    }
+    Ok(out)
+}
+
 /// The texts ranked against a dataset's images, embedded with `enc`. Label datasets: one
 /// ensembled embedding per class (the re-normalised mean of its prompt-text embeddings, CLIP's
-/// prompt ensembling). Caption datasets: one per caption of the `records` (whose position in
+/// prompt ensembling), or the model folder's learned prompts when it has them for every
+/// class. Caption datasets: one per caption of the `records` (whose position in
 /// `records` is the caption's [`TextEntry::image`]).
 pub fn dataset_texts(
     enc: &Encoder,
     ds: &Dataset,
     records: &[usize],
     progress: &dyn Progress,
-) -> Result<(Vec<f32>, Vec<TextEntry>), EmbedError> {
-    let d = enc.dim();
+) -> Result<(Vec<f32>, Vec<TextEntry>), DatasetIndexError> {
     match ds.kind {
         DatasetKind::Labels => {
-            let mut out = Vec::with_capacity(ds.labels.len() * d);
-            let mut entries = Vec::new();
-            for (c, label) in ds.labels.iter().enumerate() {
-                let prompts: Vec<&str> = ds.label_texts[c]
-                    .iter()
-                    .map(|&t| ds.texts[t].as_str())
-                    .collect();
-                out.extend(ensemble(enc, &prompts)?);
-                entries.push(TextEntry {
-                    text: label.clone(),
+            let entries = (0..ds.labels.len())
+                .map(|c| TextEntry {
+                    text: ds.labels[c].clone(),
                     image: None,
                     label: Some(c),
-                });
+                })
+                .collect();
+            // A model folder's learned prompts (siam train --prompt) replace the templates.
+            if let Some(v) = crate::prompt::learned_class_embeddings(enc, &ds.labels)? {
+                return Ok((v, entries));
             }
-            Ok((out, entries))
+            Ok((template_class_texts(enc, ds)?, entries))
         }
         DatasetKind::Captions => {
             let mut entries = Vec::new();

@@ -74,9 +74,10 @@ impl std::str::FromStr for TowerDtype {
 /// Loss and miner settings (names as `siam_losses` parses them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct LossSettings {
-    /// Loss: contrastive, pairwise, triplet or multi-similarity.
-    #[arg(long, default_value = "triplet")]
-    pub loss: String,
+    /// Loss: contrastive, pairwise, triplet or multi-similarity (default triplet; with
+    /// --prompt, CoOp's cross-entropy over the class prompts).
+    #[arg(long)]
+    pub loss: Option<String>,
     /// Miner: all, hard, semihard, max-violation, distance-weighted, multi-similarity, none, or
     /// a schedule such as semihard:2,hard (default: the loss's usual miner).
     #[arg(long)]
@@ -108,6 +109,13 @@ pub struct LossSettings {
 impl Default for LossSettings {
     fn default() -> Self {
         clap_defaults()
+    }
+}
+
+impl LossSettings {
+    /// The loss's name: `--loss`, else `triplet`.
+    pub fn name(&self) -> &str {
+        self.loss.as_deref().unwrap_or("triplet")
     }
 }
 
@@ -307,7 +315,7 @@ impl TrainConfig {
     /// Epochs of the run: `--epochs`, else [`DEMO_EPOCHS`] on the demo set and
     /// [`DATA_EPOCHS`] on a dataset.
     pub fn epochs(&self) -> usize {
-        self.optim.epochs.unwrap_or(if self.data.data.is_none() {
+        self.optim.epochs.unwrap_or(if self.data.data.is_empty() {
             DEMO_EPOCHS
         } else {
             DATA_EPOCHS
@@ -401,6 +409,7 @@ impl TrainConfig {
         if !(gb.is_finite() && gb >= 0.0) {
             return bad("--prefix-cache-max-gb", format!("must be >= 0, got {gb}"));
         }
+        self.data.path()?;
         if let Some(t) = self.loss.temperature {
             if !(t.is_finite() && t > 0.0) {
                 return bad(
@@ -430,7 +439,7 @@ mod tests {
     #[test]
     fn defaults_are_the_command_lines() {
         let c = TrainConfig::default();
-        assert_eq!(c.loss.loss, "triplet");
+        assert_eq!(c.loss.name(), "triplet");
         assert_eq!(c.loss.margin, 0.2);
         assert_eq!(c.batch.classes_per_batch, 6);
         assert_eq!(c.optim.adamw, AdamWSettings::default());
@@ -456,7 +465,10 @@ mod tests {
                 "--select-metric",
                 Box::new(|c| c.select_metric = "r@1".into()),
             ),
-            ("--loss", Box::new(|c| c.loss.loss = "quadruplet".into())),
+            (
+                "--loss",
+                Box::new(|c| c.loss.loss = Some("quadruplet".into())),
+            ),
             ("--clip-grad", Box::new(|c| c.optim.clip_grad = -1.0)),
         ];
         for (flag, edit) in cases {

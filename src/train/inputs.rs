@@ -172,11 +172,11 @@ pub(super) fn for_each_pixel_batch(
     Ok(())
 }
 
-/// `name (why), ...` of the images a loader skipped.
+/// Why each image a loader skipped could not be read (each reason names its image).
 pub(super) fn describe_skipped(skipped: &[(String, String)]) -> String {
     skipped
         .iter()
-        .map(|(n, w)| format!("{n} ({w})"))
+        .map(|(_, why)| why.as_str())
         .collect::<Vec<_>>()
-        .join(", ")
+        .join("; ")
 }

@@ -38,8 +38,8 @@ pub fn default_miner(loss: &Loss) -> &'static str {
 
 /// Builds the objective from the settings, checking every value.
 pub fn build_objective(s: &LossSettings) -> Result<Box<dyn Objective>, TrainError> {
-    let cfg = |e: siam_losses::LossError| TrainError::Config(format!("--loss {}: {e}", s.loss));
-    let mut loss: Loss = s.loss.parse().map_err(cfg)?;
+    let cfg = |e: siam_losses::LossError| TrainError::Config(format!("--loss {}: {e}", s.name()));
+    let mut loss: Loss = s.name().parse().map_err(cfg)?;
     let finite = |what: &str, v: f64| {
         if v.is_finite() {
             Ok(v as f32)

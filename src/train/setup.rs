@@ -30,7 +30,7 @@ pub(super) fn open_data(
     demo: Option<Dataset>,
     obs: &mut dyn Observer,
 ) -> Result<(Dataset, SplitRecord), TrainError> {
-    if let Some(path) = &cfg.data.data {
+    if let Some(path) = cfg.data.path()? {
         let (ds, split) = cfg.data.open(cfg.split_seed())?;
         let (tr, va, te) = ds.split_counts();
         obs.event(&Event::Info(format!(
@@ -40,6 +40,9 @@ pub(super) fn open_data(
             ds.labels.len(),
             split.seed
         )));
+        if let Some(line) = ds.missing_summary() {
+            obs.event(&Event::Info(line));
+        }
         return Ok((ds, split));
     }
     let ds = demo.unwrap_or_else(|| cfg.demo_dataset());
@@ -101,7 +104,7 @@ fn load_start(
     obs: &mut dyn Observer,
 ) -> Result<Start, TrainError> {
     match &cfg.model {
-        Some(path) if folder::is_model_folder(path) && folder::read_card(path).is_ok() => {
+        Some(path) if folder::card_format(path).as_deref() == Some(folder::FORMAT) => {
             let (model, card) = folder::load(path, device)?;
             obs.event(&Event::Info(format!(
                 "model: {} (a siam model folder; training continues with its heads)",
