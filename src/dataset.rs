@@ -135,6 +135,12 @@ impl ModelData {
         Some(self.count_in(records, self.trained.as_ref()?))
     }
 
+    /// Whether the model recorded a split of this dataset (so [`ModelData::describe`] and
+    /// [`ModelData::trained_on`] have something to say).
+    pub fn model_split_known(&self) -> bool {
+        self.trained.is_some()
+    }
+
     /// One line saying which split is used and why.
     pub fn describe(&self) -> String {
         let s = &self.split;

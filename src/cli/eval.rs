@@ -143,9 +143,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let primary = splits.iter().flatten().find(|r| args.data.is_split_of(r));
     let data = args.data.open_for_model(primary)?;
     report_missing(&data.dataset);
-    siam::console::err_line(format_args!("{}", data.describe()));
     let ds = Arc::new(data.dataset.clone());
     let records = args.split.records(&ds)?;
+    if data.model_split_known() {
+        siam::console::err_line(format_args!("{}", data.describe()));
+    }
     let device = args.device.open()?;
     let mut reports = Vec::new();
     for (m, split) in models.iter().zip(&splits) {

@@ -69,11 +69,12 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
     check_replaceable(&args.out, OutputKind::JointIndex)?;
     let recorded = recorded_split(&args.model.model);
     let data = args.data.open_for_model(recorded.as_ref())?;
+    let records = args.split.records(&data.dataset)?;
     let _lock = OutputLock::acquire(&args.out, &command_line())?;
     report_missing(&data.dataset);
-    if let Subset::Only(_) = args.split {
+    if let (Subset::Only(_), true) = (args.split, data.model_split_known()) {
         siam::console::err_line(format_args!("{}", data.describe()));
-        if let Some(n) = data.trained_on(&args.split.records(&data.dataset)?) {
+        if let Some(n) = data.trained_on(&records) {
             if n > 0 && args.split != Subset::Only(siam_data::dataset::Split::Train) {
                 siam::console::err_line(format_args!(
                     "warning: {n} of the indexed images were in the model's training split"
@@ -82,7 +83,6 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
         }
     }
     let ds = Arc::new(data.dataset);
-    let records = args.split.records(&ds)?;
     let device = args.device.open()?;
     let enc = args.model.load(&device)?;
     let opts = BuildOptions {
