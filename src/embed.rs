@@ -40,8 +40,13 @@ pub enum EmbedError {
     #[error(transparent)]
     Prompt(#[from] crate::prompt::PromptError),
     /// Every image was unreadable.
-    #[error("none of the {0} image(s) could be read")]
-    NothingRead(usize),
+    #[error("none of the {count} image(s) could be read: {first}")]
+    NothingRead {
+        /// Images given.
+        count: usize,
+        /// The first unreadable ones with their causes.
+        first: String,
+    },
 }
 
 /// Embedded images: rows for the images that could be read, in input order.
@@ -162,7 +167,16 @@ pub fn embed_records(
     }
     out.skipped = loader.summary().clone();
     if out.kept.is_empty() && !indices.is_empty() {
-        return Err(EmbedError::NothingRead(indices.len()));
+        return Err(EmbedError::NothingRead {
+            count: indices.len(),
+            first: out
+                .skipped
+                .first
+                .iter()
+                .map(|(_, why)| why.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
     }
     Ok(out)
 }

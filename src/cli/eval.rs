@@ -108,6 +108,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if !args.alphas.is_empty() {
         return super::merge::alpha_curve(&args);
     }
+    // Refuse to replace a user's file before any work starts.
+    if let Some(json) = &args.json {
+        use crate::output::{check_replaceable, OutputKind};
+        check_replaceable(json, OutputKind::EvalReport)?;
+        check_replaceable(&json.with_extension("png"), OutputKind::Plot)?;
+    }
     let ds = Arc::new(args.data.open()?);
     let records = split_records(&ds, &args.split)?;
     let device = args.device.open()?;
@@ -137,14 +143,19 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         } else {
             serde_json::to_value(&reports)?
         };
-        crate::io::atomic_write_bytes(json, &serde_json::to_vec_pretty(&value)?)?;
+        let body = serde_json::to_vec_pretty(&value)?;
+        crate::output::write_file(json, crate::output::OutputKind::EvalReport, &body)?;
         let png = json.with_extension("png");
         let named: Vec<(&str, &RetrievalReport)> = reports
             .iter()
             .map(|r| (r.model.as_str(), &r.retrieval))
             .collect();
         recall_curves(&named, 10, &png)?;
-        eprintln!("wrote {} and {}", json.display(), png.display());
+        crate::console::err_line(format_args!(
+            "wrote {} and {}",
+            json.display(),
+            png.display()
+        ));
     }
     Ok(())
 }
@@ -402,12 +413,12 @@ fn print_reports(reports: &[EvalReport]) {
         r.ann_recall_at_10.as_ref().map(|a| pct(a.text_to_image))
     });
     let first = &reports[0];
-    println!(
+    crate::console::out_line(format_args!(
         "{} split of {}: {} images, {} texts (percent)",
         first.split, first.data, first.images, first.texts
-    );
+    ));
     if reports.len() > 1 {
-        println!(
+        crate::console::out_line(format_args!(
             "{:<26} {}",
             "",
             reports
@@ -416,12 +427,12 @@ fn print_reports(reports: &[EvalReport]) {
                 .map(|(i, _)| format!("  M{}", i + 1))
                 .collect::<Vec<_>>()
                 .join("    ")
-        );
+        ));
         for (i, r) in reports.iter().enumerate() {
-            println!("  M{} = {}", i + 1, r.model);
+            crate::console::out_line(format_args!("  M{} = {}", i + 1, r.model));
         }
     }
     for (name, vals) in rows {
-        println!("{name:<26} {}", vals.join("  "));
+        crate::console::out_line(format_args!("{name:<26} {}", vals.join("  ")));
     }
 }

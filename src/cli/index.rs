@@ -72,13 +72,20 @@ pub fn split_records(ds: &Dataset, split: &str) -> anyhow::Result<Vec<usize>> {
     if split == "all" {
         return Ok((0..ds.len()).collect());
     }
-    let s: Split = split.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let s: Split = split.parse().map_err(|_: String| {
+        anyhow::anyhow!("--split {split:?}: expected all, train, val or test")
+    })?;
     let idx = ds.indices_of(s);
     if idx.is_empty() {
         let (tr, va, te) = ds.split_counts();
+        // The dataset's own name (a table's root is its folder, empty in the working folder).
+        let name = if ds.name.is_empty() {
+            ds.root.display().to_string()
+        } else {
+            ds.name.clone()
+        };
         anyhow::bail!(
-            "{}: the dataset has no {split} split (train {tr}, val {va}, test {te} images)",
-            ds.root.display()
+            "{name}: the dataset has no {split} split (train {tr}, val {va}, test {te} images); use --split all, or a split it has"
         );
     }
     Ok(idx)
@@ -187,7 +194,7 @@ pub fn build_index(
         fingerprint,
     };
     let counts = (index.manifest().images, index.manifest().texts);
-    crate::io::atomic_dir(out, |tmp| {
+    crate::io::atomic_dir(out, crate::output::OutputKind::IndexFolder, |tmp| {
         index.save(&hnsw_dir(tmp))?;
         crate::io::atomic_write_bytes(
             &tmp.join("model.json"),
@@ -201,6 +208,9 @@ pub fn build_index(
 
 /// Runs `siam index`.
 pub fn run(args: IndexArgs) -> anyhow::Result<()> {
+    use crate::output::{check_replaceable, command_line, OutputKind, OutputLock};
+    check_replaceable(&args.out, OutputKind::IndexFolder)?;
+    let _lock = OutputLock::acquire(&args.out, &command_line())?;
     let ds = Arc::new(args.data.open()?);
     let records = split_records(&ds, &args.split)?;
     let device = args.device.open()?;
@@ -222,9 +232,9 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
         args.batch_size,
         args.threads,
     )?;
-    eprintln!(
+    crate::console::err_line(format_args!(
         "indexed {ni} images and {nt} texts in {}",
         args.out.display()
-    );
+    ));
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod common;
 pub mod demo_data;
 pub mod embed;
 pub mod eval;
+pub mod export;
 pub mod index;
 pub mod merge;
 pub mod prompt;
