@@ -12,4 +12,5 @@ pub mod eval;
 pub mod fingerprint;
 pub mod index;
 pub mod io;
+pub mod serve;
 pub mod train;

@@ -8,4 +8,5 @@ pub mod embed;
 pub mod eval;
 pub mod index;
 pub mod query;
+pub mod serve;
 pub mod train;
