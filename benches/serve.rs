@@ -143,17 +143,29 @@ fn main() {
     );
     let (index, images) = server::demo_index(BIN, &root, &model, per_class);
     let s = server::Server::start(BIN, &index, &["--rate-limit", "0", "--max-k", "100"]);
-    let texts: Vec<String> = ["red", "green", "blue", "yellow", "purple", "orange"]
+    let texts: Vec<String> = ["red", "green", "blue", "yellow"]
         .iter()
         .flat_map(|c| {
-            ["circle", "square", "triangle", "star", "cross"]
-                .iter()
-                .map(move |sh| format!("a photo of a {c} {sh} on a white background"))
+            ["circle", "square", "triangle"].iter().flat_map(move |sh| {
+                ["white", "black"]
+                    .iter()
+                    .map(move |bg| format!("a large {c} {sh} on a {bg} background"))
+            })
         })
         .collect();
     let mut pngs = Vec::new();
-    for label in ["red_circle", "blue_square", "green_triangle", "yellow_star"] {
-        pngs.push(std::fs::read(images.join(label).join("0000.png")).unwrap());
+    for label in [
+        "red_circle",
+        "blue_square",
+        "green_triangle",
+        "yellow_circle",
+    ] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(images.join(label))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        pngs.push(std::fs::read(&files[0]).unwrap());
     }
     let kinds = [Kind::Text(texts), Kind::Image(pngs)];
     // Warm-up: the first queries pay for lazy initialisation.

@@ -89,12 +89,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("--addr {}: cannot listen", args.addr))?;
         let addr = listener.local_addr()?;
+        let shutdown = shutdown_signal()?;
         eprintln!(
             "siam serve: {} images, {} texts ({} with thumbnails) from {}",
             info.images, info.texts, info.thumbnails, info.index
         );
         eprintln!("listening on http://{addr}/ (Ctrl-C stops)");
-        crate::serve::serve(listener, router, shutdown_signal())
+        crate::serve::serve(listener, router, shutdown)
             .await
             .context("serving")?;
         eprintln!("siam serve: stopped");
@@ -102,24 +103,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Completes on Ctrl-C or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// A future that completes on Ctrl-C or, on Unix, SIGTERM. The handlers are installed here,
+/// before the server says it listens, so a signal sent right after that line is never lost to
+/// the default action (which would kill the process without the graceful stop).
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

@@ -82,12 +82,13 @@ impl From<ServeError> for ApiError {
     fn from(e: ServeError) -> Self {
         let status = match &e {
             ServeError::BadQuery(_) | ServeError::BadK { .. } => StatusCode::BAD_REQUEST,
-            ServeError::Image(ImageError::NotAnImage { .. })
-            | ServeError::Image(ImageError::UnsupportedFormat { .. }) => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
-            }
-            ServeError::Image(ImageError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            ServeError::Image(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ServeError::Image(img) => match **img {
+                ImageError::NotAnImage { .. } | ImageError::UnsupportedFormat { .. } => {
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE
+                }
+                ImageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            },
             ServeError::PathRefused(_) => StatusCode::FORBIDDEN,
             ServeError::NoSuchImage { .. } | ServeError::NoThumbnail { .. } => {
                 StatusCode::NOT_FOUND

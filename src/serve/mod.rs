@@ -45,13 +45,13 @@ pub enum ServeError {
     },
     /// The index could not be loaded or searched.
     #[error(transparent)]
-    Index(#[from] crate::index::IndexError),
+    Index(Box<crate::index::IndexError>),
     /// The model could not be loaded or refused an input.
     #[error(transparent)]
-    Encoder(#[from] crate::train::encoder::EncoderError),
+    Encoder(Box<crate::train::encoder::EncoderError>),
     /// The dataset named for thumbnails could not be opened.
     #[error(transparent)]
-    Dataset(#[from] siam_data::dataset::DatasetError),
+    Dataset(Box<siam_data::dataset::DatasetError>),
     /// The model fingerprint could not be computed.
     #[error("{path}: the model that built this index: {why}")]
     Model {
@@ -62,7 +62,7 @@ pub enum ServeError {
     },
     /// An uploaded or named image could not be decoded.
     #[error(transparent)]
-    Image(#[from] siam_data::preprocess::ImageError),
+    Image(Box<siam_data::preprocess::ImageError>),
     /// A query that names no text, image or path, or an empty text.
     #[error("{0}")]
     BadQuery(String),
@@ -96,6 +96,25 @@ pub enum ServeError {
         why: String,
     },
 }
+
+// The sources are boxed so that `Result<T, ServeError>` stays small (clippy's
+// `result_large_err`): the model and dataset errors carry paths and messages.
+macro_rules! boxed_from {
+    ($($variant:ident: $source:ty),*) => {$(
+        impl From<$source> for ServeError {
+            fn from(e: $source) -> Self {
+                Self::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+
+boxed_from!(
+    Index: crate::index::IndexError,
+    Encoder: crate::train::encoder::EncoderError,
+    Dataset: siam_data::dataset::DatasetError,
+    Image: siam_data::preprocess::ImageError
+);
 
 /// Result alias for this module.
 pub type Result<T> = std::result::Result<T, ServeError>;
