@@ -19,4 +19,5 @@ pub mod merge;
 pub mod output;
 pub mod prompt;
 pub mod pseudo_label;
+pub mod serve;
 pub mod train;
