@@ -204,6 +204,17 @@ impl ClipTokenizer {
         Ok(Self { inner })
     }
 
+    /// The tokenizer as `tokenizer.json` text (truncation and padding off), e.g. for an
+    /// exported model folder.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| TokenizerError::Invalid {
+                file: "<in memory>".to_string(),
+                reason: one_line(&e.to_string()),
+            })
+    }
+
     /// Ids of `text`: `[49406, tokens..., 49407]`, unpadded. A sequence longer than
     /// `context_length` keeps its first `context_length - 1` ids and ends with 49407.
     pub fn encode(&self, text: &str, context_length: usize) -> Result<Vec<u32>> {

@@ -91,6 +91,20 @@ pub fn split_records(ds: &Dataset, split: &str) -> anyhow::Result<Vec<usize>> {
     Ok(idx)
 }
 
+/// One embedding per class of a label dataset from its prompt texts (the dataset's templates),
+/// ensembled and re-normalised; row-major `classes x d`.
+pub fn template_class_texts(enc: &Encoder, ds: &Dataset) -> anyhow::Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(ds.labels.len() * enc.dim());
+    for c in 0..ds.labels.len() {
+        let prompts: Vec<&str> = ds.label_texts[c]
+            .iter()
+            .map(|&t| ds.texts[t].as_str())
+            .collect();
+        out.extend(ensemble(enc, &prompts)?);
+    }
+    Ok(out)
+}
+
 /// Label datasets: one ensembled embedding per class (mean of its prompt-text embeddings,
 /// re-normalised). Caption datasets: one per caption of the indexed records.
 pub fn dataset_texts(
@@ -98,24 +112,20 @@ pub fn dataset_texts(
     ds: &Dataset,
     records: &[usize],
 ) -> anyhow::Result<(Vec<f32>, Vec<TextEntry>)> {
-    let d = enc.dim();
     match ds.kind {
         DatasetKind::Labels => {
-            let mut out = Vec::with_capacity(ds.labels.len() * d);
-            let mut entries = Vec::new();
-            for (c, label) in ds.labels.iter().enumerate() {
-                let prompts: Vec<&str> = ds.label_texts[c]
-                    .iter()
-                    .map(|&t| ds.texts[t].as_str())
-                    .collect();
-                out.extend(ensemble(enc, &prompts)?);
-                entries.push(TextEntry {
-                    text: label.clone(),
+            let entries = (0..ds.labels.len())
+                .map(|c| TextEntry {
+                    text: ds.labels[c].clone(),
                     image: None,
                     label: Some(c),
-                });
+                })
+                .collect();
+            // A model folder's learned prompts (siam train --prompt) replace the templates.
+            if let Some(v) = crate::prompt::learned_class_embeddings(enc, &ds.labels)? {
+                return Ok((v, entries));
             }
-            Ok((out, entries))
+            Ok((template_class_texts(enc, ds)?, entries))
         }
         DatasetKind::Captions => {
             let mut entries = Vec::new();

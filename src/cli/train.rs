@@ -41,9 +41,10 @@ pub struct TrainArgs {
     /// Output model folder (also holds checkpoint/, metrics.jsonl, loss.png, recall.png).
     #[arg(long, short = 'o', default_value = "siam-model")]
     pub out: PathBuf,
-    /// Loss: contrastive, pairwise, triplet or multi-similarity.
-    #[arg(long, default_value = "triplet")]
-    pub loss: String,
+    /// Loss: contrastive, pairwise, triplet or multi-similarity (default triplet; with
+    /// --prompt, CoOp's cross-entropy over the class prompts).
+    #[arg(long)]
+    pub loss: Option<String>,
     /// Miner: all, hard, semihard, max-violation, distance-weighted, multi-similarity, none
     /// (default: the loss's usual miner).
     #[arg(long)]
@@ -160,6 +161,8 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    #[command(flatten)]
+    pub prompt: super::prompt::PromptArgs,
 }
 
 impl TrainArgs {
@@ -175,7 +178,7 @@ impl TrainArgs {
             demo_per_class: DEMO_PER_CLASS,
             out: self.out.clone(),
             loss: LossSettings {
-                loss: self.loss.clone(),
+                loss: self.loss.clone().unwrap_or_else(|| "triplet".into()),
                 miner: self.miner.clone(),
                 margin: self.margin,
                 pos_margin: self.pos_margin,
@@ -307,6 +310,13 @@ impl Observer for Console {
 
 /// Runs `siam train`.
 pub fn run(args: TrainArgs) -> Result<()> {
+    if args.prompt.prompt.is_some() {
+        return super::prompt::run(&args);
+    }
+    anyhow::ensure!(
+        args.prompt.weight_by.is_none(),
+        "--weight-by confidence weights CoOp's cross-entropy; use it with --prompt coop:N"
+    );
     let cfg = args.config()?;
     {
         use crate::output::{check_replaceable, OutputKind};

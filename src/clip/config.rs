@@ -393,6 +393,8 @@ impl ClipConfig {
             what: "open_clip model config",
             why: e.to_string(),
         })?;
+        // A Hub repo's open_clip_config.json nests the model config under "model_cfg".
+        let v = v.get("model_cfg").cloned().unwrap_or(v);
         Self::from_open_clip_value(&v, path)
     }
 

@@ -38,6 +38,12 @@ use std::sync::Arc;
 pub const SIAM_CONFIG: &str = "siam.json";
 /// Name of the weights file inside a model folder.
 pub const WEIGHTS: &str = "model.safetensors";
+/// The config of an open_clip folder (`{"model_cfg": ..., "preprocess_cfg": ...}`, as open_clip's
+/// `push_to_hf_hub` writes it).
+pub const OPEN_CLIP_CONFIG: &str = "open_clip_config.json";
+/// The weights of an open_clip folder, safetensors first.
+pub const OPEN_CLIP_WEIGHTS: [&str; 2] =
+    ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"];
 
 /// How to turn OpenAI's TorchScript download into a state dict.
 const TORCHSCRIPT_FIX: &str = "convert it to a state dict with `python -c \"import torch, clip; m, _ = clip.load('ViT-B/32', device='cpu', jit=False); torch.save(m.state_dict(), 'ViT-B-32.pt')\"` (pip install clip-anytorch; use your model's name), or with open_clip: `python -c \"import torch, open_clip; m, _, _ = open_clip.create_model_and_transforms('ViT-B-32-quickgelu', pretrained='openai'); torch.save(m.state_dict(), 'ViT-B-32.pt')\"`, then pass that file with --arch ViT-B-32-quickgelu";
@@ -125,7 +131,7 @@ pub enum ImportError {
         dtype: String,
     },
     /// A folder that is no model folder.
-    #[error("{path}: not a model folder: expected {SIAM_CONFIG} (siam) or config.json (Hugging Face) with model.safetensors or pytorch_model.bin")]
+    #[error("{path}: not a model folder: expected {SIAM_CONFIG} (siam) or config.json (Hugging Face) with model.safetensors or pytorch_model.bin, or open_clip_config.json with open_clip_model.safetensors or open_clip_pytorch_model.bin")]
     NotAModelFolder {
         /// The folder.
         path: PathBuf,
@@ -138,6 +144,10 @@ pub enum ImportError {
         /// burn-store's messages.
         errors: String,
     },
+    /// A `hf:` model name could not be resolved to files in the Hugging Face cache (boxed: it
+    /// is large and rare).
+    #[error(transparent)]
+    Hub(Box<crate::hub::HubError>),
     /// Writing a model folder failed.
     #[error("{path}: could not save the model: {why}")]
     Save {
@@ -537,10 +547,12 @@ fn is_ignorable(key: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // The model side: every parameter's path, owning module type and shape, without initialising.
 
-struct ExpectedParam {
-    path: String,
-    container: String,
-    shape: Vec<usize>,
+/// One model parameter: its path (enum variants skipped), owning module type and shape.
+/// `crate::export` builds these to read the recipes backwards.
+pub(crate) struct ExpectedParam {
+    pub(crate) path: String,
+    pub(crate) container: String,
+    pub(crate) shape: Vec<usize>,
 }
 
 #[derive(Default)]
@@ -590,7 +602,7 @@ fn expected_params(clip: &Clip) -> Vec<ExpectedParam> {
 // Recipes: how one model tensor is built from file tensors.
 
 #[derive(Debug, Clone)]
-enum Recipe {
+pub(crate) enum Recipe {
     /// Same layout.
     Copy(String),
     /// A PyTorch `Linear` weight [out, in] into burn's [in, out].
@@ -687,7 +699,7 @@ impl Recipe {
 }
 
 /// `[r, c]` row-major to `[c, r]`, in cache-friendly tiles.
-fn transpose(v: &[f32], r: usize, c: usize) -> Vec<f32> {
+pub(crate) fn transpose(v: &[f32], r: usize, c: usize) -> Vec<f32> {
     const T: usize = 32;
     let mut out = vec![0f32; r * c];
     for i0 in (0..r).step_by(T) {
@@ -733,7 +745,7 @@ fn join(prefix: &str, leaf: &str) -> String {
 /// OpenAI/open_clip: names are ours except norms (`weight`/`bias`), the fused attention
 /// projection (`in_proj_weight`), the ResNet shortcut (`downsample.0`/`.1`) and the text
 /// tower's prefix (none in `CLIP`, `text.` in `CustomTextCLIP`).
-fn open_clip_recipe(p: &ExpectedParam, text_prefix: &str) -> Recipe {
+pub(crate) fn open_clip_recipe(p: &ExpectedParam, text_prefix: &str) -> Recipe {
     let path = match p.path.strip_prefix("text.") {
         Some(rest) => format!("{text_prefix}{rest}"),
         None => p.path.clone(),
@@ -762,7 +774,7 @@ fn open_clip_recipe(p: &ExpectedParam, text_prefix: &str) -> Recipe {
 }
 
 /// Hugging Face `CLIPModel` names (transformers `models/clip/modeling_clip.py`).
-fn hf_recipe(p: &ExpectedParam) -> Option<Recipe> {
+pub(crate) fn hf_recipe(p: &ExpectedParam) -> Option<Recipe> {
     let path = p.path.as_str();
     let direct = |k: &str| Some(Recipe::Copy(k.to_string()));
     match path {
@@ -998,38 +1010,46 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
 /// `arch` (a preset name or an open_clip model-config JSON path) is required for a bare file
 /// and overrides the folder's config when given.
 pub fn load_model(path: &Path, arch: Option<&str>, device: &Device) -> Result<LoadedModel> {
+    let path = &crate::hub::resolve_model(path).map_err(|e| ImportError::Hub(Box::new(e)))?;
     let (weights, config, arch_name, tokenizer, siam_layout) = if path.is_dir() {
         let tok = Some(path.join("tokenizer.json")).filter(|p| p.is_file());
         let siam = path.join(SIAM_CONFIG);
         let hf = path.join("config.json");
-        let weights = [WEIGHTS, "pytorch_model.bin"]
-            .iter()
-            .map(|w| path.join(w))
-            .find(|p| p.is_file());
-        let Some(weights) = weights else {
-            return Err(ImportError::NotAModelFolder {
-                path: path.to_path_buf(),
-            });
-        };
-        let (config, name, is_siam) = match arch {
-            Some(a) => (ClipConfig::from_arch(a)?, a.to_string(), siam.is_file()),
-            None if siam.is_file() => (
-                ClipConfig::from_json_file(&siam)?,
-                siam.display().to_string(),
-                true,
-            ),
-            None if hf.is_file() => (
-                ClipConfig::from_hf_config(&hf)?,
-                hf.display().to_string(),
-                false,
-            ),
-            None => {
+        let oc = path.join(OPEN_CLIP_CONFIG);
+        let in_folder = |names: &[&str]| names.iter().map(|w| path.join(w)).find(|p| p.is_file());
+        let weights = in_folder(&[WEIGHTS, "pytorch_model.bin"]);
+        // An open_clip folder (Hub repo or `siam export --format open_clip`): its config is the
+        // architecture unless --arch overrides it.
+        if let (None, Some(w), true) = (&weights, in_folder(&OPEN_CLIP_WEIGHTS), oc.is_file()) {
+            let config = ClipConfig::from_arch(arch.unwrap_or(&oc.display().to_string()))?;
+            let name = arch.map_or_else(|| oc.display().to_string(), str::to_string);
+            (w, Some(config), name, None, false)
+        } else {
+            let Some(weights) = weights else {
                 return Err(ImportError::NotAModelFolder {
                     path: path.to_path_buf(),
-                })
-            }
-        };
-        (weights, Some(config), name, tok, is_siam)
+                });
+            };
+            let (config, name, is_siam) = match arch {
+                Some(a) => (ClipConfig::from_arch(a)?, a.to_string(), siam.is_file()),
+                None if siam.is_file() => (
+                    ClipConfig::from_json_file(&siam)?,
+                    siam.display().to_string(),
+                    true,
+                ),
+                None if hf.is_file() => (
+                    ClipConfig::from_hf_config(&hf)?,
+                    hf.display().to_string(),
+                    false,
+                ),
+                None => {
+                    return Err(ImportError::NotAModelFolder {
+                        path: path.to_path_buf(),
+                    })
+                }
+            };
+            (weights, Some(config), name, tok, is_siam)
+        }
     } else {
         let config = arch.map(ClipConfig::from_arch).transpose()?;
         (
