@@ -54,6 +54,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         "--prompt needs --data: a dataset with labels (image folder, CIFAR, label table)",
     )?;
     anyhow::ensure!(p.shots != Some(0), "--shots must be at least 1");
+    crate::output::check_replaceable(&args.out, crate::output::OutputKind::TrainRun)?;
     let weights = match p.weight_by.as_deref() {
         None => None,
         Some("confidence") => Some(crate::pseudo_label::read_confidences(data)?),

@@ -137,6 +137,11 @@ pub fn run(args: PseudoLabelArgs) -> anyhow::Result<()> {
     } else {
         args.templates.clone()
     };
+    let stem = args.out.with_extension("");
+    for png in ["coverage", "reliability"] {
+        let p = PathBuf::from(format!("{}.{png}.png", stem.display()));
+        crate::output::check_replaceable(&p, crate::output::OutputKind::Plot)?;
+    }
     let (ds, records) = open_images(&args.data, &args.split)?;
     let device = args.device.open()?;
     let enc = args.model.load(&device)?;
