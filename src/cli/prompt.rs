@@ -102,7 +102,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         weights,
         threads: args.threads,
     };
-    eprintln!(
+    crate::console::err_line(format_args!(
         "prompt learning: {} context vector(s){}, class token {:?}, {} classes, loss {}",
         spec.n_ctx,
         if spec.class_specific {
@@ -113,7 +113,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         position,
         ds.labels.len(),
         args.loss.as_deref().unwrap_or("CoOp cross-entropy")
-    );
+    ));
     let pb = if args.quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -126,29 +126,29 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     })?;
     pb.finish_and_clear();
     save(&args.out, &enc, &lp)?;
-    eprintln!(
+    crate::console::err_line(format_args!(
         "{} training images, {} steps, final loss {:.4}",
         report.train_images, report.steps, report.final_loss
-    );
+    ));
     if let (Some(split), Some(t), Some(l)) = (
         &report.eval_split,
         report.templates_top1,
         report.learned_top1,
     ) {
-        println!(
+        crate::console::out_line(format_args!(
             "{split} split, {} images: zero-shot top-1 hand-written templates {:.2}%, learned prompts {:.2}%",
             report.eval_images,
             100.0 * t,
             100.0 * l
-        );
+        ));
     }
     if let Some(r) = &args.report {
         crate::io::atomic_write_bytes(r, &serde_json::to_vec_pretty(&report)?)?;
     }
-    eprintln!(
+    crate::console::err_line(format_args!(
         "wrote {} (model + prompts.json, prompts.safetensors)",
         args.out.display()
-    );
+    ));
     Ok(())
 }
 

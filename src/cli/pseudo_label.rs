@@ -174,12 +174,12 @@ pub fn run(args: PseudoLabelArgs) -> anyhow::Result<()> {
     );
     let rows = table_rows(&args, &ds, &labels, &pseudo, &kept)?;
     write_table(&args.out, &rows)?;
-    eprintln!(
+    crate::console::err_line(format_args!(
         "kept {} of {} images; wrote {}",
         kept.len(),
         pseudo.len(),
         args.out.display()
-    );
+    ));
     // True labels, mapped onto the candidate labels by name.
     let by_name: std::collections::HashMap<String, usize> = labels
         .iter()
@@ -235,12 +235,12 @@ pub fn run(args: PseudoLabelArgs) -> anyhow::Result<()> {
         "accuracy in bin",
         &rel_png,
     )?;
-    eprintln!(
+    crate::console::err_line(format_args!(
         "wrote {}, {} and {}",
         json.display(),
         cov_png.display(),
         rel_png.display()
-    );
+    ));
     Ok(())
 }
 
@@ -264,7 +264,7 @@ fn table_rows(
                 let mut png = Vec::new();
                 img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
                     .with_context(|| format!("{}", f.display()))?;
-                crate::io::atomic_write_bytes(&f, &png)?;
+                crate::output::write_file(&f, crate::output::OutputKind::Plot, &png)?;
                 f
             }
             other => anyhow::bail!(
@@ -325,7 +325,7 @@ pub fn accuracy_report(
 }
 
 fn print_report(r: &PseudoLabelReport) {
-    println!(
+    crate::console::out_line(format_args!(
         "{} images: top-1 {:.2}%, top-{} {:.2}%; kept {} at top-1 {:.2}%; ECE {:.4}",
         r.images,
         100.0 * r.top1,
@@ -334,18 +334,18 @@ fn print_report(r: &PseudoLabelReport) {
         r.kept,
         100.0 * r.kept_top1,
         r.ece
-    );
-    println!(
+    ));
+    crate::console::out_line(format_args!(
         "{:>9} {:>7} {:>10} {:>9}",
         "coverage", "kept", "threshold", "accuracy"
-    );
+    ));
     for c in &r.coverage {
-        println!(
+        crate::console::out_line(format_args!(
             "{:>8.0}% {:>7} {:>10.4} {:>8.2}%",
             100.0 * c.coverage,
             c.kept,
             c.threshold,
             100.0 * c.accuracy
-        );
+        ));
     }
 }
