@@ -36,6 +36,7 @@ pub mod output;
 pub mod progress;
 pub mod prompt;
 pub mod pseudo_label;
+pub mod serve;
 pub mod settings;
 pub mod train;
 

@@ -28,6 +28,8 @@ enum Command {
     Index(cli::index::IndexArgs),
     /// Query an index with images (answers: label texts) or --text (answers: images).
     Query(cli::query::QueryArgs),
+    /// Serve an index over HTTP: a JSON search API and a search page.
+    Serve(cli::serve::ServeArgs),
     /// Retrieval recall@k, zero-shot, MAP@R and linear-probe accuracy on a dataset.
     Eval(cli::eval::EvalArgs),
     /// Blend a zero-shot and a fine-tuned model in weight space (WiSE-FT).
@@ -57,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Classify(a) => cli::classify::run(a),
         Command::Index(a) => cli::index::run(a),
         Command::Query(a) => cli::query::run(a),
+        Command::Serve(a) => cli::serve::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::DemoData(a) => cli::demo_data::run(a),
         Command::Export(a) => cli::export::run(a),

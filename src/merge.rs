@@ -31,8 +31,8 @@ pub enum MergeError {
     Load {
         /// The model given.
         path: PathBuf,
-        /// The cause.
-        source: EncoderError,
+        /// The cause (boxed: import errors are large).
+        source: Box<EncoderError>,
     },
     /// The two models' cards differ in an architecture field.
     #[error("the models differ in {field}: zero-shot {zero_shot}, fine-tuned {fine_tuned}")]
@@ -245,7 +245,7 @@ pub fn load(path: &Path, arch: Option<&str>, device: &burn::tensor::Device) -> R
     };
     Encoder::load(path, arch, device).map_err(|source| MergeError::Load {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -290,7 +290,7 @@ pub fn merge_into_folder(
     if tokenizer.is_none() {
         card.tokenizer = None;
     }
-    crate::io::atomic_dir(out, crate::output::OutputKind::TrainRun, |tmp| {
+    crate::io::atomic_dir(out, crate::output::OutputKind::ModelFolder, |tmp| {
         folder::save(tmp, &merged.model, &card, tokenizer.as_deref())?;
         Ok(())
     })

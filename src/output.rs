@@ -70,6 +70,9 @@ pub enum OutputKind {
     Checkpoint,
     /// A siam CLIP folder written by `save_model`: `siam.json` and `model.safetensors`.
     ClipFolder,
+    /// A siam model folder replaced as a whole (`siam merge --out`): `siam.json` with
+    /// `"format": "siam-model"`, its weights, tokenizer and learned prompts.
+    ModelFolder,
     /// `siam embed --out`: a `.npy` whose sidecar `<stem>.ids.json` siam wrote.
     Embeddings,
     /// The sidecar `<stem>.ids.json` of embeddings: `{"dim", "ids"}`.
@@ -97,6 +100,7 @@ impl OutputKind {
             OutputKind::VectorIndex => "an index graph folder",
             OutputKind::Checkpoint => "a checkpoint folder",
             OutputKind::ClipFolder => "a model folder",
+            OutputKind::ModelFolder => "a model folder",
             OutputKind::Embeddings => "an embeddings .npy file",
             OutputKind::EmbeddingIds => "an embeddings ids file",
             OutputKind::EvalReport => "an eval report",
@@ -137,6 +141,13 @@ impl OutputKind {
             ]),
             OutputKind::Checkpoint => Some(&["model.bpk", "optimizer.bpk", "state.json"]),
             OutputKind::ClipFolder => Some(&["siam.json", "model.safetensors", "tokenizer.json"]),
+            OutputKind::ModelFolder => Some(&[
+                "siam.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "prompts.json",
+                "prompts.safetensors",
+            ]),
             OutputKind::DemoData => Some(&[DEMO_MARKER, "images", "captions.csv"]),
             _ => None,
         }
@@ -160,6 +171,8 @@ impl OutputKind {
         };
         let has_key = |v: &serde_json::Value, k: &str| v.get(k).is_some();
         let ok = match self {
+            OutputKind::ModelFolder => json(&path.join("siam.json"))
+                .is_some_and(|v| v.get("format").and_then(|f| f.as_str()) == Some("siam-model")),
             OutputKind::TrainRun => {
                 json(&path.join("siam.json"))
                     .is_some_and(|v| v.get("format").and_then(|f| f.as_str()) == Some("siam-model"))

@@ -1063,6 +1063,28 @@ fn bad_datasets_are_named_and_skipped_rows_counted() {
         &s(&d.join("i")),
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("gone.png"));
+    // 67: and so does `siam train`.
+    let table = d.join("train.csv");
+    let mut rows = fs::read_to_string(demo().join("captions.csv")).unwrap();
+    rows.push_str("images/gone/0000.png,a lost photo,gone\n");
+    write(&table, rows);
+    copy_dir(&demo().join("images"), &d.join("images"));
+    let out = ok(&[
+        "train",
+        "--data",
+        &s(&table),
+        "--epochs",
+        "1",
+        "--no-index",
+        "--quiet",
+        "--out",
+        &s(&d.join("run")),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("skipped 1 record(s)") && err.contains("gone/0000.png"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

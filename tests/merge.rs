@@ -38,7 +38,7 @@ fn save_model(dir: &Path, seed: u64, joint: usize) {
     d.seed(seed);
     let cfg = ClipConfig::tiny();
     let head = HeadConfig::linear(cfg.embed_dim, joint);
-    let model = TwinTowers::new(Clip::new(&cfg, &d), head.clone(), &d);
+    let model = TwinTowers::new(Clip::new(&cfg, &d), head, &d);
     let mut card = clip_card(
         &cfg,
         InitialWeights::Random {
@@ -47,7 +47,7 @@ fn save_model(dir: &Path, seed: u64, joint: usize) {
         },
         None,
     );
-    card.image_head = head.clone();
+    card.image_head = head;
     card.text_head = head;
     card.joint_dim = joint;
     folder::save(dir, &model, &card, None).unwrap();

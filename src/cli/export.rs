@@ -36,15 +36,15 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let source = args.model.display().to_string();
     let report = export(&enc, args.format, &args.out, &source)?;
     for h in &report.heads {
-        eprintln!("{h}");
+        siam::console::err_line(format_args!("{h}"));
     }
-    eprintln!(
+    siam::console::err_line(format_args!(
         "wrote {} ({} format, {} tensors, embedding size {}): {}",
         report.out.display(),
         report.format,
         report.tensors,
         report.embed_dim,
         report.files.join(", ")
-    );
+    ));
     Ok(())
 }

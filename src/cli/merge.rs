@@ -43,13 +43,13 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
     let zs = load(&args.zero_shot, args.arch.as_deref(), &device)?;
     let ft = load(&args.fine_tuned, args.arch.as_deref(), &device)?;
     merge_into_folder(&zs, &ft, args.alpha, &args.out)?;
-    eprintln!(
+    siam::console::err_line(format_args!(
         "wrote {}: (1 - {a}) * {} + {a} * {}",
         args.out.display(),
         args.zero_shot.display(),
         args.fine_tuned.display(),
         a = args.alpha
-    );
+    ));
     Ok(())
 }
 
@@ -183,30 +183,37 @@ pub fn alpha_curve(args: &EvalArgs) -> anyhow::Result<()> {
             "top-1 accuracy",
             &png,
         )?;
-        eprintln!("wrote {} and {}", json.display(), png.display());
+        siam::console::err_line(format_args!(
+            "wrote {} and {}",
+            json.display(),
+            png.display()
+        ));
     }
     Ok(())
 }
 
 fn print_curve(c: &AlphaCurve) {
-    println!(
+    siam::console::out_line(format_args!(
         "WiSE-FT curve, {} split: (1 - alpha) * {} + alpha * {}",
         c.split, c.zero_shot, c.fine_tuned
-    );
-    println!("zero-shot top-1 accuracy (percent)");
+    ));
+    siam::console::out_line(format_args!("zero-shot top-1 accuracy (percent)"));
     print!("{:>6}", "alpha");
     for d in &c.datasets {
         print!("  {:>12}", d.role);
     }
-    println!();
+    siam::console::out_line(format_args!(""));
     for (k, a) in c.alphas.iter().enumerate() {
         print!("{a:>6.2}");
         for d in &c.datasets {
             print!("  {:>12.2}", 100.0 * d.top1[k]);
         }
-        println!();
+        siam::console::out_line(format_args!(""));
     }
     for d in &c.datasets {
-        println!("  {} = {} ({} images)", d.role, d.data, d.images);
+        siam::console::out_line(format_args!(
+            "  {} = {} ({} images)",
+            d.role, d.data, d.images
+        ));
     }
 }

@@ -15,4 +15,5 @@ pub mod merge;
 pub mod prompt;
 pub mod pseudo_label;
 pub mod query;
+pub mod serve;
 pub mod train;

@@ -53,6 +53,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         "--prompt needs --data: a dataset with labels (image folder, CIFAR, label table)",
     )?;
     anyhow::ensure!(p.shots != Some(0), "--shots must be at least 1");
+    siam::output::check_replaceable(&args.out, siam::output::OutputKind::TrainRun)?;
     let weights = match p.weight_by.as_deref() {
         None => None,
         Some("confidence") => Some(siam::pseudo_label::read_confidences(data)?),
@@ -87,7 +88,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         weights,
         threads: c.threads,
     };
-    eprintln!(
+    siam::console::err_line(format_args!(
         "prompt learning: {} context vector(s){}, class token {:?}, {} classes, loss {}",
         spec.n_ctx,
         if spec.class_specific {
@@ -98,7 +99,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         position,
         ds.labels.len(),
         c.loss.loss.as_deref().unwrap_or("CoOp cross-entropy")
-    );
+    ));
     let pb = if args.quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -111,29 +112,29 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     })?;
     pb.finish_and_clear();
     save(&c.out, &enc, &lp)?;
-    eprintln!(
+    siam::console::err_line(format_args!(
         "{} training images, {} steps, final loss {:.4}",
         report.train_images, report.steps, report.final_loss
-    );
+    ));
     if let (Some(split), Some(t), Some(l)) = (
         &report.eval_split,
         report.templates_top1,
         report.learned_top1,
     ) {
-        println!(
+        siam::console::out_line(format_args!(
             "{split} split, {} images: zero-shot top-1 hand-written templates {:.2}%, learned prompts {:.2}%",
             report.eval_images,
             100.0 * t,
             100.0 * l
-        );
+        ));
     }
     if let Some(r) = &args.report {
         siam::io::atomic_write_bytes(r, &serde_json::to_vec_pretty(&report)?)?;
     }
-    eprintln!(
+    siam::console::err_line(format_args!(
         "wrote {} (model + prompts.json, prompts.safetensors)",
         c.out.display()
-    );
+    ));
     Ok(())
 }
 

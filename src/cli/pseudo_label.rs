@@ -139,6 +139,11 @@ pub fn run(args: PseudoLabelArgs) -> anyhow::Result<()> {
     } else {
         args.templates.clone()
     };
+    let stem = args.out.with_extension("");
+    for png in ["coverage", "reliability"] {
+        let p = PathBuf::from(format!("{}.{png}.png", stem.display()));
+        siam::output::check_replaceable(&p, siam::output::OutputKind::Plot)?;
+    }
     let (ds, records) = open_images(&args.data, &args.split)?;
     let device = args.device.open()?;
     let enc = args.model.load(&device)?;
@@ -171,12 +176,12 @@ pub fn run(args: PseudoLabelArgs) -> anyhow::Result<()> {
     );
     let rows = table_rows(&args, &ds, &labels, &pseudo, &kept)?;
     write_table(&args.out, &rows)?;
-    eprintln!(
+    siam::console::err_line(format_args!(
         "kept {} of {} images; wrote {}",
         kept.len(),
         pseudo.len(),
         args.out.display()
-    );
+    ));
     // True labels, mapped onto the candidate labels by name.
     let by_name: std::collections::HashMap<String, usize> = labels
         .iter()
@@ -232,12 +237,12 @@ pub fn run(args: PseudoLabelArgs) -> anyhow::Result<()> {
         "accuracy in bin",
         &rel_png,
     )?;
-    eprintln!(
+    siam::console::err_line(format_args!(
         "wrote {}, {} and {}",
         json.display(),
         cov_png.display(),
         rel_png.display()
-    );
+    ));
     Ok(())
 }
 
@@ -261,7 +266,7 @@ fn table_rows(
                 let mut png = Vec::new();
                 img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
                     .with_context(|| format!("{}", f.display()))?;
-                siam::io::atomic_write_bytes(&f, &png)?;
+                siam::output::write_file(&f, siam::output::OutputKind::Plot, &png)?;
                 f
             }
             other => anyhow::bail!(
@@ -322,7 +327,7 @@ pub fn accuracy_report(
 }
 
 fn print_report(r: &PseudoLabelReport) {
-    println!(
+    siam::console::out_line(format_args!(
         "{} images: top-1 {:.2}%, top-{} {:.2}%; kept {} at top-1 {:.2}%; ECE {:.4}",
         r.images,
         100.0 * r.top1,
@@ -331,18 +336,18 @@ fn print_report(r: &PseudoLabelReport) {
         r.kept,
         100.0 * r.kept_top1,
         r.ece
-    );
-    println!(
+    ));
+    siam::console::out_line(format_args!(
         "{:>9} {:>7} {:>10} {:>9}",
         "coverage", "kept", "threshold", "accuracy"
-    );
+    ));
     for c in &r.coverage {
-        println!(
+        siam::console::out_line(format_args!(
             "{:>8.0}% {:>7} {:>10.4} {:>8.2}%",
             100.0 * c.coverage,
             c.kept,
             c.threshold,
             100.0 * c.accuracy
-        );
+        ));
     }
 }

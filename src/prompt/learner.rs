@@ -211,7 +211,7 @@ impl ClassPrompts {
         for name in classnames {
             let name = name.replace('_', " ");
             let prompt = format!("{prefix} {name}.");
-            let ids = tokenizer.encode(&prompt, usize::MAX.min(1 << 20))?;
+            let ids = tokenizer.encode(&prompt, 1 << 20)?;
             if ids.len() > context_length {
                 return Err(PromptError::Option(format!(
                     "prompt {prompt:?} has {} tokens, more than the context length {context_length}",

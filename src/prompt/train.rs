@@ -362,12 +362,18 @@ pub enum PromptTrainError {
     /// A prompt option or file problem.
     #[error(transparent)]
     Prompt(#[from] PromptError),
-    /// Images could not be embedded.
+    /// Images could not be embedded (boxed: the largest error by far).
     #[error(transparent)]
-    Embed(#[from] crate::embed::EmbedError),
+    Embed(Box<crate::embed::EmbedError>),
     /// The accuracy could not be measured.
     #[error(transparent)]
     Eval(#[from] crate::eval::EvalError),
+}
+
+impl From<crate::embed::EmbedError> for PromptTrainError {
+    fn from(e: crate::embed::EmbedError) -> Self {
+        Self::Embed(Box::new(e))
+    }
 }
 
 impl From<siam_data::tokenizer::TokenizerError> for PromptTrainError {
