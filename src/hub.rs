@@ -89,7 +89,7 @@ pub enum HubError {
         why: &'static str,
     },
     /// Downloads are off and the cache lacks something the model needs.
-    #[error("{repo}@{revision}: {missing} not in the Hugging Face cache {cache} and downloads are off ({why}); run once without it to download")]
+    #[error("{repo}@{revision}: not in the Hugging Face cache {cache}: {missing}; downloads are off ({why}), run once without that to download")]
     NotCached {
         /// `org/name`.
         repo: String,
@@ -145,7 +145,7 @@ pub enum HubError {
         status: u16,
     },
     /// The connection failed (refused, reset, timed out, TLS).
-    #[error("{url}: {why}")]
+    #[error("{url}: {why} (cannot reach the Hub at HF_ENDPOINT or its CDN; --offline uses the cache only)")]
     Network {
         /// The request.
         url: String,
@@ -522,7 +522,7 @@ pub fn download_file(
         return Err(HubError::NotCached {
             repo: repo.to_string(),
             revision: revision.to_string(),
-            missing: file.to_string(),
+            missing: format!("no file {file}"),
             cache: repo_dir,
             why,
         });
