@@ -25,9 +25,11 @@
 //! Which files: a Hugging Face CLIP repo (`config.json`, then `model.safetensors`, else
 //! `pytorch_model.bin`, and `tokenizer.json` when there is one) or an open_clip repo
 //! (`open_clip_config.json`, then `open_clip_model.safetensors`, else
-//! `open_clip_pytorch_model.bin`): safetensors always before a pickle. A cached snapshot that
-//! already holds a config and weights is used without any request; a branch then stays at the
-//! commit `refs/<branch>` recorded (name a commit, `@sha`, to move).
+//! `open_clip_pytorch_model.bin`): safetensors before a pickle when downloading. A cached
+//! snapshot that already holds a config and weights (whichever were downloaded, by siam or by
+//! Python) is used without any request; a branch then stays at the commit `refs/<branch>`
+//! recorded (name a commit, `@sha`, to move). Pickles are read by siam's pure-Rust reader,
+//! which runs no code from the file.
 //!
 //! Environment, as `huggingface_hub` reads it: `HF_ENDPOINT` (mirrors), `HF_TOKEN` (else
 //! `$HF_HOME/token`; sent only to the endpoint's own host), `HF_HUB_OFFLINE` (cache only, as
