@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod clip;
+pub mod console;
 pub mod device;
 pub mod embed;
 pub mod eval;
@@ -14,4 +15,8 @@ pub mod fingerprint;
 pub mod hub;
 pub mod index;
 pub mod io;
+pub mod output;
+pub mod merge;
+pub mod prompt;
+pub mod pseudo_label;
 pub mod train;

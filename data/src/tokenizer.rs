@@ -144,11 +144,22 @@ impl ClipTokenizer {
             file: file.clone(),
             reason: one_line(&e.to_string()),
         })?;
-        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Invalid {
-            file: file.clone(),
-            reason: one_line(&e.to_string()),
-        })?;
-        Self::validated(inner, &file)
+        // tokenizers 0.22.2 panics (an `expect` in `decoders/mod.rs`) on some malformed files.
+        let inner = crate::quiet::catch_quietly(|| Tokenizer::from_bytes(&bytes))
+            .map_err(|panic| TokenizerError::Invalid {
+                file: file.clone(),
+                reason: one_line(&panic),
+            })?
+            .map_err(|e| TokenizerError::Invalid {
+                file: file.clone(),
+                reason: one_line(&e.to_string()),
+            })?;
+        crate::quiet::catch_quietly(|| Self::validated(inner, &file)).unwrap_or_else(|panic| {
+            Err(TokenizerError::Invalid {
+                file: file.clone(),
+                reason: one_line(&panic),
+            })
+        })
     }
 
     fn validated(mut inner: Tokenizer, file: &str) -> Result<Self> {

@@ -62,6 +62,16 @@ pub enum LossError {
         /// Why not.
         why: &'static str,
     },
+    /// A loss configuration sets a parameter that loss does not take.
+    #[error("the {loss} loss has no `{parameter}` parameter (it takes {expected})")]
+    UnknownParameter {
+        /// The loss.
+        loss: &'static str,
+        /// The parameter given.
+        parameter: &'static str,
+        /// The parameters the loss takes.
+        expected: String,
+    },
     /// A string (CLI flag, config file) does not name a known distance, miner, loss or schedule.
     #[error("cannot parse {what} from {input:?}: {why}")]
     Parse {

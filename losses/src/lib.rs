@@ -12,6 +12,12 @@
 //!
 //! Memory is `O(B·R)` for every loss and miner.
 //!
+//! Layout: `loss/` holds one file per loss (its config, defaults and maths) and
+//! [`LossConfig`], the typed, parsed form of `--loss`; `miner/` one file per miner and the
+//! [`HardnessSchedule`] (`--miner`); `distance.rs`, `reducer.rs`, `matrix.rs` and `error.rs`
+//! are shared. With the `serde` feature, [`LossConfig`] and [`HardnessSchedule`] serialise
+//! as their text forms.
+//!
 //! ```no_run
 //! use burn::tensor::{Device, Distribution, Tensor};
 //! use siam_losses::{HardnessSchedule, Loss, Miner};
@@ -44,8 +50,8 @@ pub mod reducer;
 pub use distance::Distance;
 pub use error::{LossError, Result};
 pub use loss::{
-    ContrastiveLoss, HostLoss, Loss, LossOutput, LossStats, MultiSimilarityLoss, PairwiseLoss,
-    Positives, TripletLoss, MAX_LOGIT_SCALE,
+    ContrastiveLoss, HostLoss, Loss, LossConfig, LossKind, LossOutput, LossStats,
+    MultiSimilarityLoss, PairwiseLoss, Positives, TripletLoss, MAX_LOGIT_SCALE,
 };
 pub use matrix::PairMatrix;
 pub use miner::{HardnessSchedule, Miner, MinerKind, TripletKind, Tuples};

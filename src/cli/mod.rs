@@ -8,5 +8,8 @@ pub mod embed;
 pub mod eval;
 pub mod export;
 pub mod index;
+pub mod merge;
+pub mod prompt;
+pub mod pseudo_label;
 pub mod query;
 pub mod train;

@@ -105,14 +105,14 @@ pub enum ImportError {
         sample: String,
     },
     /// The file's keys do not match the architecture.
-    #[error("{path}: checkpoint does not match the {arch} architecture: {details}")]
+    #[error("{}: checkpoint does not match the {arch} architecture: {details}", path.display())]
     KeyMismatch {
-        /// The file.
-        path: PathBuf,
+        /// The file. (Boxed, like `arch` and `details`, to keep [`ImportError`] small.)
+        path: Box<Path>,
         /// Which architecture was expected.
-        arch: String,
+        arch: Box<str>,
         /// Missing, unexpected and mis-shaped keys, listed.
-        details: String,
+        details: Box<str>,
         /// Keys the model needs that the file lacks.
         missing: Vec<String>,
         /// Keys of the file the model has no place for.
@@ -296,7 +296,7 @@ fn open_source(path: &Path) -> Result<Source> {
     if n == 8 {
         let len = u64::from_le_bytes(magic.try_into().expect("8 bytes"));
         let file_len = f.metadata().map_err(io_err(path))?.len();
-        if len > 1 && len + 8 <= file_len {
+        if len > 1 && len.checked_add(8).is_some_and(|end| end <= file_len) {
             let mut first = [0u8; 1];
             f.read_exact(&mut first).map_err(io_err(path))?;
             if first[0] == b'{' {
@@ -349,6 +349,12 @@ fn open_safetensors(path: &Path, header_len: usize, file_len: u64) -> Result<Sou
         format: "safetensors",
         why,
     };
+    // The safetensors format caps its JSON header at 100 MB (`safetensors` crate, MAX_HEADER_SIZE).
+    if header_len > 100_000_000 {
+        return Err(corrupt(format!(
+            "header length {header_len} exceeds the format's 100 MB limit"
+        )));
+    }
     let file = Arc::new(File::open(path).map_err(io_err(path))?);
     let mut header = vec![0u8; header_len];
     file.read_exact_at(&mut header, 8).map_err(io_err(path))?;
@@ -360,6 +366,9 @@ fn open_safetensors(path: &Path, header_len: usize, file_len: u64) -> Result<Sou
     for (name, info) in header {
         if name == "__metadata__" {
             continue;
+        }
+        if !info.is_object() {
+            return Err(corrupt(format!("{name}: entry is not an object")));
         }
         let dtype_s = info["dtype"].as_str().unwrap_or("?").to_string();
         let shape: Vec<usize> = info["shape"]
@@ -383,9 +392,15 @@ fn open_safetensors(path: &Path, header_len: usize, file_len: u64) -> Result<Sou
                 continue;
             }
         };
-        let numel: usize = shape.iter().product();
+        // Checked: a header may claim any shape; nothing is allocated from it unchecked.
+        let nbytes = shape
+            .iter()
+            .try_fold(size, |acc: usize, &d| acc.checked_mul(d));
         let (start, end) = offsets;
-        if end < start || (end - start) as usize != numel * size || data_start + end > file_len {
+        let fits = end >= start
+            && nbytes.is_some_and(|b| b as u64 == end - start)
+            && data_start.checked_add(end).is_some_and(|e| e <= file_len);
+        if !fits {
             return Err(corrupt(format!(
                 "{name}: data_offsets {start}..{end} do not fit shape {shape:?} {dtype_s} in a file of {file_len} bytes"
             )));
@@ -410,11 +425,20 @@ fn open_safetensors(path: &Path, header_len: usize, file_len: u64) -> Result<Sou
 
 fn open_pytorch(path: &Path) -> Result<Source> {
     use burn::store::pytorch_reader::{DType as PtDType, PytorchReader};
-    let reader = PytorchReader::new(path).map_err(|e| ImportError::Corrupt {
+    let corrupt = |why: String| ImportError::Corrupt {
         path: path.to_path_buf(),
         format: "PyTorch",
-        why: e.to_string(),
-    })?;
+        why,
+    };
+    // The pickle is parsed (burn-store's pure-Rust unpickler), never executed; a reader panic on
+    // a malformed file is caught and reported, not a crash.
+    let reader = siam_data::quiet::catch_quietly(|| PytorchReader::new(path))
+        .map_err(corrupt)?
+        .map_err(|e| corrupt(e.to_string()))?;
+    // No tensor may claim more bytes than the file could hold (uncompressed zip members, or a
+    // deflated one at deflate's largest ratio, about 1032:1).
+    let file_len = std::fs::metadata(path).map_err(io_err(path))?.len();
+    let max_bytes = file_len.saturating_mul(1032);
     let mut tensors = BTreeMap::new();
     let mut non_float = BTreeMap::new();
     for (name, t) in reader.into_tensors() {
@@ -429,7 +453,21 @@ fn open_pytorch(path: &Path) -> Result<Source> {
             }
         };
         let shape = t.shape().to_vec();
+        let elem = match dtype {
+            SrcDType::F16 | SrcDType::BF16 => 2,
+            SrcDType::F32 => 4,
+            SrcDType::F64 => 8,
+        };
+        let nbytes = shape
+            .iter()
+            .try_fold(elem, |acc: u64, &d| acc.checked_mul(d as u64));
+        if nbytes.is_none_or(|b| b > max_bytes) {
+            return Err(corrupt(format!(
+                "{name}: shape {shape:?} claims more data than a file of {file_len} bytes holds"
+            )));
+        }
         let (_, _, _, read) = t.into_parts();
+        let read = move || siam_data::quiet::catch_quietly(&read).map_err(io::Error::other)?;
         tensors.insert(
             name,
             SrcTensor {
@@ -907,9 +945,9 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
             ));
         }
         return Err(ImportError::KeyMismatch {
-            path: src.path.clone(),
-            arch: arch.to_string(),
-            details: parts.join("; "),
+            path: src.path.clone().into_boxed_path(),
+            arch: arch.into(),
+            details: parts.join("; ").into(),
             missing,
             unexpected,
             mis_shaped,
@@ -1050,6 +1088,12 @@ pub fn load_model(path: &Path, arch: Option<&str>, device: &Device) -> Result<Lo
 /// (our module paths, burn's layouts, enum variants skipped), each written atomically.
 /// [`load_model`] reads it back exactly.
 pub fn save_model(clip: &Clip, config: &ClipConfig, dir: &Path) -> Result<()> {
+    crate::output::check_replaceable(dir, crate::output::OutputKind::ClipFolder).map_err(|e| {
+        ImportError::Save {
+            path: dir.to_path_buf(),
+            why: e.to_string(),
+        }
+    })?;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let weights = dir.join(WEIGHTS);
     let tmp = crate::io::temp_sibling(&weights);

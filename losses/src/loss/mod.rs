@@ -1,0 +1,426 @@
+//! Losses: one file per loss, each with its configuration and its maths.
+//!
+//! - [`ContrastiveLoss`] (`contrastive.rs`): label-aware symmetric InfoNCE (CLIP, SupCon, NT-Xent);
+//! - [`PairwiseLoss`] (`pairwise.rs`): the margin pair loss (Hadsell et al. 2006);
+//! - [`TripletLoss`] (`triplet.rs`): the margin triplet loss (FaceNet);
+//! - [`MultiSimilarityLoss`] (`multi_similarity.rs`): Wang et al. 2019;
+//! - [`LossConfig`] (`config.rs`): a loss parsed once from its name and parameters, with the
+//!   defaults each loss owns.
+//!
+//! Each loss runs in three steps (see the crate docs): the `B × R` matrix is computed on
+//! the autodiff tensors by its [`Distance`]; the host reads it back in f32, the [`Miner`]
+//! picks tuples per anchor, and the loss value `L` and `G = ∂L/∂M` (one entry per matrix
+//! entry, so memory stays `O(B·R)`) are computed exactly in f64/f32; finally the loss tensor
+//! is assembled as `⟨G, M⟩ − stopgrad(⟨G, M⟩) + L`, whose value is `L` and whose gradient
+//! with respect to `M` is `G`, so autodiff carries it on to the embeddings (and the logit
+//! scale). Half-precision towers are cast to f32 before the matrix.
+
+mod config;
+mod contrastive;
+mod multi_similarity;
+mod pairwise;
+mod triplet;
+
+pub use config::{LossConfig, LossKind};
+pub use contrastive::{ContrastiveLoss, Positives};
+pub use multi_similarity::MultiSimilarityLoss;
+pub use pairwise::PairwiseLoss;
+pub use triplet::TripletLoss;
+
+use std::str::FromStr;
+
+use burn::tensor::{Tensor, TensorData};
+
+use crate::distance::Distance;
+use crate::error::{LossError, Result};
+use crate::matrix::PairMatrix;
+use crate::miner::Miner;
+
+/// `ln 100`: open_clip clamps the learnable logit scale so `exp(scale) ≤ 100`.
+pub const MAX_LOGIT_SCALE: f32 = 4.605_170_2;
+
+/// Diagnostics that make collapse visible.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossStats {
+    /// Fraction of mined tuples with a non-zero loss (contrastive: fraction of rows where some
+    /// negative still scores at least as high as the lowest-scoring positive).
+    pub active_fraction: f32,
+    /// Mean distance (or similarity, in the distance's own units) over positive pairs used.
+    pub mean_positive: f32,
+    /// Mean distance (or similarity) over negative pairs used.
+    pub mean_negative: f32,
+    /// Number of tuples mined (triplets, pairs, or contrastive positive pairs).
+    pub mined: usize,
+}
+
+/// A loss tensor of shape `[1]` and its diagnostics.
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    /// The reduced loss, shape `[1]`, differentiable.
+    pub loss: Tensor<1>,
+    /// Diagnostics.
+    pub stats: LossStats,
+}
+
+/// The loss value and its derivative with respect to every oriented matrix entry.
+#[derive(Debug, Clone)]
+pub struct HostLoss {
+    /// Reduced loss value.
+    pub value: f64,
+    /// `∂L/∂o` for the `B × R` oriented matrix (for the contrastive loss: `∂L/∂logits`).
+    pub grad: Vec<f32>,
+    /// `∂L/∂o` for the reference-by-reference matrix (triplet `swap` across modalities only).
+    pub grad_refs: Option<Vec<f32>>,
+    /// Diagnostics.
+    pub stats: LossStats,
+}
+
+impl HostLoss {
+    fn zero(n: usize, stats: LossStats) -> Self {
+        Self {
+            value: 0.0,
+            grad: vec![0.0; n],
+            grad_refs: None,
+            stats,
+        }
+    }
+}
+
+/// Running sums for the diagnostics.
+#[derive(Default)]
+struct Tally {
+    mined: usize,
+    active: usize,
+    pos_sum: f64,
+    pos_n: usize,
+    neg_sum: f64,
+    neg_n: usize,
+}
+
+impl Tally {
+    fn stats(&self, d: Distance) -> LossStats {
+        let mean = |s: f64, n: usize| {
+            if n > 0 {
+                d.orient((s / n as f64) as f32)
+            } else {
+                0.0
+            }
+        };
+        LossStats {
+            active_fraction: if self.mined > 0 {
+                self.active as f32 / self.mined as f32
+            } else {
+                0.0
+            },
+            mean_positive: mean(self.pos_sum, self.pos_n),
+            mean_negative: mean(self.neg_sum, self.neg_n),
+            mined: self.mined,
+        }
+    }
+}
+
+fn softplus(x: f64) -> f64 {
+    if x > 0.0 {
+        x + (-x).exp().ln_1p()
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+fn scale(grad: &mut [f32], by: f64) {
+    grad.iter_mut().for_each(|g| *g = (*g as f64 * by) as f32);
+}
+
+impl HostLoss {
+    /// `∂L/∂o → ∂L/∂M`: for a similarity `o = −M`, so every entry changes sign.
+    fn unorient(&mut self, distance: Distance) {
+        if distance.is_similarity() {
+            self.grad.iter_mut().for_each(|g| *g = -*g);
+            if let Some(g) = self.grad_refs.as_mut() {
+                g.iter_mut().for_each(|x| *x = -*x);
+            }
+        }
+    }
+}
+
+/// A loss with its parameters: the single entry point for training loops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Loss {
+    /// Symmetric, label-aware InfoNCE.
+    Contrastive(ContrastiveLoss),
+    /// Margin contrastive loss on pairs.
+    Pairwise(PairwiseLoss),
+    /// Margin triplet loss.
+    Triplet(TripletLoss),
+    /// Multi-similarity loss.
+    MultiSimilarity(MultiSimilarityLoss),
+}
+
+/// Anchors and references after their shapes and labels were checked.
+struct Checked<'a> {
+    anchors: Tensor<2>,
+    refs: Tensor<2>,
+    labels: &'a [usize],
+    ref_labels: &'a [usize],
+    /// The references are the anchors (an embedding is never its own positive).
+    same_set: bool,
+    dim: usize,
+}
+
+impl<'a> Checked<'a> {
+    /// Checks labels against rows and the two widths against each other.
+    fn new(
+        anchors: Tensor<2>,
+        labels: &'a [usize],
+        refs: Option<(Tensor<2>, &'a [usize])>,
+    ) -> Result<Self> {
+        let [b, dim] = anchors.dims();
+        if b != labels.len() {
+            return Err(LossError::LabelCount {
+                side: "anchors",
+                embeddings: b,
+                labels: labels.len(),
+            });
+        }
+        let Some((refs, ref_labels)) = refs else {
+            return Ok(Self {
+                refs: anchors.clone(),
+                anchors,
+                labels,
+                ref_labels: labels,
+                same_set: true,
+                dim,
+            });
+        };
+        let [r, dr] = refs.dims();
+        if r != ref_labels.len() {
+            return Err(LossError::LabelCount {
+                side: "references",
+                embeddings: r,
+                labels: ref_labels.len(),
+            });
+        }
+        if dr != dim {
+            return Err(LossError::DimensionMismatch {
+                anchors: dim,
+                references: dr,
+            });
+        }
+        Ok(Self {
+            anchors,
+            refs,
+            labels,
+            ref_labels,
+            same_set: false,
+            dim,
+        })
+    }
+}
+
+impl Loss {
+    /// The loss's distance.
+    pub fn distance(&self) -> Distance {
+        match self {
+            Loss::Contrastive(l) => l.distance,
+            Loss::Pairwise(l) => l.distance,
+            Loss::Triplet(l) => l.distance,
+            Loss::MultiSimilarity(l) => l.distance,
+        }
+    }
+
+    /// The loss's kind (its name on the command line).
+    pub fn kind(&self) -> LossKind {
+        match self {
+            Loss::Contrastive(_) => LossKind::Contrastive,
+            Loss::Pairwise(_) => LossKind::Pairwise,
+            Loss::Triplet(_) => LossKind::Triplet,
+            Loss::MultiSimilarity(_) => LossKind::MultiSimilarity,
+        }
+    }
+
+    /// The loss's name.
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// Whether the loss uses a learnable logit scale (passed to [`Loss::forward`]).
+    pub fn uses_logit_scale(&self) -> bool {
+        matches!(self, Loss::Contrastive(_))
+    }
+
+    /// Anchors (e.g. images) against references (e.g. texts), each with labels; a reference
+    /// sharing the anchor's label is a positive, any other a negative. For the triplet,
+    /// pairwise and multi-similarity losses call it twice (image→text and text→image) and add;
+    /// the contrastive loss is already symmetric. `logit_scale` (log of the scale, shape `[1]`)
+    /// is used only by the contrastive loss; without it the loss uses `1/temperature`.
+    pub fn forward(
+        &self,
+        anchors: Tensor<2>,
+        anchor_labels: &[usize],
+        refs: Tensor<2>,
+        ref_labels: &[usize],
+        miner: &Miner,
+        logit_scale: Option<Tensor<1>>,
+    ) -> Result<LossOutput> {
+        self.run(
+            anchors,
+            anchor_labels,
+            Some((refs, ref_labels)),
+            miner,
+            logit_scale,
+        )
+    }
+
+    /// One set of embeddings against itself (unimodal metric learning, PML's default call):
+    /// an embedding is never its own positive.
+    pub fn forward_self(
+        &self,
+        embeddings: Tensor<2>,
+        labels: &[usize],
+        miner: &Miner,
+        logit_scale: Option<Tensor<1>>,
+    ) -> Result<LossOutput> {
+        self.run(embeddings, labels, None, miner, logit_scale)
+    }
+
+    fn validate(&self, miner: &Miner) -> Result<()> {
+        match self {
+            Loss::Contrastive(l) => l.validate(miner),
+            Loss::Pairwise(l) => l.validate(),
+            Loss::Triplet(l) => l.validate(),
+            Loss::MultiSimilarity(l) => l.validate(),
+        }
+    }
+
+    fn run(
+        &self,
+        anchors: Tensor<2>,
+        anchor_labels: &[usize],
+        refs: Option<(Tensor<2>, &[usize])>,
+        miner: &Miner,
+        logit_scale: Option<Tensor<1>>,
+    ) -> Result<LossOutput> {
+        self.validate(miner)?;
+        let c = Checked::new(anchors, anchor_labels, refs)?;
+        let (b, r) = (c.labels.len(), c.ref_labels.len());
+        if b == 0 || r == 0 {
+            return Ok(LossOutput {
+                loss: Tensor::zeros([1], &c.anchors.device()),
+                stats: LossStats::default(),
+            });
+        }
+        let logit_scale = match self {
+            Loss::Contrastive(_) => logit_scale.map(read_logit_scale).transpose()?,
+            _ => None,
+        };
+        let distance = self.distance();
+        let swap_refs = match self {
+            Loss::Triplet(t) if t.swap && !c.same_set => Some(c.refs.clone()),
+            _ => None,
+        };
+        let mat = distance.matrix(c.anchors, c.refs);
+        let raw = host_f32(&mat);
+        let pm = PairMatrix::new(
+            raw,
+            b,
+            r,
+            c.labels,
+            c.ref_labels,
+            c.same_set,
+            distance,
+            c.dim,
+        )?;
+        Ok(match self {
+            Loss::Contrastive(l) => l.output(mat, &pm, logit_scale),
+            _ => self.tuple_output(mat, &pm, miner, swap_refs),
+        })
+    }
+
+    /// Triplet, pairwise and multi-similarity: mine, compute on the host, attach to `mat`.
+    fn tuple_output(
+        &self,
+        mat: Tensor<2>,
+        pm: &PairMatrix<'_>,
+        miner: &Miner,
+        swap_refs: Option<Tensor<2>>,
+    ) -> LossOutput {
+        let margin = match self {
+            Loss::Triplet(t) => t.margin,
+            Loss::Pairwise(p) => (p.neg_margin - p.pos_margin).abs(),
+            // Only a semi-hard miner without its own margin reads it.
+            _ => 0.1,
+        };
+        let tuples = miner.mine(pm, margin);
+        let (mut host, rr) = match self {
+            Loss::Triplet(t) => t.host_with_swap(pm, &tuples, swap_refs),
+            Loss::Pairwise(p) => (p.host(pm, &tuples), None),
+            Loss::MultiSimilarity(s) => (s.host(pm, &tuples), None),
+            Loss::Contrastive(_) => unreachable!("the contrastive loss attaches to its logits"),
+        };
+        host.unorient(pm.distance);
+        let mut loss = attach(host.value, mat, host.grad);
+        if let (Some(rr), Some(g)) = (rr, host.grad_refs) {
+            loss = loss + attach(0.0, rr, g);
+        }
+        LossOutput {
+            loss,
+            stats: host.stats,
+        }
+    }
+}
+
+/// The learnable log logit scale with its value read back (must be finite); the scale used
+/// is `exp(min(value, ln 100))`.
+fn read_logit_scale(ls: Tensor<1>) -> Result<(Tensor<1>, f32)> {
+    let v = ls
+        .clone()
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|_| LossError::NonPositive {
+            what: "logit scale",
+            value: f32::NAN,
+        })?;
+    let v = v.first().copied().unwrap_or(f32::NAN);
+    if !v.is_finite() {
+        return Err(LossError::NonPositive {
+            what: "exp(logit scale)",
+            value: v,
+        });
+    }
+    Ok((ls, v.min(MAX_LOGIT_SCALE).exp()))
+}
+
+/// A matrix read back to the host in f32 (the distance always produces f32).
+fn host_f32(t: &Tensor<2>) -> Vec<f32> {
+    t.clone()
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("distance matrices are f32")
+}
+
+/// `⟨G, M⟩ − stopgrad(⟨G, M⟩) + value`: forward value `value`, gradient `G` with respect to `M`.
+fn attach(value: f64, target: Tensor<2>, grad: Vec<f32>) -> Tensor<1> {
+    let dims = target.dims();
+    let g = Tensor::<2>::from_data(TensorData::new(grad, dims), &target.device());
+    let s = (target * g).sum();
+    (s.clone() - s.detach()).add_scalar(value as f32)
+}
+
+impl FromStr for Loss {
+    type Err = LossError;
+
+    /// Parses a [`LossConfig`] (`triplet`, `contrastive:temperature=0.05`, ...) and builds it
+    /// with every default the loss owns.
+    fn from_str(s: &str) -> Result<Self> {
+        s.parse::<LossConfig>()?.init()
+    }
+}
