@@ -290,7 +290,7 @@ pub fn merge_into_folder(
     if tokenizer.is_none() {
         card.tokenizer = None;
     }
-    crate::io::atomic_dir(out, |tmp| {
+    crate::io::atomic_dir(out, crate::output::OutputKind::ClipFolder, |tmp| {
         folder::save(tmp, &merged.model, &card, tokenizer.as_deref())?;
         Ok(())
     })
