@@ -33,6 +33,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let device = crate::device::open(crate::device::DeviceSpec::Cpu, None)?;
     let enc = Encoder::load(&args.model, args.arch.as_deref(), &device)
         .with_context(|| format!("loading {}", args.model.display()))?;
+    let _lock = crate::output::OutputLock::acquire(&args.out, &crate::output::command_line())?;
     let source = args.model.display().to_string();
     let report = export(&enc, args.format, &args.out, &source)?;
     for h in &report.heads {
