@@ -6,6 +6,12 @@ EXIF orientation 6, grey, RGBA, 16-bit grey and 16-bit RGB PNGs, a palette PNG, 
 WebP, a BMP, an animated GIF (the first frame counts) and an image smaller than the model input.
 Bad files: a truncated JPEG, a zero-byte file and a text file named .jpg.
 
+tests/fixtures/images/variants/ holds inputs that must work, each beside `<name>.rgb.png`, the
+plain RGB image PIL decodes it to (first frame, EXIF orientation applied), which siam must embed
+alike (tests/bad_input.rs): animated GIF, lossless WebP, 16-bit and 8-bit grayscale PNG, palette
+PNG, CMYK JPEG, EXIF-rotated JPEG, a PNG named .jpg; and the same captions table twice, as a
+plain TSV and as a CSV with a byte-order mark and quoted commas and quotes.
+
 Packages (pinned): pillow==13.0.0, numpy==2.4.6.
 Run: ${SIAM_PYTHON:-python3} scripts/make_test_images.py   (from the repository root)
 """
@@ -98,14 +104,60 @@ def main() -> None:
     open(p("empty.jpg"), "wb").close()
     open(p("not_an_image.jpg"), "w").write("This is a text file with a .jpg name, not an image.\n")
 
+    write_variants(os.path.join(OUT, "variants"))
+
     total = 0
     for name in sorted(os.listdir(OUT)):
+        if os.path.isdir(p(name)):
+            continue
         size = os.path.getsize(p(name))
         total += size
         assert size < 60_000, (name, size)
         print(f"{name:24s} {size:7d} bytes")
     assert total < 400_000, total
     print(f"total {total} bytes")
+
+
+def write_variants(out: str) -> None:
+    """Inputs that must embed like the plain RGB image PIL decodes them to."""
+    from PIL import ImageOps
+
+    os.makedirs(out, exist_ok=True)
+    v = lambda name: os.path.join(out, name)
+    base = photo_like(96, 80)
+    frames = [base.quantize(colors=64, dither=Image.Dither.NONE),
+              Image.fromarray(255 - np.asarray(base), "RGB").quantize(colors=64, dither=Image.Dither.NONE)]
+    frames[0].save(v("animated.gif"), save_all=True, append_images=frames[1:], duration=100, loop=0)
+    base.save(v("lossless.webp"), lossless=True)
+    grey16 = (np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(grey16).save(v("gray16.png"))
+    base.convert("L").save(v("gray.png"))
+    base.quantize(colors=48, dither=Image.Dither.NONE).save(v("palette.png"))
+    base.convert("CMYK").save(v("cmyk.jpg"), quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    base.save(v("exif_rot6.jpg"), quality=95, exif=exif.tobytes())
+    base.save(v("png_named.jpg"), format="PNG")
+    for name in ["animated.gif", "lossless.webp", "gray16.png", "gray.png", "palette.png", "cmyk.jpg",
+                 "exif_rot6.jpg", "png_named.jpg"]:
+        im = Image.open(v(name))
+        im.seek(0)
+        im = ImageOps.exif_transpose(im)
+        if im.mode == "I;16":
+            # PIL keeps 16-bit grey as I;16; CLIP-style decoding takes the high byte.
+            im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8), "L")
+        im.convert("RGB").save(v(name + ".rgb.png"))
+    texts = ['a photo, with a comma', 'a "quoted" word, twice', 'plain text']
+    images = ["gray.png", "palette.png", "lossless.webp"]
+    with open(v("plain.tsv"), "w", newline="") as f:
+        f.write("image\ttext\n")
+        for i, t in zip(images, texts):
+            f.write(f"{i}\t{t}\n")
+    with open(v("bom_quoted.csv"), "w", encoding="utf-8-sig", newline="") as f:
+        f.write("image,text\r\n")
+        for i, t in zip(images, texts):
+            q = t.replace('"', '""')
+            f.write(f'"{i}","{q}"\r\n')
 
 
 if __name__ == "__main__":

@@ -36,9 +36,17 @@ pub enum EmbedError {
     /// The model refused the input.
     #[error(transparent)]
     Encoder(#[from] EncoderError),
+    /// The model folder's learned prompts could not be used.
+    #[error(transparent)]
+    Prompt(#[from] crate::prompt::PromptError),
     /// Every image was unreadable.
-    #[error("none of the {0} image(s) could be read")]
-    NothingRead(usize),
+    #[error("none of the {count} image(s) could be read: {first}")]
+    NothingRead {
+        /// Images given.
+        count: usize,
+        /// The first unreadable ones with their causes.
+        first: String,
+    },
 }
 
 /// Embedded images: rows for the images that could be read, in input order.
@@ -159,7 +167,16 @@ pub fn embed_records(
     }
     out.skipped = loader.summary().clone();
     if out.kept.is_empty() && !indices.is_empty() {
-        return Err(EmbedError::NothingRead(indices.len()));
+        return Err(EmbedError::NothingRead {
+            count: indices.len(),
+            first: out
+                .skipped
+                .first
+                .iter()
+                .map(|(_, why)| why.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
     }
     Ok(out)
 }
@@ -209,7 +226,21 @@ pub fn ensemble(enc: &Encoder, prompts: &[&str]) -> Result<Vec<f32>, EmbedError>
 
 /// Zero-shot class embeddings: each label through every template (`{}` is the label; no
 /// templates means the bare label), ensembled with [`ensemble`]; row-major `labels x dim`.
+/// A model folder with learned prompts (`siam train --prompt`) for every label uses those
+/// instead of the templates.
 pub fn class_embeddings(
+    enc: &Encoder,
+    labels: &[String],
+    templates: &[String],
+) -> Result<Vec<f32>, EmbedError> {
+    if let Some(v) = crate::prompt::learned_class_embeddings(enc, labels)? {
+        return Ok(v);
+    }
+    template_class_embeddings(enc, labels, templates)
+}
+
+/// [`class_embeddings`] from the templates only, learned prompts or not.
+pub fn template_class_embeddings(
     enc: &Encoder,
     labels: &[String],
     templates: &[String],

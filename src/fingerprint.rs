@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const MODEL_FILES: &[&str] = &[
     "siam.json",
     "config.json",
+    "open_clip_config.json",
     "model.safetensors",
     "pytorch_model.bin",
     "open_clip_model.safetensors",
@@ -18,6 +19,7 @@ const MODEL_FILES: &[&str] = &[
 
 /// Hex SHA-256 (first 32 hex digits) over the model's files and `arch`.
 pub fn model_fingerprint(path: &Path, arch: Option<&str>) -> std::io::Result<String> {
+    let path = &crate::hub::resolve_model(path).map_err(std::io::Error::other)?;
     let mut h = Sha256::new();
     h.update(arch.unwrap_or("").as_bytes());
     h.update([0u8]);

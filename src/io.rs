@@ -80,11 +80,15 @@ pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Builds a folder under a temporary name and renames it to `path` once `fill` succeeded,
-/// replacing an older folder of that name. On error the temporary folder is removed.
+/// replacing an older folder of that name only when it is an output of `kind` that siam wrote
+/// ([`crate::output::check_replaceable`]; anything else is refused before `fill` runs). On
+/// error the temporary folder is removed.
 pub fn atomic_dir<T>(
     path: &Path,
+    kind: crate::output::OutputKind,
     fill: impl FnOnce(&Path) -> std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>,
 ) -> std::result::Result<T, Box<dyn std::error::Error + Send + Sync>> {
+    crate::output::check_replaceable(path, kind)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(os(dir))?;
     }
@@ -209,60 +213,115 @@ pub fn write_npy(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<
     })
 }
 
-/// Reads a 2-D little-endian f32 `.npy` file into `(data, rows, cols)`.
-pub fn read_npy(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
-    let bytes = fs::read(path).map_err(os(path))?;
-    let bad = |why: &str| IoError::BadNpy {
-        path: path.to_path_buf(),
-        why: why.to_string(),
-    };
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(bad("missing the \\x93NUMPY magic"));
+/// Where the data of a 2-D little-endian f32 `.npy` file lies: `rows x cols` values from byte
+/// `offset` to the end of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NpyLayout {
+    /// Byte offset of the first value.
+    pub offset: usize,
+    /// Rows (a 1-D array of `n` reads as `n x 1`).
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+}
+
+/// Largest header this reader accepts (NumPy writes a few hundred bytes; version 2 allows 4 GiB).
+const MAX_NPY_HEADER: usize = 1 << 16;
+
+/// Parses the header at the start of `head` (the first bytes of a `.npy` file; 64 KiB suffice)
+/// of a file `file_len` bytes long, checking that the data the shape promises is exactly what
+/// the file holds, in checked arithmetic, before anyone allocates or slices by it.
+pub fn parse_npy_header(head: &[u8], file_len: u64) -> std::result::Result<NpyLayout, String> {
+    if head.len() < 10 || &head[..6] != b"\x93NUMPY" {
+        return Err("missing the \\x93NUMPY magic".into());
     }
-    let (hlen, hstart) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+    let (hlen, hstart) = match head[6] {
+        1 => (u16::from_le_bytes([head[8], head[9]]) as usize, 10),
+        2 | 3 if head.len() >= 12 => (
+            u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize,
             12,
         ),
-        _ => return Err(bad("unsupported format version")),
+        v => return Err(format!("unsupported format version {v}")),
     };
-    let header = bytes
+    if hlen > MAX_NPY_HEADER {
+        return Err(format!("header of {hlen} bytes is implausibly long"));
+    }
+    let header = head
         .get(hstart..hstart + hlen)
-        .ok_or_else(|| bad("header runs past the end"))?;
-    let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?;
+        .ok_or("header runs past the end")?;
+    let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
     if !header.contains("'descr': '<f4'") {
-        return Err(bad("dtype is not '<f4'"));
+        return Err("dtype is not '<f4'".into());
     }
     if header.contains("'fortran_order': True") {
-        return Err(bad("fortran order"));
+        return Err("fortran order".into());
     }
     let shape_src = header
         .split("'shape':")
         .nth(1)
         .and_then(|s| s.split('(').nth(1))
         .and_then(|s| s.split(')').next())
-        .ok_or_else(|| bad("no shape"))?;
+        .ok_or("no shape")?;
     let dims: Vec<usize> = shape_src
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| bad("shape is not integers")))
-        .collect::<Result<_>>()?;
+        .map(|s| s.parse().map_err(|_| "shape is not integers"))
+        .collect::<std::result::Result<_, _>>()?;
     let (rows, cols) = match dims.as_slice() {
         [r, c] => (*r, *c),
         [r] => (*r, 1),
-        _ => return Err(bad("not 2-D")),
+        _ => return Err("not 2-D".into()),
     };
-    let data = &bytes[hstart + hlen..];
-    if data.len() != rows * cols * 4 {
-        return Err(bad("data length does not match the shape (truncated?)"));
+    let offset = hstart + hlen;
+    let want = rows
+        .checked_mul(cols)
+        .and_then(|n| n.checked_mul(4))
+        .and_then(|n| n.checked_add(offset))
+        .ok_or_else(|| format!("shape ({rows}, {cols}) is implausibly large"))?;
+    if want as u64 != file_len {
+        return Err(format!(
+            "data length does not match the shape ({rows}, {cols}): the file holds {file_len} bytes, the shape needs {want} (truncated?)"
+        ));
     }
-    let out = data
+    Ok(NpyLayout { offset, rows, cols })
+}
+
+fn npy_layout(path: &Path) -> Result<(fs::File, NpyLayout)> {
+    use std::io::Read;
+    let mut file = fs::File::open(path).map_err(os(path))?;
+    let len = file.metadata().map_err(os(path))?.len();
+    let mut head = Vec::with_capacity(1024);
+    (&mut file)
+        .take(MAX_NPY_HEADER as u64 + 12)
+        .read_to_end(&mut head)
+        .map_err(os(path))?;
+    let layout = parse_npy_header(&head, len).map_err(|why| IoError::BadNpy {
+        path: path.to_path_buf(),
+        why,
+    })?;
+    Ok((file, layout))
+}
+
+/// `(rows, cols)` of a 2-D little-endian f32 `.npy` file, reading only its header.
+pub fn read_npy_shape(path: &Path) -> Result<(usize, usize)> {
+    npy_layout(path).map(|(_, l)| (l.rows, l.cols))
+}
+
+/// Reads a 2-D little-endian f32 `.npy` file into `(data, rows, cols)`; the size is checked
+/// against the file's length before the values are allocated.
+pub fn read_npy(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let (mut file, l) = npy_layout(path)?;
+    let mut bytes = vec![0u8; l.rows * l.cols * 4];
+    file.seek(SeekFrom::Start(l.offset as u64))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .map_err(os(path))?;
+    let out = bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    Ok((out, rows, cols))
+    Ok((out, l.rows, l.cols))
 }
 
 #[cfg(test)]

@@ -6,10 +6,17 @@
 
 pub mod cli;
 pub mod clip;
+pub mod console;
 pub mod device;
 pub mod embed;
 pub mod eval;
+pub mod export;
 pub mod fingerprint;
+pub mod hub;
 pub mod index;
 pub mod io;
+pub mod merge;
+pub mod output;
+pub mod prompt;
+pub mod pseudo_label;
 pub mod train;

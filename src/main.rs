@@ -7,6 +7,9 @@ use siam::cli;
 #[derive(Parser, Debug)]
 #[command(name = "siam", version, about, long_about = None)]
 struct Cli {
+    /// Use only the Hugging Face cache for hf: models, never the network (as HF_HUB_OFFLINE=1).
+    #[arg(long, global = true)]
+    offline: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,12 +28,19 @@ enum Command {
     Query(cli::query::QueryArgs),
     /// Retrieval recall@k, zero-shot, MAP@R and linear-probe accuracy on a dataset.
     Eval(cli::eval::EvalArgs),
+    /// Blend a zero-shot and a fine-tuned model in weight space (WiSE-FT).
+    Merge(cli::merge::MergeArgs),
+    /// Zero-shot labels for unlabelled images, as a table `siam train --data` reads.
+    PseudoLabel(cli::pseudo_label::PseudoLabelArgs),
     /// Write the synthetic demo set as an image folder and a captions table.
     DemoData(cli::demo_data::DemoDataArgs),
+    /// Write a model as a Hugging Face (transformers) or open_clip folder.
+    Export(cli::export::ExportArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    siam::hub::set_offline(cli.offline);
     let result = match cli.command {
         Command::Train(a) => cli::train::run(a),
         Command::Embed(a) => cli::embed::run(a),
@@ -39,6 +49,9 @@ fn main() -> std::process::ExitCode {
         Command::Query(a) => cli::query::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::DemoData(a) => cli::demo_data::run(a),
+        Command::Export(a) => cli::export::run(a),
+        Command::Merge(a) => cli::merge::run(a),
+        Command::PseudoLabel(a) => cli::pseudo_label::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -51,7 +64,20 @@ fn main() -> std::process::ExitCode {
                 let twice = format!("{m}: {m}");
                 line = line.replace(&twice, m);
             }
-            eprintln!("siam: error: {line}");
+            // One line, whatever the causes quote: control characters (ESC, CR, newlines from
+            // a hostile file) are escaped.
+            let line: String = line
+                .chars()
+                .flat_map(|c| {
+                    let esc: Vec<char> = if c.is_control() {
+                        c.escape_default().collect()
+                    } else {
+                        vec![c]
+                    };
+                    esc
+                })
+                .collect();
+            siam::console::err_line(format_args!("siam: error: {line}"));
             std::process::ExitCode::FAILURE
         }
     }

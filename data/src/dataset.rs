@@ -114,11 +114,29 @@ impl DatasetError {
             source,
         }
     }
+    /// A [`DatasetError::Malformed`]; control characters in `msg` (bytes of a hostile or
+    /// binary file quoted in it: ESC, CR, ...) are escaped, so the message prints as one
+    /// harmless line.
     pub(crate) fn malformed(path: impl Into<PathBuf>, line: usize, msg: impl Into<String>) -> Self {
+        let msg: String = msg.into();
+        let msg = if msg.chars().any(char::is_control) {
+            msg.chars()
+                .flat_map(|c| {
+                    let esc: Vec<char> = if c.is_control() {
+                        c.escape_default().collect()
+                    } else {
+                        vec![c]
+                    };
+                    esc
+                })
+                .collect()
+        } else {
+            msg
+        };
         Self::Malformed {
             path: path.into(),
             line,
-            msg: msg.into(),
+            msg,
         }
     }
 }
@@ -366,6 +384,30 @@ impl Dataset {
             splits: indices.iter().map(|&i| self.splits[i]).collect(),
             missing: self.missing.clone(),
         }
+    }
+
+    /// One line counting and naming (the first five of) the image files the dataset's files
+    /// list but that did not exist, which were left out; `None` when none was.
+    pub fn missing_summary(&self) -> Option<String> {
+        if self.missing.is_empty() {
+            return None;
+        }
+        let shown: Vec<String> = self
+            .missing
+            .iter()
+            .take(5)
+            .map(|p| p.display().to_string())
+            .collect();
+        Some(format!(
+            "skipped {} record(s) naming missing image files{}: {}",
+            self.missing.len(),
+            if self.missing.len() > 5 {
+                ", first 5"
+            } else {
+                ""
+            },
+            shown.join(", ")
+        ))
     }
 
     /// The label of every record, or `None` if some record has none.

@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod formats;
 pub mod pipeline;
 pub mod preprocess;
+pub mod quiet;
 pub mod sampler;
 pub mod synthetic;
 pub mod templates;

@@ -32,12 +32,13 @@ use std::thread::JoinHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// An image could not be read or decoded and the policy is [`OnBadImage::Fail`].
-    #[error("record {record}: {source} (use --on-bad-image skip to leave such images out)")]
+    #[error("record {record}: {cause}")]
     BadImage {
         /// Index of the record in the loader's dataset.
         record: usize,
-        /// Why it could not be read; names the file.
-        source: ImageError,
+        /// Why it could not be read; names the file. (Not a `source`: the message already
+        /// holds it, and a chain would print it twice.)
+        cause: ImageError,
     },
     /// A worker thread stopped without sending its batch (it panicked).
     #[error("a loader thread stopped unexpectedly before batch {0}")]
@@ -320,7 +321,7 @@ fn build_batch(work: &Work, number: usize) -> Result<Batch, PipelineError> {
                 OnBadImage::Fail => {
                     return Err(PipelineError::BadImage {
                         record: r,
-                        source: e,
+                        cause: e,
                     })
                 }
                 OnBadImage::Skip => {

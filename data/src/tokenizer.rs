@@ -144,11 +144,22 @@ impl ClipTokenizer {
             file: file.clone(),
             reason: one_line(&e.to_string()),
         })?;
-        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Invalid {
-            file: file.clone(),
-            reason: one_line(&e.to_string()),
-        })?;
-        Self::validated(inner, &file)
+        // tokenizers 0.22.2 panics (an `expect` in `decoders/mod.rs`) on some malformed files.
+        let inner = crate::quiet::catch_quietly(|| Tokenizer::from_bytes(&bytes))
+            .map_err(|panic| TokenizerError::Invalid {
+                file: file.clone(),
+                reason: one_line(&panic),
+            })?
+            .map_err(|e| TokenizerError::Invalid {
+                file: file.clone(),
+                reason: one_line(&e.to_string()),
+            })?;
+        crate::quiet::catch_quietly(|| Self::validated(inner, &file)).unwrap_or_else(|panic| {
+            Err(TokenizerError::Invalid {
+                file: file.clone(),
+                reason: one_line(&panic),
+            })
+        })
     }
 
     fn validated(mut inner: Tokenizer, file: &str) -> Result<Self> {
@@ -191,6 +202,17 @@ impl ClipTokenizer {
             )));
         }
         Ok(Self { inner })
+    }
+
+    /// The tokenizer as `tokenizer.json` text (truncation and padding off), e.g. for an
+    /// exported model folder.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| TokenizerError::Invalid {
+                file: "<in memory>".to_string(),
+                reason: one_line(&e.to_string()),
+            })
     }
 
     /// Ids of `text`: `[49406, tokens..., 49407]`, unpadded. A sequence longer than

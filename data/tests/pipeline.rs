@@ -138,8 +138,8 @@ fn bad_images_are_skipped_and_counted_or_fail() {
     };
     let mut l = Loader::new(ds.clone(), pre, vec![(0..ds.len()).collect(), vec![0]], o);
     match l.next().unwrap() {
-        Err(PipelineError::BadImage { record, source }) => {
-            assert!(source.to_string().contains(&names[record]))
+        Err(PipelineError::BadImage { record, cause }) => {
+            assert!(cause.to_string().contains(&names[record]))
         }
         other => panic!("expected a bad-image error, got {other:?}"),
     }

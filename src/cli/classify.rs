@@ -100,12 +100,12 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::console::out_line(format_args!("{}", serde_json::to_string_pretty(&v)?));
     } else {
         for (img, top) in &results {
-            println!("{img}");
+            crate::console::out_line(format_args!("{img}"));
             for (l, p) in top {
-                println!("  {:6.2}%  {l}", p * 100.0);
+                crate::console::out_line(format_args!("  {:6.2}%  {l}", p * 100.0));
             }
         }
     }

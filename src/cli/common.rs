@@ -33,8 +33,9 @@ impl DeviceArgs {
 /// `--model`, `--arch`, `--tokenizer`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A model folder (Hugging Face CLIP layout, or written by `siam train`), or an
-    /// OpenAI/open_clip checkpoint file (.safetensors, .bin, .pt) together with --arch.
+    /// A model folder (Hugging Face CLIP layout, or written by `siam train`), an
+    /// OpenAI/open_clip checkpoint file (.safetensors, .bin, .pt) together with --arch, or a
+    /// Hub name hf:org/name[@revision] (downloaded into the Hugging Face cache).
     #[arg(long, short = 'm')]
     pub model: PathBuf,
     /// Architecture of a checkpoint file: a preset (ViT-B-32, ViT-B-16, ViT-L-14, RN50, tiny)
@@ -66,8 +67,15 @@ pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
         ProgressBar::new(len as u64)
     };
     pb.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {rate} ETA {eta}")
             .expect("a valid template")
+            // indicatif's {per_sec} prints every digit it has (`370.8121/s`).
+            .with_key(
+                "rate",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1}/s", s.per_sec());
+                },
+            )
             .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
@@ -90,9 +98,10 @@ pub fn read_lines(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
 #[derive(clap::Args, Debug, Clone)]
 pub struct DataArgs {
     /// A dataset: image folder, captions table (.csv/.tsv/.jsonl), Karpathy split JSON, CIFAR
-    /// batches folder, or webdataset .tar shard(s).
-    #[arg(long)]
-    pub data: PathBuf,
+    /// batches folder, or webdataset .tar shard(s). Only `siam eval --alphas` takes several
+    /// (the first is the in-domain set).
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
     /// Prompt templates for label texts: a preset (photo, imagenet7, cifar) or a file with one
     /// template per line, each with {} for the label.
     #[arg(long, default_value = "photo")]
@@ -106,22 +115,36 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    /// Opens the dataset.
+    /// Opens the dataset (the one `--data`).
     pub fn open(&self) -> anyhow::Result<siam_data::dataset::Dataset> {
+        anyhow::ensure!(
+            self.data.len() == 1,
+            "--data is given {} times; this command reads one dataset",
+            self.data.len()
+        );
+        self.open_path(&self.data[0])
+    }
+
+    /// Opens the dataset at `path` with these options.
+    pub fn open_path(&self, path: &std::path::Path) -> anyhow::Result<siam_data::dataset::Dataset> {
         let opts = siam_data::dataset::OpenOptions {
             seed: self.split_seed,
             templates: siam_data::templates::Templates::from_name_or_file(&self.templates)?,
             on_bad_image: self.on_bad_image,
             ..Default::default()
         };
-        Ok(siam_data::dataset::Dataset::open(&self.data, &opts)?)
+        let ds = siam_data::dataset::Dataset::open(path, &opts)?;
+        if let Some(line) = ds.missing_summary() {
+            crate::console::err_line(format_args!("{line}"));
+        }
+        Ok(ds)
     }
 }
 
 /// Prints the bad-image summary of a run, if any image was skipped.
 pub fn report_skipped(s: &siam_data::pipeline::BadImageSummary) {
     if s.count > 0 {
-        eprintln!(
+        crate::console::err_line(format_args!(
             "skipped {} unreadable image(s), first: {}",
             s.count,
             s.first
@@ -129,7 +152,7 @@ pub fn report_skipped(s: &siam_data::pipeline::BadImageSummary) {
                 .map(|(n, why)| format!("{n} ({why})"))
                 .collect::<Vec<_>>()
                 .join("; ")
-        );
+        ));
     }
 }
 

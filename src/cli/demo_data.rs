@@ -24,13 +24,27 @@ pub struct DemoDataArgs {
 pub fn run(args: DemoDataArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.per_class > 0, "--per-class must be at least 1");
     anyhow::ensure!(args.image_size >= 16, "--image-size must be at least 16");
-    let n =
-        siam_data::synthetic::write_demo(&args.out, args.per_class, args.image_size, args.seed)?;
-    eprintln!(
+    use crate::output::{command_line, OutputKind, OutputLock, DEMO_MARKER};
+    let _lock = OutputLock::acquire(&args.out, &command_line())?;
+    // Built under a temporary name and renamed; an existing folder is replaced only when it is
+    // an earlier demo-data output (its `siam-demo.json`).
+    let n = crate::io::atomic_dir(&args.out, OutputKind::DemoData, |tmp| {
+        let n = siam_data::synthetic::write_demo(tmp, args.per_class, args.image_size, args.seed)?;
+        let marker = serde_json::json!({
+            "format": "siam-demo",
+            "per_class": args.per_class,
+            "image_size": args.image_size,
+            "seed": args.seed,
+        });
+        crate::io::atomic_write_bytes(&tmp.join(DEMO_MARKER), marker.to_string().as_bytes())?;
+        Ok(n)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::console::err_line(format_args!(
         "wrote {n} images to {} (image folder: {}/images, captions table: {}/captions.csv)",
         args.out.display(),
         args.out.display(),
         args.out.display()
-    );
+    ));
     Ok(())
 }

@@ -8,7 +8,7 @@ use siam_data::dataset::OnBadImage;
 
 use super::common::{progress_bar, read_lines, report_skipped, DeviceArgs, ModelArgs};
 use crate::embed::{embed_image_files, embed_texts, expand_image_args};
-use crate::io::{atomic_write_bytes, write_npy};
+use crate::io::write_npy;
 
 /// Embed images or texts into the joint space.
 #[derive(clap::Args, Debug)]
@@ -43,6 +43,9 @@ pub struct EmbedArgs {
 
 /// Runs `siam embed`.
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
+    use crate::output::{check_replaceable, write_file, OutputKind};
+    check_replaceable(&args.out, OutputKind::Embeddings)?;
+    check_replaceable(&sidecar_path(&args.out), OutputKind::EmbeddingIds)?;
     // Resolve every input before loading the model, so bad input fails fast.
     let images = if args.images.is_empty() {
         Vec::new()
@@ -64,7 +67,14 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
             args.threads,
             args.on_bad_image,
             &mut |n| pb.set_position(n as u64),
-        )?;
+        )
+        .map_err(|e| match e {
+            // Only `embed` among the commands that stop on a bad image can skip one instead.
+            crate::embed::EmbedError::Image(_) => {
+                anyhow::anyhow!("{e} (use --on-bad-image skip to leave such images out)")
+            }
+            e => e.into(),
+        })?;
         pb.finish_and_clear();
         report_skipped(&e.skipped);
         let ids = e
@@ -85,12 +95,16 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     let sidecar = sidecar_path(&args.out);
     let json = serde_json::to_vec_pretty(&serde_json::json!({ "dim": dim, "ids": ids }))?;
     write_npy(&args.out, &data, rows, dim).with_context(|| "writing embeddings")?;
-    atomic_write_bytes(&sidecar, &json)?;
-    eprintln!(
+    // The sidecar marks the .npy as siam's; without it the pair is not left half written.
+    if let Err(e) = write_file(&sidecar, OutputKind::EmbeddingIds, &json) {
+        let _ = std::fs::remove_file(&args.out);
+        return Err(e.into());
+    }
+    crate::console::err_line(format_args!(
         "wrote {rows} x {dim} embeddings to {} (ids in {})",
         args.out.display(),
         sidecar.display()
-    );
+    ));
     Ok(())
 }
 

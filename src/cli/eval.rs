@@ -23,9 +23,14 @@ use crate::train::encoder::Encoder;
 /// Evaluate one model (or compare two) on a dataset split.
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// The model (folder, or checkpoint with --arch).
+    /// The model (folder, or checkpoint with --arch). With --alphas: twice, the zero-shot
+    /// model then the fine-tuned one.
     #[arg(long, short = 'm', required_unless_present = "compare")]
-    pub model: Option<PathBuf>,
+    pub model: Vec<PathBuf>,
+    /// WiSE-FT curve: zero-shot accuracy of the weight-space blends (1 - a) * M1 + a * M2 for
+    /// these alphas (e.g. 0,0.25,0.5,0.75,1) on every --data (the first is in-domain).
+    #[arg(long, value_delimiter = ',')]
+    pub alphas: Vec<f32>,
     /// Architecture for a bare checkpoint.
     #[arg(long)]
     pub arch: Option<String>,
@@ -74,8 +79,13 @@ pub struct EvalReport {
     pub texts: usize,
     /// Retrieval in both directions.
     pub retrieval: RetrievalReport,
-    /// Zero-shot classification (label datasets).
+    /// Zero-shot classification (label datasets), with the model folder's learned prompts when
+    /// it has them for every class.
     pub zero_shot: Option<ZeroShotReport>,
+    /// Zero-shot classification with the hand-written templates, when `zero_shot` used learned
+    /// prompts (side by side).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zero_shot_templates: Option<ZeroShotReport>,
     /// precision@1, R-precision, MAP@R of image embeddings (label datasets).
     pub neighbours: Option<NeighbourReport>,
     /// Linear probe (label datasets with a train split).
@@ -95,10 +105,24 @@ pub struct AnnRecall {
 
 /// Runs `siam eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    if !args.alphas.is_empty() {
+        return super::merge::alpha_curve(&args);
+    }
+    // Refuse to replace a user's file before any work starts.
+    if let Some(json) = &args.json {
+        use crate::output::{check_replaceable, OutputKind};
+        check_replaceable(json, OutputKind::EvalReport)?;
+        check_replaceable(&json.with_extension("png"), OutputKind::Plot)?;
+    }
     let ds = Arc::new(args.data.open()?);
     let records = split_records(&ds, &args.split)?;
     let device = args.device.open()?;
-    let models: Vec<PathBuf> = match &args.model {
+    anyhow::ensure!(
+        args.model.len() <= 1,
+        "--model is given {} times; compare two models with --compare M1 M2, or blend them with --alphas",
+        args.model.len()
+    );
+    let models: Vec<PathBuf> = match args.model.first() {
         Some(m) => vec![m.clone()],
         None => args.compare.clone(),
     };
@@ -119,14 +143,19 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         } else {
             serde_json::to_value(&reports)?
         };
-        crate::io::atomic_write_bytes(json, &serde_json::to_vec_pretty(&value)?)?;
+        let body = serde_json::to_vec_pretty(&value)?;
+        crate::output::write_file(json, crate::output::OutputKind::EvalReport, &body)?;
         let png = json.with_extension("png");
         let named: Vec<(&str, &RetrievalReport)> = reports
             .iter()
             .map(|r| (r.model.as_str(), &r.retrieval))
             .collect();
         recall_curves(&named, 10, &png)?;
-        eprintln!("wrote {} and {}", json.display(), png.display());
+        crate::console::err_line(format_args!(
+            "wrote {} and {}",
+            json.display(),
+            png.display()
+        ));
     }
     Ok(())
 }
@@ -151,6 +180,7 @@ pub fn evaluate(
     )?;
     let kept: Vec<usize> = img.kept.iter().map(|&i| records[i]).collect();
     let (texts, entries) = dataset_texts(enc, ds, &kept)?;
+    let mut zero_templates = None;
     let (retrieval, zero, neighbours, probe) = match ds.kind {
         DatasetKind::Labels => {
             let labels: Vec<usize> = kept
@@ -175,6 +205,12 @@ pub fn evaluate(
                 },
             )?;
             let zero = zero_shot(&img.data, &texts, d, &labels)?;
+            if crate::prompt::LearnedPrompts::of_encoder(enc)?
+                .is_some_and(|lp| lp.classes_of(&ds.labels).is_some())
+            {
+                let hand = super::index::template_class_texts(enc, ds)?;
+                zero_templates = Some(zero_shot(&img.data, &hand, d, &labels)?);
+            }
             let neighbours = if kept.len() > 1 {
                 Some(neighbour_metrics(&img.data, d, &labels)?)
             } else {
@@ -216,6 +252,7 @@ pub fn evaluate(
         texts: entries.len(),
         retrieval,
         zero_shot: zero,
+        zero_shot_templates: zero_templates,
         neighbours,
         linear_probe: probe,
         ann_recall_at_10: ann,
@@ -342,6 +379,20 @@ fn print_reports(reports: &[EvalReport]) {
     add("zero-shot top-1", &|r| {
         r.zero_shot.as_ref().map(|z| pct(z.top1))
     });
+    if reports.iter().any(|r| r.zero_shot_templates.is_some()) {
+        add("zero-shot top-1 (templates)", &|r| {
+            r.zero_shot_templates
+                .as_ref()
+                .or(r.zero_shot.as_ref())
+                .map(|z| pct(z.top1))
+        });
+        add("zero-shot top-1 (learned)", &|r| {
+            r.zero_shot_templates
+                .as_ref()
+                .and(r.zero_shot.as_ref())
+                .map(|z| pct(z.top1))
+        });
+    }
     add("zero-shot top-5", &|r| {
         r.zero_shot.as_ref().map(|z| pct(z.top5))
     });
@@ -362,12 +413,12 @@ fn print_reports(reports: &[EvalReport]) {
         r.ann_recall_at_10.as_ref().map(|a| pct(a.text_to_image))
     });
     let first = &reports[0];
-    println!(
+    crate::console::out_line(format_args!(
         "{} split of {}: {} images, {} texts (percent)",
         first.split, first.data, first.images, first.texts
-    );
+    ));
     if reports.len() > 1 {
-        println!(
+        crate::console::out_line(format_args!(
             "{:<26} {}",
             "",
             reports
@@ -376,12 +427,12 @@ fn print_reports(reports: &[EvalReport]) {
                 .map(|(i, _)| format!("  M{}", i + 1))
                 .collect::<Vec<_>>()
                 .join("    ")
-        );
+        ));
         for (i, r) in reports.iter().enumerate() {
-            println!("  M{} = {}", i + 1, r.model);
+            crate::console::out_line(format_args!("  M{} = {}", i + 1, r.model));
         }
     }
     for (name, vals) in rows {
-        println!("{name:<26} {}", vals.join("  "));
+        crate::console::out_line(format_args!("{name:<26} {}", vals.join("  ")));
     }
 }

@@ -72,16 +72,37 @@ pub fn split_records(ds: &Dataset, split: &str) -> anyhow::Result<Vec<usize>> {
     if split == "all" {
         return Ok((0..ds.len()).collect());
     }
-    let s: Split = split.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let s: Split = split.parse().map_err(|_: String| {
+        anyhow::anyhow!("--split {split:?}: expected all, train, val or test")
+    })?;
     let idx = ds.indices_of(s);
     if idx.is_empty() {
         let (tr, va, te) = ds.split_counts();
+        // The dataset's own name (a table's root is its folder, empty in the working folder).
+        let name = if ds.name.is_empty() {
+            ds.root.display().to_string()
+        } else {
+            ds.name.clone()
+        };
         anyhow::bail!(
-            "{}: the dataset has no {split} split (train {tr}, val {va}, test {te} images)",
-            ds.root.display()
+            "{name}: the dataset has no {split} split (train {tr}, val {va}, test {te} images); use --split all, or a split it has"
         );
     }
     Ok(idx)
+}
+
+/// One embedding per class of a label dataset from its prompt texts (the dataset's templates),
+/// ensembled and re-normalised; row-major `classes x d`.
+pub fn template_class_texts(enc: &Encoder, ds: &Dataset) -> anyhow::Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(ds.labels.len() * enc.dim());
+    for c in 0..ds.labels.len() {
+        let prompts: Vec<&str> = ds.label_texts[c]
+            .iter()
+            .map(|&t| ds.texts[t].as_str())
+            .collect();
+        out.extend(ensemble(enc, &prompts)?);
+    }
+    Ok(out)
 }
 
 /// Label datasets: one ensembled embedding per class (mean of its prompt-text embeddings,
@@ -91,24 +112,20 @@ pub fn dataset_texts(
     ds: &Dataset,
     records: &[usize],
 ) -> anyhow::Result<(Vec<f32>, Vec<TextEntry>)> {
-    let d = enc.dim();
     match ds.kind {
         DatasetKind::Labels => {
-            let mut out = Vec::with_capacity(ds.labels.len() * d);
-            let mut entries = Vec::new();
-            for (c, label) in ds.labels.iter().enumerate() {
-                let prompts: Vec<&str> = ds.label_texts[c]
-                    .iter()
-                    .map(|&t| ds.texts[t].as_str())
-                    .collect();
-                out.extend(ensemble(enc, &prompts)?);
-                entries.push(TextEntry {
-                    text: label.clone(),
+            let entries = (0..ds.labels.len())
+                .map(|c| TextEntry {
+                    text: ds.labels[c].clone(),
                     image: None,
                     label: Some(c),
-                });
+                })
+                .collect();
+            // A model folder's learned prompts (siam train --prompt) replace the templates.
+            if let Some(v) = crate::prompt::learned_class_embeddings(enc, &ds.labels)? {
+                return Ok((v, entries));
             }
-            Ok((out, entries))
+            Ok((template_class_texts(enc, ds)?, entries))
         }
         DatasetKind::Captions => {
             let mut entries = Vec::new();
@@ -177,7 +194,7 @@ pub fn build_index(
         fingerprint,
     };
     let counts = (index.manifest().images, index.manifest().texts);
-    crate::io::atomic_dir(out, |tmp| {
+    crate::io::atomic_dir(out, crate::output::OutputKind::IndexFolder, |tmp| {
         index.save(&hnsw_dir(tmp))?;
         crate::io::atomic_write_bytes(
             &tmp.join("model.json"),
@@ -191,6 +208,9 @@ pub fn build_index(
 
 /// Runs `siam index`.
 pub fn run(args: IndexArgs) -> anyhow::Result<()> {
+    use crate::output::{check_replaceable, command_line, OutputKind, OutputLock};
+    check_replaceable(&args.out, OutputKind::IndexFolder)?;
+    let _lock = OutputLock::acquire(&args.out, &command_line())?;
     let ds = Arc::new(args.data.open()?);
     let records = split_records(&ds, &args.split)?;
     let device = args.device.open()?;
@@ -212,9 +232,9 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
         args.batch_size,
         args.threads,
     )?;
-    eprintln!(
+    crate::console::err_line(format_args!(
         "indexed {ni} images and {nt} texts in {}",
         args.out.display()
-    );
+    ));
     Ok(())
 }

@@ -121,12 +121,12 @@ fn print_results(results: &[(String, Vec<Hit>)], json: bool) -> anyhow::Result<(
             .iter()
             .map(|(q, hits)| serde_json::json!({ "query": q, "hits": hits }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::console::out_line(format_args!("{}", serde_json::to_string_pretty(&v)?));
     } else {
         for (q, hits) in results {
-            println!("{q}");
+            crate::console::out_line(format_args!("{q}"));
             for h in hits {
-                println!("  {:.4}  {}", h.score, h.name);
+                crate::console::out_line(format_args!("  {:.4}  {}", h.score, h.name));
             }
         }
     }

@@ -42,9 +42,10 @@ pub struct TrainArgs {
     #[arg(long, short = 'o', default_value = "siam-model")]
     pub out: PathBuf,
     /// Loss: contrastive, pairwise, triplet, multi-similarity or sigmoid (SigLIP: learnable
-    /// logit scale from ln 10 and bias from -10, saved in checkpoints).
-    #[arg(long, default_value = "triplet")]
-    pub loss: String,
+    /// logit scale from ln 10 and bias from -10, saved in checkpoints); default triplet; with
+    /// --prompt, CoOp's cross-entropy over the class prompts.
+    #[arg(long)]
+    pub loss: Option<String>,
     /// Miner: all, hard, semihard, max-violation, distance-weighted, multi-similarity, none
     /// (default: the loss's usual miner).
     #[arg(long)]
@@ -168,6 +169,8 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    #[command(flatten)]
+    pub prompt: super::prompt::PromptArgs,
 }
 
 impl TrainArgs {
@@ -183,7 +186,7 @@ impl TrainArgs {
             demo_per_class: DEMO_PER_CLASS,
             out: self.out.clone(),
             loss: LossSettings {
-                loss: self.loss.clone(),
+                loss: self.loss.clone().unwrap_or_else(|| "triplet".into()),
                 miner: self.miner.clone(),
                 margin: self.margin,
                 pos_margin: self.pos_margin,
@@ -246,7 +249,9 @@ impl Console {
     fn line(&self, s: &str) {
         match &self.bar {
             Some(b) if !b.is_hidden() => b.println(s),
-            _ => eprintln!("{s}"),
+            _ => {
+                crate::console::err_line(format_args!("{s}"));
+            }
         }
     }
 }
@@ -315,7 +320,24 @@ impl Observer for Console {
 
 /// Runs `siam train`.
 pub fn run(args: TrainArgs) -> Result<()> {
+    if args.prompt.prompt.is_some() {
+        return super::prompt::run(&args);
+    }
+    anyhow::ensure!(
+        args.prompt.weight_by.is_none(),
+        "--weight-by confidence weights CoOp's cross-entropy; use it with --prompt coop:N"
+    );
     let cfg = args.config()?;
+    {
+        use crate::output::{check_replaceable, OutputKind};
+        check_replaceable(&cfg.out, OutputKind::TrainRun)?;
+        if let Some(p) = &args.report {
+            check_replaceable(p, OutputKind::TrainReport)?;
+        }
+    }
+    // Held until the model, the index and the report are written; a second writer of the same
+    // folder (a fresh run or a --resume) is refused while this process lives.
+    let _lock = crate::output::OutputLock::acquire(&cfg.out, &crate::output::command_line())?;
     let spec: DeviceSpec = args.device.parse()?;
     let backend = args
         .backend
@@ -329,10 +351,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .then(|| siam_data::synthetic::demo(cfg.demo_per_class, DEMO_IMAGE_SIZE, cfg.seed));
     let index_data = demo.clone();
     if cfg.data.is_none() {
-        eprintln!(
+        crate::console::err_line(format_args!(
             "no --data: training on the synthetic shapes demo set ({} labels x {} images)",
             12, cfg.demo_per_class
-        );
+        ));
     }
     let mut console = Console {
         bar: None,
@@ -349,9 +371,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     if let Some(p) = &args.report {
         let json = serde_json::to_vec_pretty(&report)?;
-        crate::io::atomic_write_bytes(p, &json)
+        crate::output::write_file(p, crate::output::OutputKind::TrainReport, &json)
             .with_context(|| format!("writing --report {}", p.display()))?;
-        eprintln!("report: {}", p.display());
+        crate::console::err_line(format_args!("report: {}", p.display()));
     }
     Ok(())
 }
@@ -388,39 +410,41 @@ fn index_output(
         64,
         cfg.threads.max(1),
     )?;
-    eprintln!(
+    crate::console::err_line(format_args!(
         "index: {ni} images and {nt} texts in {} (try `siam query --index {} --text \"a large red circle on a white background\"`)",
         out.display(),
         cfg.out.display()
-    );
+    ));
     Ok(())
 }
 
 fn summarise(r: &TrainReport) {
     if !r.finished {
-        eprintln!(
+        crate::console::err_line(format_args!(
             "stopped after {} steps (--max-steps); continue with --resume (checkpoint in {})",
             r.steps,
             r.output.join("checkpoint").display()
-        );
+        ));
         return;
     }
     if let crate::train::folder::InitialWeights::Random { arch, .. } = &r.initial_weights {
-        eprintln!("note: {arch} was trained from RANDOM initial weights (no checkpoint given)");
+        crate::console::err_line(format_args!(
+            "note: {arch} was trained from RANDOM initial weights (no checkpoint given)"
+        ));
     }
     if let (Some(b), Some(a)) = (&r.before, &r.after) {
         for k in ["i2t_r1", "t2i_r1"] {
             if let (Some(x), Some(y)) = (b.get(k), a.get(k)) {
-                eprintln!(
+                crate::console::err_line(format_args!(
                     "{}: {:.3} before -> {:.3} after",
                     k.replace("_r", " recall@"),
                     x,
                     y
-                );
+                ));
             }
         }
     }
-    eprintln!(
+    crate::console::err_line(format_args!(
         "{} steps in {:.1} s ({:.0} pairs/s, {:.1} images/s); model (epoch {}) written to {}",
         r.steps,
         r.train_seconds,
@@ -428,5 +452,5 @@ fn summarise(r: &TrainReport) {
         r.images_per_second,
         r.kept_epoch,
         r.output.display()
-    );
+    ));
 }

@@ -50,6 +50,18 @@ pub enum ConfigError {
         /// Its value in the file.
         value: String,
     },
+    /// A field outside the range a model can be built with.
+    #[error("{source_name}: {field} = {value} is invalid (allowed: {allowed})")]
+    OutOfRange {
+        /// Where the config came from (the file).
+        source_name: String,
+        /// The field, as spelled in the file.
+        field: String,
+        /// Its value.
+        value: String,
+        /// The allowed range.
+        allowed: String,
+    },
     /// Sizes that cannot build a model (e.g. a width not divisible by the heads).
     #[error("{source_name}: inconsistent architecture: {why}")]
     Invalid {
@@ -381,30 +393,19 @@ impl ClipConfig {
             what: "open_clip model config",
             why: e.to_string(),
         })?;
+        // A Hub repo's open_clip_config.json nests the model config under "model_cfg".
+        let v = v.get("model_cfg").cloned().unwrap_or(v);
         Self::from_open_clip_value(&v, path)
     }
 
     /// [`ClipConfig::from_open_clip_json`] on an already parsed value; `path` names it in errors.
     pub fn from_open_clip_value(v: &serde_json::Value, path: &Path) -> Result<Self> {
-        let parse_err = |why: String| ConfigError::Parse {
-            path: path.to_path_buf(),
-            what: "open_clip model config",
-            why,
-        };
-        let unsupported = |key: &str, value: &serde_json::Value| ConfigError::Unsupported {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            value: value.to_string(),
-        };
+        let parse_err = open_clip_parse_err(path);
         let obj = v
             .as_object()
             .ok_or_else(|| parse_err("not a JSON object".into()))?;
-        let embed_dim = get_usize(obj, "embed_dim", None).map_err(parse_err)?;
-        let quick = obj
-            .get("quick_gelu")
-            .and_then(|q| q.as_bool())
-            .unwrap_or(false);
-        let act = if quick {
+        let embed_dim = get_usize(obj, "embed_dim", None).map_err(&parse_err)?;
+        let act = if obj.get("quick_gelu").and_then(|q| q.as_bool()) == Some(true) {
             Activation::QuickGelu
         } else {
             Activation::Gelu
@@ -418,137 +419,11 @@ impl ClipConfig {
             .get("text_cfg")
             .and_then(|x| x.as_object())
             .unwrap_or(&empty);
-
-        // Keys whose non-default values change the architecture we would build.
-        let check_default = |cfg: &serde_json::Map<String, serde_json::Value>,
-                             prefix: &str,
-                             key: &str,
-                             ok: &dyn Fn(&serde_json::Value) -> bool|
-         -> Result<()> {
-            match cfg.get(key) {
-                Some(val) if !ok(val) => Err(unsupported(&format!("{prefix}.{key}"), val)),
-                _ => Ok(()),
-            }
-        };
-        let is_null = |x: &serde_json::Value| x.is_null();
-        let is_false = |x: &serde_json::Value| x.as_bool() == Some(false) || x.is_null();
-        let is_zero = |x: &serde_json::Value| x.as_f64() == Some(0.0) || x.is_null();
-        for key in [
-            "timm_model_name",
-            "ls_init_value",
-            "act_kwargs",
-            "norm_kwargs",
-        ] {
-            check_default(vc, "vision_cfg", key, &is_null)?;
-        }
-        for key in [
-            "attentional_pool",
-            "no_ln_pre",
-            "final_ln_after_pool",
-            "qk_norm",
-            "scaled_cosine_attn",
-            "scale_heads",
-            "scale_attn_inner",
-            "scale_attn",
-            "scale_fc",
-        ] {
-            check_default(vc, "vision_cfg", key, &is_false)?;
-        }
-        check_default(vc, "vision_cfg", "pool_type", &|x| {
-            x.as_str() == Some("tok")
-        })?;
-        check_default(vc, "vision_cfg", "pos_embed_type", &|x| {
-            x.as_str() == Some("learnable")
-        })?;
-        check_default(vc, "vision_cfg", "patch_dropout", &is_zero)?;
-        for key in [
-            "hf_model_name",
-            "ls_init_value",
-            "act_kwargs",
-            "norm_kwargs",
-        ] {
-            check_default(tc, "text_cfg", key, &is_null)?;
-        }
-        for key in [
-            "embed_cls",
-            "no_causal_mask",
-            "final_ln_after_pool",
-            "proj_bias",
-            "qk_norm",
-            "scaled_cosine_attn",
-            "scale_heads",
-            "scale_attn_inner",
-            "scale_attn",
-            "scale_fc",
-        ] {
-            check_default(tc, "text_cfg", key, &is_false)?;
-        }
-        check_default(tc, "text_cfg", "pool_type", &|x| {
-            x.as_str() == Some("argmax")
-        })?;
-        check_default(tc, "text_cfg", "proj_type", &|x| {
-            x.as_str() == Some("linear")
-        })?;
-
-        let head_width = get_usize(vc, "head_width", Some(64)).map_err(parse_err)?;
-        let image_size = match vc.get("image_size") {
-            Some(serde_json::Value::Array(a)) => {
-                let sides: Vec<_> = a.iter().filter_map(|x| x.as_u64()).collect();
-                if sides.len() != 2 || sides[0] != sides[1] {
-                    return Err(unsupported("vision_cfg.image_size", &vc["image_size"]));
-                }
-                sides[0] as usize
-            }
-            _ => get_usize(vc, "image_size", Some(224)).map_err(parse_err)?,
-        };
-        let width = get_usize(vc, "width", Some(768)).map_err(parse_err)?;
-        let vision = match vc.get("layers") {
-            Some(serde_json::Value::Array(a)) => {
-                let l: Vec<usize> = a
-                    .iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as usize)
-                    .collect();
-                if l.len() != 4 {
-                    return Err(parse_err(
-                        "vision_cfg.layers must hold 4 stage depths".into(),
-                    ));
-                }
-                VisionConfig::ResNet(ResNetVisionConfig {
-                    image_size,
-                    layers: [l[0], l[1], l[2], l[3]],
-                    width,
-                    heads: width * 32 / head_width,
-                })
-            }
-            _ => {
-                let mlp_ratio = get_f64(vc, "mlp_ratio", 4.0).map_err(parse_err)?;
-                VisionConfig::Vit(VitConfig {
-                    image_size,
-                    patch_size: get_usize(vc, "patch_size", Some(16)).map_err(parse_err)?,
-                    width,
-                    layers: get_usize(vc, "layers", Some(12)).map_err(parse_err)?,
-                    heads: width / head_width,
-                    mlp_width: (width as f64 * mlp_ratio) as usize,
-                    activation: act,
-                })
-            }
-        };
-        let t_width = get_usize(tc, "width", Some(512)).map_err(parse_err)?;
-        let t_ratio = get_f64(tc, "mlp_ratio", 4.0).map_err(parse_err)?;
-        let text = TextConfig {
-            context_length: get_usize(tc, "context_length", Some(77)).map_err(parse_err)?,
-            vocab_size: get_usize(tc, "vocab_size", Some(49408)).map_err(parse_err)?,
-            width: t_width,
-            heads: get_usize(tc, "heads", Some(8)).map_err(parse_err)?,
-            layers: get_usize(tc, "layers", Some(12)).map_err(parse_err)?,
-            mlp_width: (t_width as f64 * t_ratio) as usize,
-            activation: act,
-        };
+        refuse_nonstandard_open_clip(vc, tc, path)?;
         let c = Self {
             embed_dim,
-            vision,
-            text,
+            vision: open_clip_vision(vc, act, path)?,
+            text: open_clip_text(tc, act, path)?,
             layer_norm_eps: 1e-5,
         };
         c.validate(&path.display().to_string())?;
@@ -648,63 +523,88 @@ impl ClipConfig {
         Ok(c)
     }
 
-    /// Checks that the sizes can build a model.
+    /// Checks that the sizes can build a model: every size at least 1 (and at most 2^20), the
+    /// ViT image side a multiple of its patch side, widths divisible by their heads, the
+    /// LayerNorm epsilon finite and positive. Errors name `source_name` (the file), the field
+    /// and the allowed range. Every path that reads a config (presets, open_clip JSON, Hugging
+    /// Face `config.json`, `siam.json`) ends here.
     pub fn validate(&self, source_name: &str) -> Result<()> {
+        let src = source_name;
         let bad = |why: String| {
             Err(ConfigError::Invalid {
-                source_name: source_name.to_string(),
+                source_name: src.to_string(),
                 why,
             })
         };
-        if self.embed_dim == 0 {
-            return bad("embed_dim is 0".into());
-        }
+        positive(src, "embed_dim", self.embed_dim)?;
+        positive_f64(src, "layer_norm_eps", self.layer_norm_eps)?;
         match &self.vision {
             VisionConfig::Vit(v) => {
-                if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+                for (field, value) in [
+                    ("vision.image_size", v.image_size),
+                    ("vision.patch_size", v.patch_size),
+                    ("vision.width", v.width),
+                    ("vision.layers", v.layers),
+                    ("vision.heads", v.heads),
+                    ("vision.mlp_width", v.mlp_width),
+                ] {
+                    positive(src, field, value)?;
+                }
+                if v.image_size % v.patch_size != 0 {
                     return bad(format!(
-                        "image_size {} is not a multiple of patch_size {}",
+                        "vision.image_size {} is not a multiple of vision.patch_size {}",
                         v.image_size, v.patch_size
                     ));
                 }
-                if v.heads == 0 || v.width % v.heads != 0 {
+                if v.width % v.heads != 0 {
                     return bad(format!(
-                        "vision width {} not divisible by {} heads",
+                        "vision.width {} not divisible by {} vision.heads",
                         v.width, v.heads
                     ));
                 }
             }
             VisionConfig::ResNet(r) => {
-                if r.width < 2 || r.width % 2 != 0 {
-                    return bad(format!(
-                        "ResNet width {} must be even and positive",
-                        r.width
-                    ));
+                for (i, &l) in r.layers.iter().enumerate() {
+                    positive(src, &format!("vision.layers[{i}]"), l)?;
                 }
-                if r.image_size == 0 || r.image_size % 32 != 0 {
+                positive(src, "vision.heads", r.heads)?;
+                in_range(src, "vision.width", r.width, 2, MAX_SIZE / 32)?;
+                in_range(src, "vision.image_size", r.image_size, 32, MAX_SIZE)?;
+                if r.width % 2 != 0 {
+                    return bad(format!("ResNet vision.width {} must be even", r.width));
+                }
+                if r.image_size % 32 != 0 {
                     return bad(format!(
-                        "ResNet image_size {} is not a multiple of 32",
+                        "ResNet vision.image_size {} is not a multiple of 32",
                         r.image_size
                     ));
                 }
                 let d = r.width * 32;
-                if r.heads == 0 || d % r.heads != 0 {
+                if d % r.heads != 0 {
                     return bad(format!(
-                        "attention-pool width {d} not divisible by {} heads",
+                        "attention-pool width {d} not divisible by {} vision.heads",
                         r.heads
                     ));
                 }
             }
         }
         let t = &self.text;
-        if t.heads == 0 || t.width % t.heads != 0 {
+        for (field, value) in [
+            ("text.vocab_size", t.vocab_size),
+            ("text.width", t.width),
+            ("text.heads", t.heads),
+            ("text.layers", t.layers),
+            ("text.mlp_width", t.mlp_width),
+        ] {
+            positive(src, field, value)?;
+        }
+        // Start and end tokens need two positions.
+        in_range(src, "text.context_length", t.context_length, 2, MAX_SIZE)?;
+        if !t.width.is_multiple_of(t.heads) {
             return bad(format!(
-                "text width {} not divisible by {} heads",
+                "text.width {} not divisible by {} text.heads",
                 t.width, t.heads
             ));
-        }
-        if t.context_length == 0 || t.vocab_size == 0 {
-            return bad("text context_length and vocab_size must be positive".into());
         }
         Ok(())
     }
@@ -714,6 +614,214 @@ fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
+    })
+}
+
+type JsonMap = serde_json::Map<String, serde_json::Value>;
+
+fn open_clip_parse_err(path: &Path) -> impl Fn(String) -> ConfigError + '_ {
+    move |why| ConfigError::Parse {
+        path: path.to_path_buf(),
+        what: "open_clip model config",
+        why,
+    }
+}
+
+/// Refuses, by name, open_clip settings whose non-default values change the architecture
+/// beyond the standard CLIP towers (timm or HF towers, layer scale, attentional pooling, ...).
+fn refuse_nonstandard_open_clip(vc: &JsonMap, tc: &JsonMap, path: &Path) -> Result<()> {
+    type Accept = fn(&serde_json::Value) -> bool;
+    fn is_null(x: &serde_json::Value) -> bool {
+        x.is_null()
+    }
+    fn is_false(x: &serde_json::Value) -> bool {
+        x.as_bool() == Some(false) || x.is_null()
+    }
+    fn is_zero(x: &serde_json::Value) -> bool {
+        x.as_f64() == Some(0.0) || x.is_null()
+    }
+    fn is_tok(x: &serde_json::Value) -> bool {
+        x.as_str() == Some("tok")
+    }
+    fn is_learnable(x: &serde_json::Value) -> bool {
+        x.as_str() == Some("learnable")
+    }
+    fn is_argmax(x: &serde_json::Value) -> bool {
+        x.as_str() == Some("argmax")
+    }
+    fn is_linear(x: &serde_json::Value) -> bool {
+        x.as_str() == Some("linear")
+    }
+    let vision: [(&str, Accept); 16] = [
+        ("timm_model_name", is_null),
+        ("ls_init_value", is_null),
+        ("act_kwargs", is_null),
+        ("norm_kwargs", is_null),
+        ("attentional_pool", is_false),
+        ("no_ln_pre", is_false),
+        ("final_ln_after_pool", is_false),
+        ("qk_norm", is_false),
+        ("scaled_cosine_attn", is_false),
+        ("scale_heads", is_false),
+        ("scale_attn_inner", is_false),
+        ("scale_attn", is_false),
+        ("scale_fc", is_false),
+        ("pool_type", is_tok),
+        ("pos_embed_type", is_learnable),
+        ("patch_dropout", is_zero),
+    ];
+    let text: [(&str, Accept); 16] = [
+        ("hf_model_name", is_null),
+        ("ls_init_value", is_null),
+        ("act_kwargs", is_null),
+        ("norm_kwargs", is_null),
+        ("embed_cls", is_false),
+        ("no_causal_mask", is_false),
+        ("final_ln_after_pool", is_false),
+        ("proj_bias", is_false),
+        ("qk_norm", is_false),
+        ("scaled_cosine_attn", is_false),
+        ("scale_heads", is_false),
+        ("scale_attn_inner", is_false),
+        ("scale_attn", is_false),
+        ("scale_fc", is_false),
+        ("pool_type", is_argmax),
+        ("proj_type", is_linear),
+    ];
+    for (cfg, prefix, rules) in [(vc, "vision_cfg", &vision), (tc, "text_cfg", &text)] {
+        for (key, ok) in rules {
+            if let Some(val) = cfg.get(*key).filter(|v| !ok(v)) {
+                return Err(ConfigError::Unsupported {
+                    path: path.to_path_buf(),
+                    key: format!("{prefix}.{key}"),
+                    value: val.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// open_clip's `vision_cfg.image_size`: an integer, or a square `[side, side]`.
+fn open_clip_image_size(vc: &JsonMap, path: &Path) -> Result<usize> {
+    match vc.get("image_size") {
+        Some(serde_json::Value::Array(a)) => {
+            let sides: Vec<_> = a.iter().filter_map(|x| x.as_u64()).collect();
+            if sides.len() != 2 || sides[0] != sides[1] {
+                return Err(ConfigError::Unsupported {
+                    path: path.to_path_buf(),
+                    key: "vision_cfg.image_size".into(),
+                    value: vc["image_size"].to_string(),
+                });
+            }
+            Ok(sides[0] as usize)
+        }
+        _ => get_usize(vc, "image_size", Some(224)).map_err(open_clip_parse_err(path)),
+    }
+}
+
+/// `vision_cfg` with open_clip's `CLIPVisionCfg` defaults: a ModifiedResNet when `layers` is
+/// a list of 4 stage depths, else a ViT (head_width 64, mlp_ratio 4.0, patch_size 16).
+fn open_clip_vision(vc: &JsonMap, act: Activation, path: &Path) -> Result<VisionConfig> {
+    let parse_err = open_clip_parse_err(path);
+    let head_width = get_usize(vc, "head_width", Some(64)).map_err(&parse_err)?;
+    positive(
+        &path.display().to_string(),
+        "vision_cfg.head_width",
+        head_width,
+    )?;
+    let image_size = open_clip_image_size(vc, path)?;
+    let width = get_usize(vc, "width", Some(768)).map_err(&parse_err)?;
+    if let Some(serde_json::Value::Array(a)) = vc.get("layers") {
+        let l: Vec<usize> = a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as usize)
+            .collect();
+        let [l0, l1, l2, l3] = l[..] else {
+            return Err(parse_err(
+                "vision_cfg.layers must hold 4 stage depths".into(),
+            ));
+        };
+        return Ok(VisionConfig::ResNet(ResNetVisionConfig {
+            image_size,
+            layers: [l0, l1, l2, l3],
+            width,
+            heads: width.saturating_mul(32) / head_width,
+        }));
+    }
+    let mlp_ratio = get_f64(vc, "mlp_ratio", 4.0).map_err(&parse_err)?;
+    Ok(VisionConfig::Vit(VitConfig {
+        image_size,
+        patch_size: get_usize(vc, "patch_size", Some(16)).map_err(&parse_err)?,
+        width,
+        layers: get_usize(vc, "layers", Some(12)).map_err(&parse_err)?,
+        heads: width / head_width,
+        mlp_width: scaled(width, mlp_ratio),
+        activation: act,
+    }))
+}
+
+/// `text_cfg` with open_clip's `CLIPTextCfg` defaults (context 77, vocab 49408, width 512,
+/// 8 heads, 12 layers, mlp_ratio 4.0).
+fn open_clip_text(tc: &JsonMap, act: Activation, path: &Path) -> Result<TextConfig> {
+    let parse_err = open_clip_parse_err(path);
+    let width = get_usize(tc, "width", Some(512)).map_err(&parse_err)?;
+    let ratio = get_f64(tc, "mlp_ratio", 4.0).map_err(&parse_err)?;
+    Ok(TextConfig {
+        context_length: get_usize(tc, "context_length", Some(77)).map_err(&parse_err)?,
+        vocab_size: get_usize(tc, "vocab_size", Some(49408)).map_err(&parse_err)?,
+        width,
+        heads: get_usize(tc, "heads", Some(8)).map_err(&parse_err)?,
+        layers: get_usize(tc, "layers", Some(12)).map_err(&parse_err)?,
+        mlp_width: scaled(width, ratio),
+        activation: act,
+    })
+}
+
+/// `width * ratio` as open_clip computes the MLP width (`int(width * mlp_ratio)`); a negative
+/// or non-finite ratio gives 0, which validation then refuses.
+fn scaled(width: usize, ratio: f64) -> usize {
+    let v = width as f64 * ratio;
+    if v.is_finite() && v > 0.0 {
+        v.min(usize::MAX as f64) as usize
+    } else {
+        0
+    }
+}
+
+/// Largest size any field may take: far above every published CLIP, low enough that no
+/// allocation derived from it overflows.
+const MAX_SIZE: usize = 1 << 20;
+
+/// `Ok` when `1 <= value <= MAX_SIZE`, else [`ConfigError::OutOfRange`] naming the field.
+pub fn positive(source_name: &str, field: &str, value: usize) -> Result<()> {
+    in_range(source_name, field, value, 1, MAX_SIZE)
+}
+
+/// `Ok` when `lo <= value <= hi`, else [`ConfigError::OutOfRange`] naming the field.
+pub fn in_range(source_name: &str, field: &str, value: usize, lo: usize, hi: usize) -> Result<()> {
+    if (lo..=hi).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::OutOfRange {
+        source_name: source_name.to_string(),
+        field: field.to_string(),
+        value: value.to_string(),
+        allowed: format!("{lo} to {hi}"),
+    })
+}
+
+/// `Ok` when `value` is finite and `> 0`, else [`ConfigError::OutOfRange`] naming the field.
+pub fn positive_f64(source_name: &str, field: &str, value: f64) -> Result<()> {
+    if value.is_finite() && value > 0.0 {
+        return Ok(());
+    }
+    Err(ConfigError::OutOfRange {
+        source_name: source_name.to_string(),
+        field: field.to_string(),
+        value: value.to_string(),
+        allowed: "a finite number above 0".into(),
     })
 }
 

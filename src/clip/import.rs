@@ -38,6 +38,12 @@ use std::sync::Arc;
 pub const SIAM_CONFIG: &str = "siam.json";
 /// Name of the weights file inside a model folder.
 pub const WEIGHTS: &str = "model.safetensors";
+/// The config of an open_clip folder (`{"model_cfg": ..., "preprocess_cfg": ...}`, as open_clip's
+/// `push_to_hf_hub` writes it).
+pub const OPEN_CLIP_CONFIG: &str = "open_clip_config.json";
+/// The weights of an open_clip folder, safetensors first.
+pub const OPEN_CLIP_WEIGHTS: [&str; 2] =
+    ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"];
 
 /// How to turn OpenAI's TorchScript download into a state dict.
 const TORCHSCRIPT_FIX: &str = "convert it to a state dict with `python -c \"import torch, clip; m, _ = clip.load('ViT-B/32', device='cpu', jit=False); torch.save(m.state_dict(), 'ViT-B-32.pt')\"` (pip install clip-anytorch; use your model's name), or with open_clip: `python -c \"import torch, open_clip; m, _, _ = open_clip.create_model_and_transforms('ViT-B-32-quickgelu', pretrained='openai'); torch.save(m.state_dict(), 'ViT-B-32.pt')\"`, then pass that file with --arch ViT-B-32-quickgelu";
@@ -99,14 +105,14 @@ pub enum ImportError {
         sample: String,
     },
     /// The file's keys do not match the architecture.
-    #[error("{path}: checkpoint does not match the {arch} architecture: {details}")]
+    #[error("{}: checkpoint does not match the {arch} architecture: {details}", path.display())]
     KeyMismatch {
-        /// The file.
-        path: PathBuf,
+        /// The file. (Boxed, like `arch` and `details`, to keep [`ImportError`] small.)
+        path: Box<Path>,
         /// Which architecture was expected.
-        arch: String,
+        arch: Box<str>,
         /// Missing, unexpected and mis-shaped keys, listed.
-        details: String,
+        details: Box<str>,
         /// Keys the model needs that the file lacks.
         missing: Vec<String>,
         /// Keys of the file the model has no place for.
@@ -125,7 +131,7 @@ pub enum ImportError {
         dtype: String,
     },
     /// A folder that is no model folder.
-    #[error("{path}: not a model folder: expected {SIAM_CONFIG} (siam) or config.json (Hugging Face) with model.safetensors or pytorch_model.bin")]
+    #[error("{path}: not a model folder: expected {SIAM_CONFIG} (siam) or config.json (Hugging Face) with model.safetensors or pytorch_model.bin, or open_clip_config.json with open_clip_model.safetensors or open_clip_pytorch_model.bin")]
     NotAModelFolder {
         /// The folder.
         path: PathBuf,
@@ -138,6 +144,10 @@ pub enum ImportError {
         /// burn-store's messages.
         errors: String,
     },
+    /// A `hf:` model name could not be resolved to files in the Hugging Face cache (boxed: it
+    /// is large and rare).
+    #[error(transparent)]
+    Hub(Box<crate::hub::HubError>),
     /// Writing a model folder failed.
     #[error("{path}: could not save the model: {why}")]
     Save {
@@ -286,7 +296,7 @@ fn open_source(path: &Path) -> Result<Source> {
     if n == 8 {
         let len = u64::from_le_bytes(magic.try_into().expect("8 bytes"));
         let file_len = f.metadata().map_err(io_err(path))?.len();
-        if len > 1 && len + 8 <= file_len {
+        if len > 1 && len.checked_add(8).is_some_and(|end| end <= file_len) {
             let mut first = [0u8; 1];
             f.read_exact(&mut first).map_err(io_err(path))?;
             if first[0] == b'{' {
@@ -339,6 +349,12 @@ fn open_safetensors(path: &Path, header_len: usize, file_len: u64) -> Result<Sou
         format: "safetensors",
         why,
     };
+    // The safetensors format caps its JSON header at 100 MB (`safetensors` crate, MAX_HEADER_SIZE).
+    if header_len > 100_000_000 {
+        return Err(corrupt(format!(
+            "header length {header_len} exceeds the format's 100 MB limit"
+        )));
+    }
     let file = Arc::new(File::open(path).map_err(io_err(path))?);
     let mut header = vec![0u8; header_len];
     file.read_exact_at(&mut header, 8).map_err(io_err(path))?;
@@ -350,6 +366,9 @@ fn open_safetensors(path: &Path, header_len: usize, file_len: u64) -> Result<Sou
     for (name, info) in header {
         if name == "__metadata__" {
             continue;
+        }
+        if !info.is_object() {
+            return Err(corrupt(format!("{name}: entry is not an object")));
         }
         let dtype_s = info["dtype"].as_str().unwrap_or("?").to_string();
         let shape: Vec<usize> = info["shape"]
@@ -373,9 +392,15 @@ fn open_safetensors(path: &Path, header_len: usize, file_len: u64) -> Result<Sou
                 continue;
             }
         };
-        let numel: usize = shape.iter().product();
+        // Checked: a header may claim any shape; nothing is allocated from it unchecked.
+        let nbytes = shape
+            .iter()
+            .try_fold(size, |acc: usize, &d| acc.checked_mul(d));
         let (start, end) = offsets;
-        if end < start || (end - start) as usize != numel * size || data_start + end > file_len {
+        let fits = end >= start
+            && nbytes.is_some_and(|b| b as u64 == end - start)
+            && data_start.checked_add(end).is_some_and(|e| e <= file_len);
+        if !fits {
             return Err(corrupt(format!(
                 "{name}: data_offsets {start}..{end} do not fit shape {shape:?} {dtype_s} in a file of {file_len} bytes"
             )));
@@ -400,11 +425,20 @@ fn open_safetensors(path: &Path, header_len: usize, file_len: u64) -> Result<Sou
 
 fn open_pytorch(path: &Path) -> Result<Source> {
     use burn::store::pytorch_reader::{DType as PtDType, PytorchReader};
-    let reader = PytorchReader::new(path).map_err(|e| ImportError::Corrupt {
+    let corrupt = |why: String| ImportError::Corrupt {
         path: path.to_path_buf(),
         format: "PyTorch",
-        why: e.to_string(),
-    })?;
+        why,
+    };
+    // The pickle is parsed (burn-store's pure-Rust unpickler), never executed; a reader panic on
+    // a malformed file is caught and reported, not a crash.
+    let reader = siam_data::quiet::catch_quietly(|| PytorchReader::new(path))
+        .map_err(corrupt)?
+        .map_err(|e| corrupt(e.to_string()))?;
+    // No tensor may claim more bytes than the file could hold (uncompressed zip members, or a
+    // deflated one at deflate's largest ratio, about 1032:1).
+    let file_len = std::fs::metadata(path).map_err(io_err(path))?.len();
+    let max_bytes = file_len.saturating_mul(1032);
     let mut tensors = BTreeMap::new();
     let mut non_float = BTreeMap::new();
     for (name, t) in reader.into_tensors() {
@@ -419,7 +453,21 @@ fn open_pytorch(path: &Path) -> Result<Source> {
             }
         };
         let shape = t.shape().to_vec();
+        let elem = match dtype {
+            SrcDType::F16 | SrcDType::BF16 => 2,
+            SrcDType::F32 => 4,
+            SrcDType::F64 => 8,
+        };
+        let nbytes = shape
+            .iter()
+            .try_fold(elem, |acc: u64, &d| acc.checked_mul(d as u64));
+        if nbytes.is_none_or(|b| b > max_bytes) {
+            return Err(corrupt(format!(
+                "{name}: shape {shape:?} claims more data than a file of {file_len} bytes holds"
+            )));
+        }
         let (_, _, _, read) = t.into_parts();
+        let read = move || siam_data::quiet::catch_quietly(&read).map_err(io::Error::other)?;
         tensors.insert(
             name,
             SrcTensor {
@@ -499,10 +547,12 @@ fn is_ignorable(key: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // The model side: every parameter's path, owning module type and shape, without initialising.
 
-struct ExpectedParam {
-    path: String,
-    container: String,
-    shape: Vec<usize>,
+/// One model parameter: its path (enum variants skipped), owning module type and shape.
+/// `crate::export` builds these to read the recipes backwards.
+pub(crate) struct ExpectedParam {
+    pub(crate) path: String,
+    pub(crate) container: String,
+    pub(crate) shape: Vec<usize>,
 }
 
 #[derive(Default)]
@@ -552,7 +602,7 @@ fn expected_params(clip: &Clip) -> Vec<ExpectedParam> {
 // Recipes: how one model tensor is built from file tensors.
 
 #[derive(Debug, Clone)]
-enum Recipe {
+pub(crate) enum Recipe {
     /// Same layout.
     Copy(String),
     /// A PyTorch `Linear` weight [out, in] into burn's [in, out].
@@ -649,7 +699,7 @@ impl Recipe {
 }
 
 /// `[r, c]` row-major to `[c, r]`, in cache-friendly tiles.
-fn transpose(v: &[f32], r: usize, c: usize) -> Vec<f32> {
+pub(crate) fn transpose(v: &[f32], r: usize, c: usize) -> Vec<f32> {
     const T: usize = 32;
     let mut out = vec![0f32; r * c];
     for i0 in (0..r).step_by(T) {
@@ -695,7 +745,7 @@ fn join(prefix: &str, leaf: &str) -> String {
 /// OpenAI/open_clip: names are ours except norms (`weight`/`bias`), the fused attention
 /// projection (`in_proj_weight`), the ResNet shortcut (`downsample.0`/`.1`) and the text
 /// tower's prefix (none in `CLIP`, `text.` in `CustomTextCLIP`).
-fn open_clip_recipe(p: &ExpectedParam, text_prefix: &str) -> Recipe {
+pub(crate) fn open_clip_recipe(p: &ExpectedParam, text_prefix: &str) -> Recipe {
     let path = match p.path.strip_prefix("text.") {
         Some(rest) => format!("{text_prefix}{rest}"),
         None => p.path.clone(),
@@ -724,7 +774,7 @@ fn open_clip_recipe(p: &ExpectedParam, text_prefix: &str) -> Recipe {
 }
 
 /// Hugging Face `CLIPModel` names (transformers `models/clip/modeling_clip.py`).
-fn hf_recipe(p: &ExpectedParam) -> Option<Recipe> {
+pub(crate) fn hf_recipe(p: &ExpectedParam) -> Option<Recipe> {
     let path = p.path.as_str();
     let direct = |k: &str| Some(Recipe::Copy(k.to_string()));
     match path {
@@ -895,9 +945,9 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
             ));
         }
         return Err(ImportError::KeyMismatch {
-            path: src.path.clone(),
-            arch: arch.to_string(),
-            details: parts.join("; "),
+            path: src.path.clone().into_boxed_path(),
+            arch: arch.into(),
+            details: parts.join("; ").into(),
             missing,
             unexpected,
             mis_shaped,
@@ -960,38 +1010,46 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
 /// `arch` (a preset name or an open_clip model-config JSON path) is required for a bare file
 /// and overrides the folder's config when given.
 pub fn load_model(path: &Path, arch: Option<&str>, device: &Device) -> Result<LoadedModel> {
+    let path = &crate::hub::resolve_model(path).map_err(|e| ImportError::Hub(Box::new(e)))?;
     let (weights, config, arch_name, tokenizer, siam_layout) = if path.is_dir() {
         let tok = Some(path.join("tokenizer.json")).filter(|p| p.is_file());
         let siam = path.join(SIAM_CONFIG);
         let hf = path.join("config.json");
-        let weights = [WEIGHTS, "pytorch_model.bin"]
-            .iter()
-            .map(|w| path.join(w))
-            .find(|p| p.is_file());
-        let Some(weights) = weights else {
-            return Err(ImportError::NotAModelFolder {
-                path: path.to_path_buf(),
-            });
-        };
-        let (config, name, is_siam) = match arch {
-            Some(a) => (ClipConfig::from_arch(a)?, a.to_string(), siam.is_file()),
-            None if siam.is_file() => (
-                ClipConfig::from_json_file(&siam)?,
-                siam.display().to_string(),
-                true,
-            ),
-            None if hf.is_file() => (
-                ClipConfig::from_hf_config(&hf)?,
-                hf.display().to_string(),
-                false,
-            ),
-            None => {
+        let oc = path.join(OPEN_CLIP_CONFIG);
+        let in_folder = |names: &[&str]| names.iter().map(|w| path.join(w)).find(|p| p.is_file());
+        let weights = in_folder(&[WEIGHTS, "pytorch_model.bin"]);
+        // An open_clip folder (Hub repo or `siam export --format open_clip`): its config is the
+        // architecture unless --arch overrides it.
+        if let (None, Some(w), true) = (&weights, in_folder(&OPEN_CLIP_WEIGHTS), oc.is_file()) {
+            let config = ClipConfig::from_arch(arch.unwrap_or(&oc.display().to_string()))?;
+            let name = arch.map_or_else(|| oc.display().to_string(), str::to_string);
+            (w, Some(config), name, None, false)
+        } else {
+            let Some(weights) = weights else {
                 return Err(ImportError::NotAModelFolder {
                     path: path.to_path_buf(),
-                })
-            }
-        };
-        (weights, Some(config), name, tok, is_siam)
+                });
+            };
+            let (config, name, is_siam) = match arch {
+                Some(a) => (ClipConfig::from_arch(a)?, a.to_string(), siam.is_file()),
+                None if siam.is_file() => (
+                    ClipConfig::from_json_file(&siam)?,
+                    siam.display().to_string(),
+                    true,
+                ),
+                None if hf.is_file() => (
+                    ClipConfig::from_hf_config(&hf)?,
+                    hf.display().to_string(),
+                    false,
+                ),
+                None => {
+                    return Err(ImportError::NotAModelFolder {
+                        path: path.to_path_buf(),
+                    })
+                }
+            };
+            (weights, Some(config), name, tok, is_siam)
+        }
     } else {
         let config = arch.map(ClipConfig::from_arch).transpose()?;
         (
@@ -1030,6 +1088,12 @@ pub fn load_model(path: &Path, arch: Option<&str>, device: &Device) -> Result<Lo
 /// (our module paths, burn's layouts, enum variants skipped), each written atomically.
 /// [`load_model`] reads it back exactly.
 pub fn save_model(clip: &Clip, config: &ClipConfig, dir: &Path) -> Result<()> {
+    crate::output::check_replaceable(dir, crate::output::OutputKind::ClipFolder).map_err(|e| {
+        ImportError::Save {
+            path: dir.to_path_buf(),
+            why: e.to_string(),
+        }
+    })?;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let weights = dir.join(WEIGHTS);
     let tmp = crate::io::temp_sibling(&weights);

@@ -133,6 +133,22 @@ impl TextTransformer {
             .matmul(self.ln_final.forward(pooled), self.text_projection.val())
     }
 
+    /// Embedded prompts `[B, L, width]` (token embeddings, possibly with learned context vectors
+    /// spliced in) to unnormalised embeddings `[B, embed_dim]`: positions added, the causal
+    /// blocks, pooling at `lengths[i] - 1` (the real end-of-text position), `ln_final`, the
+    /// projection. This is CoOp's `TextEncoder.forward` (Zhou et al. 2022, `trainers/coop.py`);
+    /// on `token_embedding(ids)` it equals [`Self::forward`].
+    ///
+    /// # Panics
+    /// If `L` exceeds the context length or `lengths` does not hold one value in `1..=L` per row.
+    pub fn forward_embedded(&self, prompts: Tensor<3>, lengths: &[usize]) -> Tensor<2> {
+        let [_, l, _] = prompts.dims();
+        let ctx = self.context_length();
+        assert!(l <= ctx, "{l} tokens exceed the context length {ctx}");
+        let pos = self.positional_embedding.val().narrow(0, 0, l);
+        self.forward_suffix(prompts + pos.unsqueeze::<3>(), 0, lengths)
+    }
+
     /// ids `[B, L]` (L = the longest length in the batch) and each text's token count
     /// (start and end tokens included) to unnormalised embeddings `[B, embed_dim]`.
     pub fn forward(&self, ids: Tensor<2, Int>, lengths: &[usize]) -> Tensor<2> {
@@ -146,6 +162,20 @@ mod tests {
     use super::*;
     use crate::clip::config::ClipConfig;
     use burn::tensor::Tolerance;
+
+    /// The forward from embeddings is the forward from ids when nothing is spliced in.
+    #[test]
+    fn forward_embedded_equals_forward_on_token_embeddings() {
+        let d = Device::flex();
+        let c = ClipConfig::tiny();
+        let t = TextTransformer::new(&c.text, c.embed_dim, 1e-5, &d);
+        let ids = [49406i64, 320, 1125, 49407, 49406, 7, 49407, 0];
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids.to_vec(), [2, 4]), &d);
+        let a = t.forward(ids.clone(), &[4, 3]);
+        let b = t.forward_embedded(t.token_embedding.forward(ids), &[4, 3]);
+        a.into_data()
+            .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-6));
+    }
 
     /// Under the causal mask, tokens after the end cannot reach the pooled position: the
     /// same texts padded to 12 or trimmed to their longest length embed identically.

@@ -123,7 +123,9 @@ pub fn line_chart(
     image::codecs::png::PngEncoder::new(&mut png)
         .write_image(&buf, WIDTH, HEIGHT, image::ExtendedColorType::Rgb8)
         .map_err(|e| fail(e.to_string()))?;
-    crate::io::atomic_write_bytes(path, &png).map_err(|e| fail(e.to_string()))
+    // Tagged `Software: siam`, so a later run recognises the chart as its own to replace.
+    crate::output::write_file(path, crate::output::OutputKind::Plot, &png)
+        .map_err(|e| fail(e.to_string()))
 }
 
 use image::ImageEncoder;

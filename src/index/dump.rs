@@ -114,3 +114,217 @@ pub(crate) fn write_dump(
     d.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(())
 }
+
+/// A bounded reader over a dump file's bytes: every read checks the length left first.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    what: &'static str,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(format!(
+                "{} file ends at byte {} while {n} more bytes were expected (truncated?)",
+                self.what,
+                self.bytes.len()
+            ));
+        };
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_ne_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn i32(&mut self) -> Result<i32, String> {
+        Ok(i32::from_ne_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_ne_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn usize(&mut self) -> Result<usize, String> {
+        const W: usize = std::mem::size_of::<usize>();
+        Ok(usize::from_ne_bytes(
+            self.take(W)?.try_into().expect("usize bytes"),
+        ))
+    }
+
+    fn magic(&mut self, want: u32, place: &str) -> Result<(), String> {
+        let got = self.u32()?;
+        if got != want {
+            return Err(format!(
+                "{} file: bad magic {got:#x} at {place} (expected {want:#x})",
+                self.what
+            ));
+        }
+        Ok(())
+    }
+
+    fn left(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+}
+
+/// Checks a dump written by [`write_dump`] completely before hnsw_rs reads it: hnsw_rs
+/// `unwrap`s short reads, allocates whatever length a file claims, asserts on magics and ids
+/// and calls `process::exit` on a short data file. Every count is bounded by the bytes left
+/// and by `count`; every id is below `count` and appears once; every neighbour's (layer, rank)
+/// names an existing point and agrees with its id; both files end exactly where the last
+/// point does. `count`, `dim` and `m` come from `hnsw.json`.
+pub(crate) fn validate_dump(
+    graph: &[u8],
+    data: &[u8],
+    count: usize,
+    dim: usize,
+    m: usize,
+) -> Result<(), String> {
+    let mut g = Cursor {
+        bytes: graph,
+        at: 0,
+        what: "graph",
+    };
+    g.magic(MAGIC_DESCR_4, "the description")?;
+    let mode = g.u8()?;
+    let m_file = g.u8()? as usize;
+    let _scale = g.take(8)?;
+    let layers = g.u8()? as usize;
+    let _ef = g.usize()?;
+    let (n, d) = (g.usize()?, g.usize()?);
+    if mode != 1 || m_file != m || layers != LAYERS || n != count || d != dim {
+        return Err(format!(
+            "graph file describes mode {mode}, M {m_file}, {layers} layers, {n} points of dimension {d}; hnsw.json says mode 1, M {m}, {LAYERS} layers, {count} x {dim}"
+        ));
+    }
+    for (what, want) in [
+        ("distance", std::any::type_name::<UnitDot>()),
+        ("value type", std::any::type_name::<f32>()),
+    ] {
+        let len = g.usize()?;
+        if len != want.len() || g.take(len)? != want.as_bytes() {
+            return Err(format!("graph file: {what} name is not {want:?}"));
+        }
+    }
+    if g.u8()? as usize != LAYERS {
+        return Err(format!("graph file: layer count is not {LAYERS}"));
+    }
+    // Per point: (layer, rank) from its own record; neighbours' claimed places, checked after.
+    let mut place: Vec<Option<(u8, i32)>> = vec![None; count];
+    let mut order = Vec::with_capacity(count);
+    let mut sizes = [0usize; LAYERS];
+    let mut claims: Vec<(usize, u8, i32)> = Vec::new();
+    // Smallest bytes one point record and one neighbour take, to bound counts by what is left.
+    const W: usize = std::mem::size_of::<usize>();
+    let (point_min, neigh_min) = (4 + W + 5 + LAYERS * W, W + 9);
+    for (l, size) in sizes.iter_mut().enumerate() {
+        g.magic(MAGIC_LAYER, &format!("layer {l}"))?;
+        let points = g.usize()?;
+        if points > count - order.len() || points > g.left() / point_min {
+            return Err(format!(
+                "graph file: layer {l} claims {points} points, more than the file or hnsw.json ({count}) hold"
+            ));
+        }
+        *size = points;
+        for r in 0..points {
+            g.magic(MAGIC_POINT, &format!("point {r} of layer {l}"))?;
+            let id = g.usize()?;
+            let (layer, rank) = (g.u8()?, g.i32()?);
+            if id >= count || place[id].is_some() || layer as usize != l || rank as usize != r {
+                return Err(format!(
+                    "graph file: point {r} of layer {l} has id {id}, place ({layer}, {rank}): out of range, repeated or misplaced"
+                ));
+            }
+            place[id] = Some((layer, rank));
+            order.push(id);
+            for nl in 0..LAYERS {
+                let k = g.usize()?;
+                if k > count || k > g.left() / neigh_min {
+                    return Err(format!(
+                        "graph file: point {id} claims {k} neighbours in layer {nl}, more than the file or the {count} points hold"
+                    ));
+                }
+                for _ in 0..k {
+                    let j = g.usize()?;
+                    let (jl, jr) = (g.u8()?, g.i32()?);
+                    let _dist = g.take(4)?;
+                    if j >= count {
+                        return Err(format!(
+                            "graph file: point {id} has neighbour {j}, but there are {count} points"
+                        ));
+                    }
+                    claims.push((j, jl, jr));
+                }
+            }
+        }
+    }
+    if order.len() != count {
+        return Err(format!(
+            "graph file holds {} points, hnsw.json says {count}",
+            order.len()
+        ));
+    }
+    let entry = g.usize()?;
+    let (el, er) = (g.u8()?, g.i32()?);
+    if entry >= count {
+        return Err(format!("graph file: entry point {entry} out of {count}"));
+    }
+    claims.push((entry, el, er));
+    for (j, l, r) in claims {
+        if place[j] != Some((l, r)) {
+            return Err(format!(
+                "graph file: point {j} is referred to at place ({l}, {r}), but it is at {:?}",
+                place[j]
+            ));
+        }
+    }
+    if g.left() != 0 {
+        return Err(format!(
+            "graph file: {} stray bytes after the entry point",
+            g.left()
+        ));
+    }
+
+    let mut dcur = Cursor {
+        bytes: data,
+        at: 0,
+        what: "data",
+    };
+    dcur.magic(MAGIC_DATA, "the start")?;
+    if dcur.usize()? != dim {
+        return Err(format!("data file: dimension is not {dim}"));
+    }
+    let row_bytes = dim.checked_mul(4).ok_or("dimension overflows")?;
+    for &id in &order {
+        dcur.magic(MAGIC_DATA, &format!("point {id}"))?;
+        let (did, len) = (dcur.u64()?, dcur.u64()?);
+        if did != id as u64 || len != row_bytes as u64 {
+            return Err(format!(
+                "data file: record for point {id} says id {did}, {len} bytes (expected {row_bytes})"
+            ));
+        }
+        dcur.take(row_bytes)?;
+    }
+    if dcur.left() != 0 {
+        return Err(format!(
+            "data file: {} stray bytes after the last point",
+            dcur.left()
+        ));
+    }
+    Ok(())
+}

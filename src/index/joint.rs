@@ -187,7 +187,7 @@ impl JointIndex {
     /// Writes the index folder atomically (see the module docs for its layout), replacing an
     /// older folder at `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        crate::io::atomic_dir(dir, |tmp| {
+        crate::io::atomic_dir(dir, crate::output::OutputKind::JointIndex, |tmp| {
             let write = || -> Result<()> {
                 for (sub, index) in [(IMAGE_DIR, &self.images), (TEXT_DIR, &self.texts)] {
                     let d = tmp.join(sub);

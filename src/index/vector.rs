@@ -1,7 +1,6 @@
 //! [`VectorIndex`]: one HNSW graph over unit vectors, with exact search beside it.
 
 use std::fs;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use hnsw_rs::prelude::HnswIo;
@@ -138,13 +137,6 @@ fn hnsw_error(path: &Path, why: impl Into<String>) -> IndexError {
     }
 }
 
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panicked".into())
-}
-
 fn sha256_file(path: &Path) -> Result<String> {
     let mut file = fs::File::open(path).map_err(|source| crate::io::IoError::Os {
         path: path.to_path_buf(),
@@ -273,11 +265,12 @@ impl VectorIndex {
     /// Writes the index to folder `dir` (atomically: built under a temporary name, then
     /// renamed): `hnsw.json`, `vectors.npy` and hnsw_rs's `graph.hnsw.graph` / `graph.hnsw.data`.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        crate::io::atomic_dir(dir, |tmp| self.write_into(tmp).map_err(Into::into)).map_err(|e| {
-            match e.downcast::<IndexError>() {
-                Ok(e) => *e,
-                Err(e) => hnsw_error(dir, e.to_string()),
-            }
+        crate::io::atomic_dir(dir, crate::output::OutputKind::VectorIndex, |tmp| {
+            self.write_into(tmp).map_err(Into::into)
+        })
+        .map_err(|e| match e.downcast::<IndexError>() {
+            Ok(e) => *e,
+            Err(e) => hnsw_error(dir, e.to_string()),
         })
     }
 
@@ -393,9 +386,25 @@ fn load_graph(dir: &Path, meta: &VectorMeta) -> Result<FlatGraph> {
         }
     }
     let graph_path = dump_path(dir, "graph");
+    // The checksums only prove the files are what some writer recorded; the layout is checked
+    // in full before hnsw_rs, which panics, aborts or exits on a malformed dump, sees it.
+    let read = |p: &Path| {
+        fs::read(p).map_err(|source| crate::io::IoError::Os {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let (graph, data) = (read(&graph_path)?, read(&dump_path(dir, "data"))?);
+    super::dump::validate_dump(&graph, &data, meta.count, meta.dim, meta.params.m).map_err(
+        |why| IndexError::Corrupt {
+            path: graph_path.clone(),
+            why,
+        },
+    )?;
+    drop((graph, data));
     // The graph borrows its loader, so both live only inside this closure; what leaves it is
     // the owned flat copy. hnsw_rs panics on some malformed dumps: caught, never a crash.
-    catch_unwind(AssertUnwindSafe(|| {
+    siam_data::quiet::catch_quietly(|| {
         let mut loader = HnswIo::new(dir, DUMP_BASENAME);
         let hnsw = loader
             .load_hnsw::<f32, UnitDot>()
@@ -417,8 +426,8 @@ fn load_graph(dir: &Path, meta: &VectorMeta) -> Result<FlatGraph> {
             path: graph_path.clone(),
             why,
         })
-    }))
-    .map_err(|p| hnsw_error(dir, panic_text(p)))?
+    })
+    .map_err(|p| hnsw_error(dir, p))?
 }
 
 /// Sorts `(id, score)` best first, lower id first among equal scores.

@@ -80,30 +80,10 @@ impl FeatureSource {
         // SAFETY: cache files are only ever replaced by rename, never written in place, so the
         // mapped bytes do not change under us.
         let map = unsafe { Mmap::map(&f) }.map_err(|e| bad(e.to_string()))?;
-        if map.len() < 10 || &map[..6] != b"\x93NUMPY" || map[6] != 1 {
-            return Err(bad("not a version-1 .npy file".into()));
-        }
-        let hlen = u16::from_le_bytes([map[8], map[9]]) as usize;
-        let header = std::str::from_utf8(&map[10..10 + hlen]).map_err(|e| bad(e.to_string()))?;
-        if !header.contains("'<f4'") {
-            return Err(bad("not float32".into()));
-        }
-        let shape = header
-            .split('(')
-            .nth(1)
-            .and_then(|s| s.split(')').next())
-            .ok_or_else(|| bad("no shape".into()))?;
-        let dims: Vec<usize> = shape
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect();
-        let [rows, dim] = dims[..] else {
-            return Err(bad(format!("shape ({shape}) is not 2-D")));
-        };
-        let offset = 10 + hlen;
-        if map.len() != offset + rows * dim * 4 {
-            return Err(bad("truncated".into()));
-        }
+        // The one bounded `.npy` reader: the shape is checked against the mapped length
+        // before any row is sliced.
+        let layout = crate::io::parse_npy_header(&map, map.len() as u64).map_err(bad)?;
+        let (offset, rows, dim) = (layout.offset, layout.rows, layout.cols);
         Ok(Self {
             map: Arc::new(map),
             offset,
@@ -447,15 +427,20 @@ impl FeatureCache {
         })
     }
 
+    /// Maps the cache file `name` when it holds `rows` rows (anything else, a corrupt or
+    /// truncated file included, is rebuilt), else builds and writes it.
     fn load_or_build(
         &self,
         name: &str,
+        rows: usize,
         build: impl FnOnce() -> Result<(Vec<f32>, usize, usize), TrainError>,
     ) -> Result<(FeatureSource, bool), TrainError> {
         let path = self.dir.join(format!("{name}.npy"));
         if path.is_file() {
             if let Ok(src) = FeatureSource::open(&path) {
-                return Ok((src, true));
+                if src.len() == rows && src.dim() > 0 {
+                    return Ok((src, true));
+                }
             }
         }
         let (data, rows, dim) = build()?;
@@ -484,7 +469,7 @@ impl FeatureCache {
             h.update(b"\n");
         }
         let name = format!("image-{}", &hex(&h.finalize())[..32]);
-        self.load_or_build(&name, || {
+        self.load_or_build(&name, records.len(), || {
             let frozen = model.valid();
             let mut out = Vec::new();
             let mut dim = 0;
@@ -515,7 +500,7 @@ impl FeatureCache {
             h.update(b"\n");
         }
         let name = format!("text-{}", &hex(&h.finalize())[..32]);
-        self.load_or_build(&name, || {
+        self.load_or_build(&name, ds.texts.len(), || {
             let frozen = model.valid();
             let inner = device.clone().without_autodiff();
             let mut out = Vec::new();

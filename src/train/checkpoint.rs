@@ -135,7 +135,7 @@ pub fn save<M: Module>(
         .map_err(|e| werr(format!("{e:?}")))?;
     let optim_bytes = optim.into_bytes().map_err(|e| werr(format!("{e:?}")))?;
     let json = serde_json::to_vec_pretty(state).map_err(|e| werr(e.to_string()))?;
-    atomic_dir(dir, |tmp| {
+    atomic_dir(dir, crate::output::OutputKind::Checkpoint, |tmp| {
         for (name, bytes) in [
             ("model.bpk", &model_bytes[..]),
             ("optimizer.bpk", &optim_bytes[..]),

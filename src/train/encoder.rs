@@ -57,8 +57,9 @@ impl Encoder {
     /// Loads a `siam train` folder, or any CLIP checkpoint (`arch` as `load_model` takes it),
     /// onto `device` for inference (no autodiff).
     pub fn load(path: &Path, arch: Option<&str>, device: &Device) -> Result<Self, EncoderError> {
-        let is_trained = folder::is_model_folder(path)
-            && folder::read_card(path).is_ok_and(|c| c.format == FORMAT);
+        // A folder whose siam.json says siam-model is a trained model: a bad card is reported
+        // as such, not re-read as another kind of config.
+        let is_trained = folder::card_format(path).as_deref() == Some(FORMAT);
         let (model, card, tokenizer_file) = if is_trained && arch.is_none() {
             let (model, card) = folder::load(path, device)?;
             let tok = card.tokenizer.as_ref().map(|t| path.join(t));
@@ -153,7 +154,7 @@ impl Encoder {
     pub fn embed_pixels(&self, pixels: &[f32]) -> Result<Vec<f32>, EncoderError> {
         let s = self.card.image_size;
         let per = 3 * s * s;
-        if pixels.is_empty() || pixels.len() % per != 0 {
+        if pixels.is_empty() || !pixels.len().is_multiple_of(per) {
             return Err(EncoderError::Pixels {
                 got: pixels.len(),
                 size: s,

@@ -47,6 +47,15 @@ pub enum FolderError {
         /// What differs.
         why: String,
     },
+    /// `siam.json` is a siam model card with a value no model can be built with (or a version
+    /// this build does not read).
+    #[error("{path}: {why}")]
+    Invalid {
+        /// The card.
+        path: PathBuf,
+        /// The field and what is allowed.
+        why: String,
+    },
     /// Writing failed; nothing was replaced.
     #[error("could not write model folder {path}: {why}")]
     Write {
@@ -135,24 +144,113 @@ pub fn is_model_folder(path: &Path) -> bool {
     path.join(CARD_FILE).is_file()
 }
 
-/// Reads `siam.json` of a folder.
+/// The `format` a folder's `siam.json` declares, if it has one that parses as JSON; a folder
+/// declaring [`FORMAT`] is loaded as a trained model (and a bad card is reported as such).
+pub fn card_format(dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join(CARD_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("format")?.as_str().map(String::from)
+}
+
+/// Reads `siam.json` of a folder: the format and version are checked first (an unknown
+/// version is refused by name), then the fields, then every size through
+/// [`ModelCard::validate`].
 pub fn read_card(dir: &Path) -> Result<ModelCard, FolderError> {
     let p = dir.join(CARD_FILE);
-    let bytes = std::fs::read(&p).map_err(|e| FolderError::NotAModel {
+    let bad = |why: String| FolderError::NotAModel {
         path: p.clone(),
-        why: e.to_string(),
-    })?;
-    let card: ModelCard = serde_json::from_slice(&bytes).map_err(|e| FolderError::NotAModel {
-        path: p.clone(),
-        why: e.to_string(),
-    })?;
-    if card.format != FORMAT {
-        return Err(FolderError::NotAModel {
-            path: p,
-            why: format!("format is {:?}, expected {FORMAT:?}", card.format),
-        });
+        why,
+    };
+    let bytes = std::fs::read(&p).map_err(|e| bad(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let format = value.get("format").and_then(|f| f.as_str());
+    if format != Some(FORMAT) {
+        return Err(bad(format!("format is {format:?}, expected {FORMAT:?}")));
     }
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(VERSION) => {}
+        other => {
+            return Err(FolderError::Invalid {
+                path: p.clone(),
+                why: format!(
+                    "version {}, this siam reads version {VERSION}; a newer siam wrote it, or the file was edited",
+                    other.map_or_else(|| value["version"].to_string(), |v| v.to_string())
+                ),
+            })
+        }
+    }
+    let card: ModelCard = serde_json::from_value(value).map_err(|e| FolderError::Invalid {
+        path: p.clone(),
+        why: e.to_string(),
+    })?;
+    card.validate(&p)?;
     Ok(card)
+}
+
+impl ModelCard {
+    /// Checks every size against what can build and run a model: the CLIP config
+    /// ([`ClipConfig::validate`]), `joint_dim` and the heads' sizes, `image_size` and
+    /// `context_length` against the towers', `mean` finite and `std` finite and above 0.
+    /// Errors name `path`, the field and the allowed values.
+    pub fn validate(&self, path: &Path) -> Result<(), FolderError> {
+        use crate::clip::config::{in_range, positive, positive_f64};
+        let src = path.display().to_string();
+        let invalid = |why: String| FolderError::Invalid {
+            path: path.to_path_buf(),
+            why,
+        };
+        let config = |e: crate::clip::config::ConfigError| invalid(e.to_string());
+        let range = |field: &str, value: usize, lo: usize, hi: usize| {
+            in_range(&src, field, value, lo, hi).map_err(config)
+        };
+        self.clip
+            .validate(&format!("{src}: clip"))
+            .map_err(config)?;
+        positive(&src, "joint_dim", self.joint_dim).map_err(config)?;
+        let size = self.clip.image_size();
+        range("image_size", self.image_size, size, size)?;
+        range(
+            "context_length",
+            self.context_length,
+            2,
+            self.clip.context_length(),
+        )?;
+        for c in 0..3 {
+            positive_f64(&src, &format!("std[{c}]"), f64::from(self.std[c])).map_err(config)?;
+            if !self.mean[c].is_finite() {
+                return Err(invalid(format!(
+                    "mean[{c}] = {} is not finite",
+                    self.mean[c]
+                )));
+            }
+        }
+        for (name, head) in [
+            ("image_head", &self.image_head),
+            ("text_head", &self.text_head),
+        ] {
+            let e = self.clip.embed_dim;
+            range(&format!("{name}.d_in"), head.d_in, e, e)?;
+            let j = self.joint_dim;
+            range(&format!("{name}.d_out"), head.d_out, j, j)?;
+            if head.kind == HeadKind::Identity && head.d_in != head.d_out {
+                return Err(invalid(format!(
+                    "{name} is an identity head from {} to {}",
+                    head.d_in, head.d_out
+                )));
+            }
+            if head.kind == HeadKind::Adapter {
+                range(&format!("{name}.reduction"), head.reduction, 1, head.d_in)?;
+                if !(0.0..=1.0).contains(&head.ratio) {
+                    return Err(invalid(format!(
+                        "{name}.ratio = {} is invalid (allowed: 0 to 1)",
+                        head.ratio
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Serialises the model's parameters as safetensors bytes.
@@ -175,6 +273,8 @@ pub fn save(
         path: dir.to_path_buf(),
         why,
     };
+    // A card no later command could load is never written.
+    card.validate(&dir.join(CARD_FILE))?;
     let weights = weights_bytes(model).map_err(werr)?;
     let json = serde_json::to_vec_pretty(card).map_err(|e| werr(e.to_string()))?;
     crate::io::atomic_write_bytes(&dir.join(WEIGHTS_FILE), &weights)

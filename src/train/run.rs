@@ -148,7 +148,7 @@ fn prepare_model(
     let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     device.seed(cfg.seed);
     let (clip, clip_cfg, initial, tokenizer_src, heads) = match &cfg.model {
-        Some(path) if folder::is_model_folder(path) && folder::read_card(path).is_ok() => {
+        Some(path) if folder::card_format(path).as_deref() == Some(folder::FORMAT) => {
             let (model, card) = folder::load(path, device)?;
             obs.event(&Event::Info(format!(
                 "model: {} (a siam model folder; training continues with its heads)",
@@ -427,8 +427,12 @@ impl DataCtx {
                 let b = b?;
                 if b.len() != plan.records[b.number * B..].len().min(B) {
                     return Err(TrainError::Config(format!(
-                        "validation image(s) could not be read: {:?}",
+                        "validation image(s) could not be read: {}",
                         b.skipped
+                            .iter()
+                            .map(|(_, why)| why.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     )));
                 }
                 let n = b.len();
@@ -523,6 +527,9 @@ fn open_dataset(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Dataset, Tr
                 ds.len(),
                 ds.labels.len()
             )));
+            if let Some(line) = ds.missing_summary() {
+                obs.event(&Event::Info(line));
+            }
             Ok(ds)
         }
         None => Err(TrainError::Config(

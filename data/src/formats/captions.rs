@@ -177,6 +177,26 @@ fn rows_from_table(path: &Path, table: Table) -> Result<(Vec<Row>, bool)> {
             )
         }
         None => {
+            let named: Vec<&str> = first
+                .iter()
+                .map(|h| h.trim())
+                .filter(|h| {
+                    [TEXT_KEYS, LABEL_KEYS, SPLIT_KEYS]
+                        .iter()
+                        .any(|keys| keys.iter().any(|k| h.eq_ignore_ascii_case(k)))
+                })
+                .collect();
+            if !named.is_empty() {
+                return Err(DatasetError::malformed(
+                    path,
+                    line0,
+                    format!(
+                        "the header names {} but no image column ({})",
+                        named.join(", "),
+                        IMAGE_KEYS.join(", ")
+                    ),
+                ));
+            }
             if first.len() < 2 {
                 return Err(DatasetError::malformed(
                     path,
