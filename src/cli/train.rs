@@ -41,8 +41,9 @@ pub struct TrainArgs {
     /// Output model folder (also holds checkpoint/, metrics.jsonl, loss.png, recall.png).
     #[arg(long, short = 'o', default_value = "siam-model")]
     pub out: PathBuf,
-    /// Loss: contrastive, pairwise, triplet or multi-similarity (default triplet; with
-    /// --prompt, CoOp's cross-entropy over the class prompts).
+    /// Loss: contrastive, pairwise, triplet, multi-similarity or sigmoid (SigLIP: learnable
+    /// logit scale from ln 10 and bias from -10, saved in checkpoints); default triplet; with
+    /// --prompt, CoOp's cross-entropy over the class prompts.
     #[arg(long)]
     pub loss: Option<String>,
     /// Miner: all, hard, semihard, max-violation, distance-weighted, multi-similarity, none
@@ -61,6 +62,13 @@ pub struct TrainArgs {
     /// Contrastive loss: initial temperature (random-init models; checkpoints keep theirs).
     #[arg(long)]
     pub temperature: Option<f64>,
+    /// Cross-batch memory: keep the last SIZE reference embeddings per direction (texts for
+    /// image anchors, images for text anchors) as extra references (0: off).
+    #[arg(long, default_value_t = 0, value_name = "SIZE")]
+    pub xbm: usize,
+    /// Steps before the cross-batch memory is used (it fills from the start).
+    #[arg(long, default_value_t = 0, value_name = "STEP")]
+    pub xbm_start: usize,
     /// Labels per batch (P) for class-balanced batches.
     #[arg(long, default_value_t = 6)]
     pub classes_per_batch: usize,
@@ -184,6 +192,8 @@ impl TrainArgs {
                 pos_margin: self.pos_margin,
                 neg_margin: self.neg_margin,
                 temperature: self.temperature,
+                xbm: self.xbm,
+                xbm_start: self.xbm_start,
                 ..LossSettings::default()
             },
             classes_per_batch: self.classes_per_batch,

@@ -43,7 +43,7 @@ impl std::str::FromStr for TowerDtype {
 /// Loss and miner settings (names as `siam_losses` parses them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LossSettings {
-    /// `contrastive`, `pairwise`, `triplet` or `multi-similarity`.
+    /// `contrastive`, `pairwise`, `triplet`, `multi-similarity` or `sigmoid`.
     pub loss: String,
     /// `all`, `hard`, `semihard`, `max-violation`, `distance-weighted`, `multi-similarity`,
     /// `none`; `None` picks the loss's usual miner.
@@ -63,6 +63,12 @@ pub struct LossSettings {
     pub ms_beta: f64,
     /// Multi-similarity `base` (lambda).
     pub ms_base: f64,
+    /// Cross-batch memory: references kept per direction (0: none).
+    #[serde(default)]
+    pub xbm: usize,
+    /// Steps before the cross-batch memory is used.
+    #[serde(default)]
+    pub xbm_start: usize,
 }
 
 impl Default for LossSettings {
@@ -77,6 +83,8 @@ impl Default for LossSettings {
             ms_alpha: 2.0,
             ms_beta: 50.0,
             ms_base: 0.5,
+            xbm: 0,
+            xbm_start: 0,
         }
     }
 }

@@ -248,6 +248,7 @@ fn prepare_model(
             clip,
             image_head,
             text_head,
+            logit_bias: None,
         },
         card,
         tokenizer,
@@ -596,6 +597,14 @@ pub fn train(
     let fp = fingerprint(cfg, &card, &ds);
     let ck_dir = checkpoint::checkpoint_dir(&cfg.out);
     let objective = build_objective(&cfg.loss)?;
+    if cfg.loss.xbm > 0 && cfg.accum_steps > 1 {
+        return Err(TrainError::Config(
+            "--xbm cannot be combined with --accum above 1 yet (each micro-step would enqueue the batch)".into(),
+        ));
+    }
+    if let Some((log_scale, bias)) = objective.initial_logits() {
+        model = model.with_sigmoid_logits(log_scale, bias, &device);
+    }
 
     // Resume: the checkpoint's weights replace the prepared ones (keeping parameter ids).
     let mut state = if cfg.resume {
