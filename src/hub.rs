@@ -25,9 +25,11 @@
 //! Which files: a Hugging Face CLIP repo (`config.json`, then `model.safetensors`, else
 //! `pytorch_model.bin`, and `tokenizer.json` when there is one) or an open_clip repo
 //! (`open_clip_config.json`, then `open_clip_model.safetensors`, else
-//! `open_clip_pytorch_model.bin`): safetensors always before a pickle. A cached snapshot that
-//! already holds a config and weights is used without any request; a branch then stays at the
-//! commit `refs/<branch>` recorded (name a commit, `@sha`, to move).
+//! `open_clip_pytorch_model.bin`): safetensors before a pickle when downloading. A cached
+//! snapshot that already holds a config and weights (whichever were downloaded, by siam or by
+//! Python) is used without any request; a branch then stays at the commit `refs/<branch>`
+//! recorded (name a commit, `@sha`, to move). Pickles are read by siam's pure-Rust reader,
+//! which runs no code from the file.
 //!
 //! Environment, as `huggingface_hub` reads it: `HF_ENDPOINT` (mirrors), `HF_TOKEN` (else
 //! `$HF_HOME/token`; sent only to the endpoint's own host), `HF_HUB_OFFLINE` (cache only, as
@@ -89,7 +91,7 @@ pub enum HubError {
         why: &'static str,
     },
     /// Downloads are off and the cache lacks something the model needs.
-    #[error("{repo}@{revision}: {missing} not in the Hugging Face cache {cache} and downloads are off ({why}); run once without it to download")]
+    #[error("{repo}@{revision}: not in the Hugging Face cache {cache}: {missing}; downloads are off ({why}), run once without that to download")]
     NotCached {
         /// `org/name`.
         repo: String,
@@ -145,7 +147,7 @@ pub enum HubError {
         status: u16,
     },
     /// The connection failed (refused, reset, timed out, TLS).
-    #[error("{url}: {why}")]
+    #[error("{url}: {why} (cannot reach the Hub at HF_ENDPOINT or its CDN; --offline uses the cache only)")]
     Network {
         /// The request.
         url: String,
@@ -522,7 +524,7 @@ pub fn download_file(
         return Err(HubError::NotCached {
             repo: repo.to_string(),
             revision: revision.to_string(),
-            missing: file.to_string(),
+            missing: format!("no file {file}"),
             cache: repo_dir,
             why,
         });

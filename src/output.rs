@@ -85,6 +85,8 @@ pub enum OutputKind {
     Plot,
     /// `siam demo-data --out`: a folder with `siam-demo.json`.
     DemoData,
+    /// `siam export --out`: a Hugging Face or open_clip folder with `siam-export.json`.
+    Export,
 }
 
 /// The marker file of a demo-data folder.
@@ -107,6 +109,7 @@ impl OutputKind {
             OutputKind::TrainReport => "a training report",
             OutputKind::Plot => "a chart",
             OutputKind::DemoData => "a demo-data folder",
+            OutputKind::Export => "an export folder",
         }
     }
 
@@ -149,6 +152,7 @@ impl OutputKind {
                 "prompts.safetensors",
             ]),
             OutputKind::DemoData => Some(&[DEMO_MARKER, "images", "captions.csv"]),
+            OutputKind::Export => Some(crate::export::FILES),
             _ => None,
         }
     }
@@ -193,6 +197,9 @@ impl OutputKind {
             OutputKind::ClipFolder => json(&path.join("siam.json")).is_some(),
             OutputKind::DemoData => json(&path.join(DEMO_MARKER))
                 .is_some_and(|v| v.get("format").and_then(|f| f.as_str()) == Some("siam-demo")),
+            OutputKind::Export => {
+                json(&path.join(crate::export::MARKER)).is_some_and(|v| has_key(&v, "written_by"))
+            }
             OutputKind::EmbeddingIds => json(path).is_some_and(|v| is_ids_sidecar(&v)),
             OutputKind::Embeddings => {
                 json(&sidecar_of(path)).is_some_and(|v| is_ids_sidecar(&v))

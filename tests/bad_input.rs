@@ -1066,7 +1066,7 @@ fn bad_datasets_are_named_and_skipped_rows_counted() {
     // 67: and so does `siam train`.
     let table = d.join("train.csv");
     let mut rows = fs::read_to_string(demo().join("captions.csv")).unwrap();
-    rows.push_str("images/gone/0000.png,a lost photo,gone\n");
+    rows.push_str("images/gone/0000.png,a lost photo,gone,train\n");
     write(&table, rows);
     copy_dir(&demo().join("images"), &d.join("images"));
     let out = ok(&[

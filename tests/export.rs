@@ -382,7 +382,7 @@ fn refusals_name_the_cause() {
     let e = export(&enc, ExportFormat::OpenClip, &out, "rn")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("not written by siam export"), "{e}");
+    assert!(e.contains("is not an export folder written by siam"), "{e}");
     assert_eq!(
         std::fs::read_to_string(out.join("notes.txt")).unwrap(),
         "mine"
@@ -394,7 +394,7 @@ fn refusals_name_the_cause() {
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".tmp") || n.ends_with(".old"))
+        .filter(|n| n.ends_with(".tmp") || n.contains(".old."))
         .collect();
     assert!(
         leftovers.is_empty(),

@@ -466,7 +466,8 @@ fn offline_hit_and_miss() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("merges.txt not in the Hugging Face cache"),
+        e.contains("org/tiny@main: not in the Hugging Face cache")
+            && e.contains("no file merges.txt"),
         "{e}"
     );
 }
@@ -651,7 +652,8 @@ fn the_binary_takes_hf_names_from_the_environment() {
         assert!(!o.status.success());
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(
-            err.contains("org/tiny-open-clip@main: no refs/main")
+            err.contains("org/tiny-open-clip@main: not in the Hugging Face cache")
+                && err.contains("no refs/main")
                 && err.contains(if env.is_some() {
                     "HF_HUB_OFFLINE"
                 } else {

@@ -49,7 +49,7 @@ fn start(args: &[&str]) -> Server {
 }
 
 fn red_circle() -> PathBuf {
-    fixture().images.join("red_circle/0000.png")
+    fixture().images.join("train/red_circle/0000.png")
 }
 
 /// Asserts a JSON error with `status` whose message contains `needle`.
@@ -167,7 +167,7 @@ fn path_queries_only_below_allow_paths() {
     assert_error(&q(&s, &f.images.join("../outside.png")), 403, "outside");
     #[cfg(unix)]
     {
-        let link = f.images.join("red_circle/link.png");
+        let link = f.images.join("train/red_circle/link.png");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&outside, &link).unwrap();
         assert_error(&q(&s, &link), 403, "outside");

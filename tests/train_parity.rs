@@ -74,6 +74,7 @@ fn first_20_losses_match_pytorch() {
         clip: loaded.clip,
         image_head: torch_linear(&heads, "image_head", &device),
         text_head: torch_linear(&heads, "text_head", &device),
+        logit_bias: None,
     }
     .with_freeze(FreezePolicy::Full, FreezePolicy::Full, false)
     .unwrap();

@@ -52,6 +52,14 @@ pub enum LossError {
         /// The value given.
         value: f32,
     },
+    /// A parameter that may have any sign (the sigmoid loss's bias) is NaN or infinite.
+    #[error("{what} must be finite, got {value}")]
+    NotFinite {
+        /// The parameter's name.
+        what: &'static str,
+        /// The value given.
+        value: f32,
+    },
     /// The miner cannot produce the tuples this loss needs.
     #[error("the {loss} loss cannot use the `{miner}` miner: {why}")]
     UnsupportedMiner {

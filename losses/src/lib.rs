@@ -15,7 +15,7 @@
 //! Layout: `loss/` holds one file per loss (its config, defaults and maths) and
 //! [`LossConfig`], the typed, parsed form of `--loss`; `miner/` one file per miner and the
 //! [`HardnessSchedule`] (`--miner`); `distance.rs`, `reducer.rs`, `matrix.rs` and `error.rs`
-//! are shared. With the `serde` feature, [`LossConfig`] and [`HardnessSchedule`] serialise
+//! are shared; `xbm.rs` is the cross-batch memory ([`CrossBatchMemory`]). With the `serde` feature, [`LossConfig`] and [`HardnessSchedule`] serialise
 //! as their text forms.
 //!
 //! ```no_run
@@ -46,16 +46,18 @@ pub mod loss;
 pub mod matrix;
 pub mod miner;
 pub mod reducer;
+pub mod xbm;
 
 pub use distance::Distance;
 pub use error::{LossError, Result};
 pub use loss::{
-    ContrastiveLoss, HostLoss, Loss, LossConfig, LossKind, LossOutput, LossStats,
-    MultiSimilarityLoss, PairwiseLoss, Positives, TripletLoss, MAX_LOGIT_SCALE,
+    ContrastiveLoss, HostLoss, LogitParams, Loss, LossConfig, LossKind, LossOutput, LossStats,
+    MultiSimilarityLoss, PairwiseLoss, Positives, SigmoidLoss, TripletLoss, MAX_LOGIT_SCALE,
 };
 pub use matrix::PairMatrix;
 pub use miner::{HardnessSchedule, Miner, MinerKind, TripletKind, Tuples};
 pub use reducer::Reducer;
+pub use xbm::{CrossBatchMemory, XbmConfig};
 
 use burn::tensor::Device;
 

@@ -33,6 +33,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let device = siam::device::open(siam::device::DeviceSpec::Cpu, None)?;
     let enc = Encoder::load(&args.model, args.arch.as_deref(), &device)
         .with_context(|| format!("loading {}", args.model.display()))?;
+    let _lock = siam::output::OutputLock::acquire(&args.out, &siam::output::command_line())?;
     let source = args.model.display().to_string();
     let report = export(&enc, args.format, &args.out, &source)?;
     for h in &report.heads {

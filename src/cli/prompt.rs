@@ -53,7 +53,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         "--prompt needs --data: a dataset with labels (image folder, CIFAR, label table)",
     )?;
     anyhow::ensure!(p.shots != Some(0), "--shots must be at least 1");
-    siam::output::check_replaceable(&args.out, siam::output::OutputKind::TrainRun)?;
+    siam::output::check_replaceable(&args.config.out, siam::output::OutputKind::TrainRun)?;
     let weights = match p.weight_by.as_deref() {
         None => None,
         Some("confidence") => Some(siam::pseudo_label::read_confidences(data)?),

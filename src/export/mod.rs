@@ -28,8 +28,9 @@
 //!   directly (`W_c' = W_c W`, `b_c' = b_c W + b`).
 //! - adapter heads (CLIP-Adapter's residual MLP with ReLUs) are not linear and are refused.
 //!
-//! The output is written into a temporary folder beside `--out` and renamed into place; an
-//! existing `--out` is replaced only when it is empty or holds [`MARKER`] (a previous export).
+//! The output is written into a temporary folder beside `--out` and renamed into place
+//! ([`crate::io::atomic_dir`]); an existing `--out` is replaced only when it is empty or a
+//! previous export ([`MARKER`] inside, nothing but [`FILES`] beside it).
 
 mod hf;
 mod open_clip;
@@ -50,6 +51,22 @@ use crate::model::heads::ProjectionHead;
 
 /// The file that marks a folder as written by `siam export`.
 pub const MARKER: &str = "siam-export.json";
+
+/// Every file an export folder may hold (both formats), so a previous export is recognised
+/// whole before it is replaced.
+pub const FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "preprocessor_config.json",
+    "open_clip_config.json",
+    "open_clip_model.safetensors",
+    MARKER,
+];
 
 /// Errors exporting a model.
 #[derive(Debug, thiserror::Error)]
@@ -91,18 +108,15 @@ pub enum ExportError {
         why: String,
     },
     /// `--out` exists and is not a previous export.
-    #[error("{out}: exists and was not written by siam export (no {MARKER}); choose another --out or remove it")]
-    NotOurs {
+    #[error(transparent)]
+    NotOurs(#[from] crate::output::OutputError),
+    /// Writing the folder failed; `--out` was left as it was.
+    #[error("{path}: could not write the export: {why}")]
+    Write {
         /// The folder.
-        out: PathBuf,
-    },
-    /// Writing failed; `--out` was left as it was.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or folder.
         path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
+        /// What failed.
+        why: String,
     },
     /// The model's tokenizer could not be serialised.
     #[error(transparent)]
@@ -111,13 +125,6 @@ pub enum ExportError {
 
 /// Result alias of this module.
 pub type Result<T> = std::result::Result<T, ExportError>;
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
-    move |source| ExportError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 /// The folder layout to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -584,7 +591,7 @@ pub fn export(
     out: &Path,
     source: &str,
 ) -> Result<ExportReport> {
-    check_out(out)?;
+    crate::output::check_replaceable(out, crate::output::OutputKind::Export)?;
     if let (ExportFormat::Hf, VisionConfig::ResNet(_)) = (format, &enc.card.clip.vision) {
         return Err(ExportError::Unsupported {
             model: source.to_string(),
@@ -628,76 +635,17 @@ pub fn export(
     .expect("the report serialises");
     let mut all = files;
     all.push((MARKER.to_string(), marker));
-    write_folder(out, &all)?;
+    crate::io::atomic_dir(out, crate::output::OutputKind::Export, |tmp| {
+        for (name, bytes) in &all {
+            crate::io::atomic_write_bytes(&tmp.join(name), bytes)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| ExportError::Write {
+        path: out.to_path_buf(),
+        why: e.to_string(),
+    })?;
     Ok(report)
-}
-
-/// `out` may be written when it does not exist, is empty, or is a previous export.
-fn check_out(out: &Path) -> Result<()> {
-    if !out.exists() {
-        return Ok(());
-    }
-    let is_ours = out.is_dir()
-        && (out.join(MARKER).is_file()
-            || std::fs::read_dir(out)
-                .map_err(io_err(out))?
-                .next()
-                .is_none());
-    if is_ours {
-        Ok(())
-    } else {
-        Err(ExportError::NotOurs {
-            out: out.to_path_buf(),
-        })
-    }
-}
-
-/// Writes the files into a temporary sibling folder, then renames it to `out` (moving a
-/// previous export aside first and deleting it after).
-fn write_folder(out: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
-    let tmp = crate::io::temp_sibling(out);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-    let written = (|| {
-        for (name, bytes) in files {
-            let p = tmp.join(name);
-            crate::io::atomic_write_bytes(&p, bytes).map_err(|e| ExportError::Io {
-                path: p.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    let old = out.exists().then(|| {
-        let name = out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        out.with_file_name(format!(".{name}.{}.old", std::process::id()))
-    });
-    if let Some(old) = &old {
-        std::fs::rename(out, old).map_err(io_err(out))?;
-    }
-    if let Err(e) = std::fs::rename(&tmp, out) {
-        if let Some(old) = &old {
-            let _ = std::fs::rename(old, out);
-        }
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(io_err(out)(e));
-    }
-    if let Some(old) = old {
-        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
-    }
-    Ok(())
 }
 
 /// Pretty JSON bytes with a final newline.
@@ -758,14 +706,22 @@ mod tests {
 
     #[test]
     fn a_foreign_folder_is_not_overwritten() {
+        use crate::output::{check_replaceable, OutputKind};
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("x");
         std::fs::create_dir(&out).unwrap();
-        assert!(check_out(&out).is_ok(), "an empty folder may be written");
+        assert!(
+            check_replaceable(&out, OutputKind::Export).is_ok(),
+            "an empty folder"
+        );
+        std::fs::write(out.join("config.json"), b"{}").unwrap();
+        let e = check_replaceable(&out, OutputKind::Export)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an export folder written by siam"), "{e}");
+        std::fs::write(out.join(MARKER), br#"{"written_by": "siam"}"#).unwrap();
+        assert!(check_replaceable(&out, OutputKind::Export).is_ok());
         std::fs::write(out.join("notes.txt"), b"mine").unwrap();
-        let e = check_out(&out).unwrap_err().to_string();
-        assert!(e.contains("not written by siam export"), "{e}");
-        std::fs::write(out.join(MARKER), b"{}").unwrap();
-        assert!(check_out(&out).is_ok());
+        assert!(check_replaceable(&out, OutputKind::Export).is_err());
     }
 }

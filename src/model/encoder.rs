@@ -80,6 +80,7 @@ impl Encoder {
                 clip: loaded.clip,
                 image_head: card.image_head.init(device),
                 text_head: card.text_head.init(device),
+                logit_bias: None,
             };
             (model, card, loaded.tokenizer_path)
         };

@@ -127,6 +127,7 @@ impl ModelCard {
             clip: Clip::new(&self.clip, device),
             image_head: self.image_head.init(device),
             text_head: self.text_head.init(device),
+            logit_bias: None,
         }
     }
 }

@@ -6,8 +6,8 @@
 //! ([`ImageInput::Hidden`]), so the same module serves full fine-tuning, last-N-blocks
 //! fine-tuning and heads-only training from the feature cache.
 
-use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor};
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -144,6 +144,9 @@ pub struct TwinTowers {
     pub image_head: ProjectionHead,
     /// Head after the text tower.
     pub text_head: ProjectionHead,
+    /// The sigmoid loss's learnable logit bias `b` (SigLIP; `None` for every other loss). Its
+    /// log scale `t'` is the CLIP's `logit_scale`.
+    pub logit_bias: Option<Param<Tensor<1>>>,
 }
 
 impl TwinTowers {
@@ -153,6 +156,7 @@ impl TwinTowers {
             clip,
             image_head: head.init(device),
             text_head: head.init(device),
+            logit_bias: None,
         }
     }
 
@@ -242,6 +246,9 @@ impl TwinTowers {
             }
         };
         self.clip.logit_scale = self.clip.logit_scale.set_require_grad(train_logit_scale);
+        self.logit_bias = self
+            .logit_bias
+            .map(|b| b.set_require_grad(train_logit_scale));
         self.image_head = self.image_head.set_require_grad(true);
         self.text_head = self.text_head.set_require_grad(true);
         Ok(self)
@@ -250,6 +257,24 @@ impl TwinTowers {
     /// The logit scale parameter's current value `exp(s)`-ready tensor `[1]`.
     pub fn logit_scale(&self) -> Tensor<1> {
         self.clip.logit_scale.val()
+    }
+
+    /// The learnable logits a loss reads: the log scale and, for the sigmoid loss, the bias.
+    pub fn logit_params(&self) -> siam_losses::LogitParams {
+        siam_losses::LogitParams {
+            scale: Some(self.logit_scale()),
+            bias: self.logit_bias.as_ref().map(|b| b.val()),
+        }
+    }
+
+    /// Starts the sigmoid loss's logits at `t'` (the CLIP's log scale) and `b` (a new
+    /// parameter), SigLIP's initialisation.
+    pub fn with_sigmoid_logits(mut self, log_scale: f32, bias: f32, device: &Device) -> Self {
+        let param =
+            |v: f32| Param::from_tensor(Tensor::from_data(TensorData::new(vec![v], [1]), device));
+        self.clip.logit_scale = param(log_scale);
+        self.logit_bias = Some(param(bias));
+        self
     }
 }
 

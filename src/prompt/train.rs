@@ -263,7 +263,7 @@ pub fn train_prompts(
                     cross_entropy(img.matmul(txt.transpose()) * scale, &y, &w)
                 }
                 Some(o) => {
-                    o.score(img, &y, txt, &class_ids, enc.model.logit_scale(), epoch)
+                    o.score(img, &y, txt, &class_ids, enc.model.logit_params(), epoch)
                         .map_err(|e| opt(format!("step {}: {e}", step + 1)))?
                         .loss
                 }

@@ -74,8 +74,9 @@ impl std::str::FromStr for TowerDtype {
 /// Loss and miner settings (names as `siam_losses` parses them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct LossSettings {
-    /// Loss: contrastive, pairwise, triplet or multi-similarity (default triplet; with
-    /// --prompt, CoOp's cross-entropy over the class prompts).
+    /// Loss: contrastive, pairwise, triplet, multi-similarity or sigmoid (SigLIP: learnable
+    /// logit scale from ln 10 and bias from -10, saved in checkpoints); default triplet; with
+    /// --prompt, CoOp's cross-entropy over the class prompts.
     #[arg(long)]
     pub loss: Option<String>,
     /// Miner: all, hard, semihard, max-violation, distance-weighted, multi-similarity, none, or
@@ -104,6 +105,15 @@ pub struct LossSettings {
     /// Multi-similarity `base`, lambda (Wang et al. 2019: 0.5).
     #[arg(long, default_value_t = 0.5)]
     pub ms_base: f64,
+    /// Cross-batch memory: keep the last SIZE reference embeddings per direction (texts for
+    /// image anchors, images for text anchors) as extra references (0: off).
+    #[arg(long, default_value_t = 0, value_name = "SIZE")]
+    #[serde(default)]
+    pub xbm: usize,
+    /// Steps before the cross-batch memory is used (it fills from the start).
+    #[arg(long, default_value_t = 0, value_name = "STEP")]
+    #[serde(default)]
+    pub xbm_start: usize,
 }
 
 impl Default for LossSettings {
@@ -392,6 +402,13 @@ impl TrainConfig {
             if v == 0 {
                 return bad(flag, "must be at least 1".into());
             }
+        }
+        if self.loss.xbm > 0 && b.accum_steps > 1 {
+            return bad(
+                "--xbm",
+                "cannot be combined with --accum above 1 yet (each micro-step would enqueue the batch)"
+                    .into(),
+            );
         }
         if self.max_steps == Some(0) {
             return bad("--max-steps", "must be at least 1".into());

@@ -1,20 +1,27 @@
 //! The training objective: a `siam_losses` loss and miner (or a miner schedule), applied in
-//! both directions.
+//! both directions, optionally with a cross-batch memory per direction.
 //!
 //! - triplet, pairwise, multi-similarity: `0.5 * (L(img -> txt) + L(txt -> img))`, each
 //!   direction mined on its own `B x R` matrix (pytorch-metric-learning's `ref_emb` call);
 //! - contrastive: `siam_losses`' symmetric InfoNCE is already the mean of both directions, so
-//!   it is called once with image anchors and text references.
+//!   it is called once with image anchors and text references; sigmoid (SigLIP) scores every
+//!   pair, so it too is called once;
+//! - with `--xbm SIZE` every direction has its own [`CrossBatchMemory`] of the last SIZE
+//!   references (texts for image anchors, images for text anchors), appended to the batch's
+//!   own after `--xbm-start` steps and filled after each loss; the contrastive loss then runs
+//!   one-directionally in each direction (the same loss as the symmetric one without memory).
+
+use std::sync::Mutex;
 
 use burn::tensor::Tensor;
 
 use super::config::LossSettings;
 use super::step::{Objective, ScoreError, Scored};
 use super::TrainError;
-use siam_losses::{HardnessSchedule, Loss};
+use siam_losses::{CrossBatchMemory, HardnessSchedule, LogitParams, Loss, XbmConfig};
 
 /// A loss with its miner schedule.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MetricObjective {
     /// The loss with its parameters.
     pub loss: Loss,
@@ -22,18 +29,13 @@ pub struct MetricObjective {
     pub miners: HardnessSchedule,
     /// The miner schedule as given (for the log).
     pub miner_text: String,
+    /// Cross-batch memories `[texts for image anchors, images for text anchors]`.
+    pub memory: Option<Mutex<[CrossBatchMemory; 2]>>,
 }
 
-/// The miner a loss uses when `--miner` is not given: batch-all (mean over active triplets)
-/// for the triplet loss, every pair for pairwise and contrastive, and multi-similarity mining
-/// for the multi-similarity loss (its paper's pairing).
-pub fn default_miner(loss: &Loss) -> &'static str {
-    match loss {
-        Loss::Triplet(_) => "all",
-        Loss::Pairwise(_) => "all",
-        Loss::Contrastive(_) => "none",
-        Loss::MultiSimilarity(_) => "multi-similarity",
-    }
+/// The miner a loss uses when `--miner` is not given (siam-losses' [`siam_losses::LossKind::default_miner`]).
+pub fn default_miner(loss: &Loss) -> String {
+    loss.kind().default_miner().to_string()
 }
 
 /// Builds the objective from the settings, checking every value.
@@ -65,18 +67,29 @@ pub fn build_objective(s: &LossSettings) -> Result<Box<dyn Objective>, TrainErro
             m.beta = finite("--ms-beta", s.ms_beta)?;
             m.base = finite("--ms-base", s.ms_base)?;
         }
+        // t' and b start at SigLIP's values and train (see `initial_logits`).
+        Loss::Sigmoid(_) => {}
     }
-    let miner_text = s
-        .miner
-        .clone()
-        .unwrap_or_else(|| default_miner(&loss).to_string());
+    let miner_text = s.miner.clone().unwrap_or_else(|| default_miner(&loss));
     let miners: HardnessSchedule = miner_text
         .parse()
         .map_err(|e| TrainError::Config(format!("--miner {miner_text}: {e}")))?;
+    let memory = match s.xbm {
+        0 => None,
+        size => {
+            let xbm = XbmConfig::new(size).with_start(s.xbm_start);
+            let one = || {
+                xbm.init()
+                    .map_err(|e| TrainError::Config(format!("--xbm {size}: {e}")))
+            };
+            Some(Mutex::new([one()?, one()?]))
+        }
+    };
     Ok(Box::new(MetricObjective {
         loss,
         miners,
         miner_text,
+        memory,
     }))
 }
 
@@ -89,6 +102,65 @@ fn value(t: &Tensor<1>) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+impl MetricObjective {
+    /// Losses that already score both directions in one call (without a memory).
+    fn symmetric(&self) -> bool {
+        matches!(self.loss, Loss::Contrastive(_) | Loss::Sigmoid(_))
+    }
+
+    /// Both directions through the memories; the contrastive loss one-directional in each.
+    fn score_with_memory(
+        &self,
+        memory: &Mutex<[CrossBatchMemory; 2]>,
+        (img, img_labels): (Tensor<2>, &[usize]),
+        (txt, txt_labels): (Tensor<2>, &[usize]),
+        logits: LogitParams,
+        epoch: usize,
+    ) -> Result<Scored, ScoreError> {
+        let miner = self.miners.miner_for_epoch(epoch);
+        let loss = match self.loss {
+            Loss::Contrastive(c) => Loss::Contrastive(siam_losses::ContrastiveLoss {
+                symmetric: false,
+                ..c
+            }),
+            other => other,
+        };
+        let mut mem = memory.lock().map_err(|_| {
+            ScoreError("the cross-batch memory was poisoned by an earlier failure".to_string())
+        })?;
+        let [to_texts, to_images] = &mut *mem;
+        let a = to_texts
+            .forward(
+                &loss,
+                img.clone(),
+                img_labels,
+                txt.clone(),
+                txt_labels,
+                miner,
+                logits.clone(),
+            )
+            .map_err(|e| ScoreError(format!("image anchors: {e}")))?;
+        let b = to_images
+            .forward(&loss, txt, txt_labels, img, img_labels, miner, logits)
+            .map_err(|e| ScoreError(format!("text anchors: {e}")))?;
+        let (i2t, t2i) = (value(&a.loss), value(&b.loss));
+        Ok(Scored {
+            loss: (a.loss + b.loss).mul_scalar(0.5),
+            i2t,
+            t2i,
+            active: 0.5 * (a.stats.active_fraction + b.stats.active_fraction) as f64,
+        })
+    }
+
+    /// The initial `(t', b)` of a loss with a learnable bias: SigLIP's `(ln 10, -10)`.
+    pub fn initial_logits(&self) -> Option<(f32, f32)> {
+        match self.loss {
+            Loss::Sigmoid(s) => Some((s.logit_scale, s.logit_bias)),
+            _ => None,
+        }
+    }
+}
+
 impl Objective for MetricObjective {
     fn score(
         &self,
@@ -96,15 +168,28 @@ impl Objective for MetricObjective {
         img_labels: &[usize],
         txt: Tensor<2>,
         txt_labels: &[usize],
-        logit_scale: Tensor<1>,
+        logits: LogitParams,
         epoch: usize,
     ) -> Result<Scored, ScoreError> {
         let miner = self.miners.miner_for_epoch(epoch);
-        let scale = self.uses_logit_scale().then_some(logit_scale);
-        if let Loss::Contrastive(_) = self.loss {
+        let logits = if self.uses_logit_scale() {
+            logits
+        } else {
+            LogitParams::default()
+        };
+        if let Some(memory) = &self.memory {
+            return self.score_with_memory(
+                memory,
+                (img, img_labels),
+                (txt, txt_labels),
+                logits,
+                epoch,
+            );
+        }
+        if self.symmetric() {
             let out = self
                 .loss
-                .forward(img, img_labels, txt, txt_labels, miner, scale)
+                .forward_with(img, img_labels, txt, txt_labels, miner, logits)
                 .map_err(|e| ScoreError(e.to_string()))?;
             let v = value(&out.loss);
             return Ok(Scored {
@@ -116,18 +201,18 @@ impl Objective for MetricObjective {
         }
         let a = self
             .loss
-            .forward(
+            .forward_with(
                 img.clone(),
                 img_labels,
                 txt.clone(),
                 txt_labels,
                 miner,
-                scale.clone(),
+                logits.clone(),
             )
             .map_err(|e| ScoreError(format!("image anchors: {e}")))?;
         let b = self
             .loss
-            .forward(txt, txt_labels, img, img_labels, miner, scale)
+            .forward_with(txt, txt_labels, img, img_labels, miner, logits)
             .map_err(|e| ScoreError(format!("text anchors: {e}")))?;
         let (i2t, t2i) = (value(&a.loss), value(&b.loss));
         Ok(Scored {
@@ -139,7 +224,11 @@ impl Objective for MetricObjective {
     }
 
     fn uses_logit_scale(&self) -> bool {
-        matches!(self.loss, Loss::Contrastive(_))
+        self.loss.uses_logit_scale()
+    }
+
+    fn initial_logits(&self) -> Option<(f32, f32)> {
+        MetricObjective::initial_logits(self)
     }
 
     fn describe(&self) -> String {
@@ -152,7 +241,27 @@ impl Objective for MetricObjective {
             Loss::MultiSimilarity(m) => {
                 format!("alpha {}, beta {}, base {}", m.alpha, m.beta, m.base)
             }
+            Loss::Sigmoid(s) => format!(
+                "learnable t' from {:.4}, bias from {}",
+                s.logit_scale, s.logit_bias
+            ),
         };
-        format!("{} ({params}), miner {}", self.loss.name(), self.miner_text)
+        let memory = match &self.memory {
+            Some(m) => {
+                let c = m.lock().map(|m| m[0].config()).ok();
+                c.map_or(String::new(), |c| {
+                    format!(
+                        ", cross-batch memory of {} references per direction from step {}",
+                        c.size, c.start
+                    )
+                })
+            }
+            None => String::new(),
+        };
+        format!(
+            "{} ({params}), miner {}{memory}",
+            self.loss.name(),
+            self.miner_text
+        )
     }
 }

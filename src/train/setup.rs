@@ -227,6 +227,7 @@ pub(super) fn prepare_model(
             clip: start.clip,
             image_head,
             text_head,
+            logit_bias: None,
         },
         card,
         tokenizer,

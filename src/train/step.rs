@@ -22,6 +22,7 @@
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
+use siam_losses::LogitParams;
 
 use super::optim::clip_grad_norm;
 use super::schedule::CosineSchedule;
@@ -44,20 +45,26 @@ pub struct Scored {
 /// and text anchors against image references.
 pub trait Objective {
     /// The loss of a batch: image embeddings `img` (`[B, d]`, labels `img_labels`) and text
-    /// embeddings `txt` (`[T, d]`). `logit_scale` is the model's `log(1/temperature)` `[1]`;
-    /// `epoch` (0-based) picks the miner of a hardness schedule.
+    /// embeddings `txt` (`[T, d]`). `logits` holds the model's `log(1/temperature)` `[1]` (and
+    /// the sigmoid loss's bias); `epoch` (0-based) picks the miner of a hardness schedule.
     fn score(
         &self,
         img: Tensor<2>,
         img_labels: &[usize],
         txt: Tensor<2>,
         txt_labels: &[usize],
-        logit_scale: Tensor<1>,
+        logits: LogitParams,
         epoch: usize,
     ) -> Result<Scored, ScoreError>;
 
     /// Whether the loss uses the logit scale (so the scale should train).
     fn uses_logit_scale(&self) -> bool;
+
+    /// The `(log scale, bias)` a loss with a learnable logit bias starts from (the sigmoid
+    /// loss: SigLIP's `(ln 10, -10)`); `None` keeps the model's scale and adds no bias.
+    fn initial_logits(&self) -> Option<(f32, f32)> {
+        None
+    }
 
     /// A short description for the log (`triplet (margin 0.2), miner hard`).
     fn describe(&self) -> String;
@@ -193,7 +200,7 @@ impl Stepper {
             &batch.image_labels,
             txt,
             &batch.text_labels,
-            model.logit_scale(),
+            model.logit_params(),
             self.epoch,
         ) {
             Ok(s) => s,
@@ -262,17 +269,21 @@ impl Stepper {
             // The logit scale is shared by every micro-step: live in the first only, so its
             // gradient is counted once (open_clip passes it live to every micro-step and so
             // multiplies its gradient by accum_freq).
-            let scale = if j == 0 {
-                model.logit_scale()
+            let logits = if j == 0 {
+                model.logit_params()
             } else {
-                model.logit_scale().detach()
+                let live = model.logit_params();
+                LogitParams {
+                    scale: live.scale.map(|t| t.detach()),
+                    bias: live.bias.map(|t| t.detach()),
+                }
             };
             let s = match objective.score(
                 Tensor::cat(imgs, 0),
                 &img_labels,
                 Tensor::cat(txts, 0),
                 &txt_labels,
-                scale,
+                logits,
                 self.epoch,
             ) {
                 Ok(s) => s,

@@ -162,6 +162,11 @@ impl<'a> Trainer<'a> {
         let fp = fingerprint(cfg, &card, &ds);
         let ck_dir = checkpoint::checkpoint_dir(&cfg.out);
         let objective = build_objective(&cfg.loss)?;
+        // SigLIP's t' and b start at its values; a checkpoint's replace them on resume.
+        let model = match objective.initial_logits() {
+            Some((log_scale, bias)) => model.with_sigmoid_logits(log_scale, bias, &device),
+            None => model,
+        };
         let (model, resumed) = resume(cfg, &ck_dir, &fp, model, obs)?;
         let model = model.with_freeze(
             cfg.towers.freeze_image,

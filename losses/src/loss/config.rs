@@ -10,7 +10,7 @@ use crate::distance::Distance;
 use crate::error::{LossError, Result};
 use crate::miner::HardnessSchedule;
 
-use super::{ContrastiveLoss, Loss, MultiSimilarityLoss, PairwiseLoss, TripletLoss};
+use super::{ContrastiveLoss, Loss, MultiSimilarityLoss, PairwiseLoss, SigmoidLoss, TripletLoss};
 
 /// Which loss, by its command-line name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,15 +23,18 @@ pub enum LossKind {
     Triplet,
     /// `multi-similarity` (also `ms`): [`MultiSimilarityLoss`].
     MultiSimilarity,
+    /// `sigmoid` (also `siglip`): [`SigmoidLoss`].
+    Sigmoid,
 }
 
 impl LossKind {
     /// Every loss, in the order `--help` lists them.
-    pub const ALL: [LossKind; 4] = [
+    pub const ALL: [LossKind; 5] = [
         LossKind::Contrastive,
         LossKind::Pairwise,
         LossKind::Triplet,
         LossKind::MultiSimilarity,
+        LossKind::Sigmoid,
     ];
 
     /// The command-line name.
@@ -41,6 +44,7 @@ impl LossKind {
             LossKind::Pairwise => "pairwise",
             LossKind::Triplet => "triplet",
             LossKind::MultiSimilarity => "multi-similarity",
+            LossKind::Sigmoid => "sigmoid",
         }
     }
 
@@ -50,7 +54,7 @@ impl LossKind {
     pub fn default_miner(&self) -> HardnessSchedule {
         let name = match self {
             LossKind::Triplet | LossKind::Pairwise => "all",
-            LossKind::Contrastive => "none",
+            LossKind::Contrastive | LossKind::Sigmoid => "none",
             LossKind::MultiSimilarity => "multi-similarity",
         };
         name.parse().expect("the default miners parse")
@@ -63,6 +67,7 @@ impl LossKind {
             LossKind::Pairwise => &["distance", "pos-margin", "neg-margin"],
             LossKind::Triplet => &["distance", "margin"],
             LossKind::MultiSimilarity => &["distance", "alpha", "beta", "base"],
+            LossKind::Sigmoid => &["distance", "logit-scale", "logit-bias"],
         }
     }
 }
@@ -75,10 +80,12 @@ impl FromStr for LossKind {
             "pairwise" => Ok(LossKind::Pairwise),
             "triplet" => Ok(LossKind::Triplet),
             "multi-similarity" | "ms" => Ok(LossKind::MultiSimilarity),
+            "sigmoid" | "siglip" => Ok(LossKind::Sigmoid),
             _ => Err(LossError::Parse {
                 what: "loss",
                 input: s.into(),
-                why: "expected contrastive | pairwise | triplet | multi-similarity".into(),
+                why: "expected contrastive | pairwise | triplet | multi-similarity | sigmoid"
+                    .into(),
             }),
         }
     }
@@ -105,6 +112,7 @@ impl fmt::Display for LossKind {
 /// | `pairwise` | `pos-margin`, `neg-margin` | 0.8, 0.3 for a similarity; 0, 1 for a distance |
 /// | `contrastive` | `temperature` | [`ContrastiveLoss::DEFAULT_TEMPERATURE`] = 0.07 |
 /// | `multi-similarity` | `alpha`, `beta`, `base` | 2, 50, 0.5 |
+/// | `sigmoid` | `logit-scale` (`t'`), `logit-bias` (`b`) | ln 10, −10 (SigLIP's initialisation) |
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LossConfig {
     /// Which loss.
@@ -125,6 +133,10 @@ pub struct LossConfig {
     pub beta: Option<f32>,
     /// Multi-similarity base λ.
     pub base: Option<f32>,
+    /// Sigmoid log logit scale `t'` (its initial value when learnable).
+    pub logit_scale: Option<f32>,
+    /// Sigmoid logit bias `b` (its initial value when learnable).
+    pub logit_bias: Option<f32>,
 }
 
 impl LossConfig {
@@ -140,6 +152,8 @@ impl LossConfig {
             alpha: None,
             beta: None,
             base: None,
+            logit_scale: None,
+            logit_bias: None,
         }
     }
 
@@ -153,6 +167,8 @@ impl LossConfig {
             ("alpha", self.alpha),
             ("beta", self.beta),
             ("base", self.base),
+            ("logit-scale", self.logit_scale),
+            ("logit-bias", self.logit_bias),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -196,6 +212,12 @@ impl LossConfig {
                 l.base = self.base.unwrap_or(l.base);
                 Loss::MultiSimilarity(l)
             }
+            LossKind::Sigmoid => {
+                let mut l = SigmoidLoss::new(d);
+                l.logit_scale = self.logit_scale.unwrap_or(l.logit_scale);
+                l.logit_bias = self.logit_bias.unwrap_or(l.logit_bias);
+                Loss::Sigmoid(l)
+            }
         };
         loss.validate_parameters()?;
         Ok(loss)
@@ -233,6 +255,8 @@ impl LossConfig {
             "alpha" => &mut self.alpha,
             "beta" => &mut self.beta,
             "base" => &mut self.base,
+            "logit-scale" | "logit_scale" => &mut self.logit_scale,
+            "logit-bias" | "logit_bias" => &mut self.logit_bias,
             _ => {
                 return Err(bad(format!(
                     "unknown parameter `{key}` (the {} loss takes {})",
@@ -254,6 +278,7 @@ impl Loss {
             Loss::Pairwise(l) => l.validate(),
             Loss::Triplet(l) => l.validate(),
             Loss::MultiSimilarity(l) => l.validate(),
+            Loss::Sigmoid(l) => l.validate(&crate::miner::Miner::none()),
         }
     }
 }
@@ -278,7 +303,7 @@ impl FromStr for LossConfig {
                 what: "loss",
                 input: s.into(),
                 why:
-                    "expected contrastive | pairwise | triplet | multi-similarity [:key=value,...]"
+                    "expected contrastive | pairwise | triplet | multi-similarity | sigmoid [:key=value,...]"
                         .into(),
             }
         })?);
@@ -349,6 +374,10 @@ mod tests {
         }
         match "pairwise:distance=euclidean".parse::<Loss>().unwrap() {
             Loss::Pairwise(p) => assert_eq!((p.pos_margin, p.neg_margin), (0.0, 1.0)),
+            other => panic!("{other:?}"),
+        }
+        match "sigmoid".parse::<Loss>().unwrap() {
+            Loss::Sigmoid(s) => assert_eq!((s.logit_scale, s.logit_bias), (10f32.ln(), -10.0)),
             other => panic!("{other:?}"),
         }
         match "clip".parse::<Loss>().unwrap() {

@@ -4,6 +4,7 @@
 //! - [`PairwiseLoss`] (`pairwise.rs`): the margin pair loss (Hadsell et al. 2006);
 //! - [`TripletLoss`] (`triplet.rs`): the margin triplet loss (FaceNet);
 //! - [`MultiSimilarityLoss`] (`multi_similarity.rs`): Wang et al. 2019;
+//! - [`SigmoidLoss`] (`sigmoid.rs`): SigLIP's pairwise sigmoid loss, label-aware;
 //! - [`LossConfig`] (`config.rs`): a loss parsed once from its name and parameters, with the
 //!   defaults each loss owns.
 //!
@@ -19,12 +20,14 @@ mod config;
 mod contrastive;
 mod multi_similarity;
 mod pairwise;
+mod sigmoid;
 mod triplet;
 
 pub use config::{LossConfig, LossKind};
 pub use contrastive::{ContrastiveLoss, Positives};
 pub use multi_similarity::MultiSimilarityLoss;
 pub use pairwise::PairwiseLoss;
+pub use sigmoid::SigmoidLoss;
 pub use triplet::TripletLoss;
 
 use std::str::FromStr;
@@ -163,6 +166,19 @@ pub enum Loss {
     Triplet(TripletLoss),
     /// Multi-similarity loss.
     MultiSimilarity(MultiSimilarityLoss),
+    /// SigLIP's pairwise sigmoid loss.
+    Sigmoid(SigmoidLoss),
+}
+
+/// The learnable scalars a loss may read, each shape `[1]`: the contrastive loss reads
+/// `scale` (the log of its logit scale), the sigmoid loss `scale` (`t'`) and `bias` (`b`).
+/// A missing one falls back on the loss's configured constant; the others ignore both.
+#[derive(Debug, Clone, Default)]
+pub struct LogitParams {
+    /// Log of the logit scale.
+    pub scale: Option<Tensor<1>>,
+    /// Logit bias.
+    pub bias: Option<Tensor<1>>,
 }
 
 /// Anchors and references after their shapes and labels were checked.
@@ -171,17 +187,22 @@ struct Checked<'a> {
     refs: Tensor<2>,
     labels: &'a [usize],
     ref_labels: &'a [usize],
-    /// The references are the anchors (an embedding is never its own positive).
+    /// The first `B` references are the anchors (an embedding is never its own positive).
     same_set: bool,
     dim: usize,
 }
 
 impl<'a> Checked<'a> {
     /// Checks labels against rows and the two widths against each other.
+    ///
+    /// # Panics
+    /// If `same_set` and there are fewer references than anchors (a caller in this crate).
     fn new(
         anchors: Tensor<2>,
         labels: &'a [usize],
-        refs: Option<(Tensor<2>, &'a [usize])>,
+        refs: Tensor<2>,
+        ref_labels: &'a [usize],
+        same_set: bool,
     ) -> Result<Self> {
         let [b, dim] = anchors.dims();
         if b != labels.len() {
@@ -191,16 +212,6 @@ impl<'a> Checked<'a> {
                 labels: labels.len(),
             });
         }
-        let Some((refs, ref_labels)) = refs else {
-            return Ok(Self {
-                refs: anchors.clone(),
-                anchors,
-                labels,
-                ref_labels: labels,
-                same_set: true,
-                dim,
-            });
-        };
         let [r, dr] = refs.dims();
         if r != ref_labels.len() {
             return Err(LossError::LabelCount {
@@ -215,12 +226,13 @@ impl<'a> Checked<'a> {
                 references: dr,
             });
         }
+        assert!(!same_set || r >= b, "the anchors are the first references");
         Ok(Self {
             anchors,
             refs,
             labels,
             ref_labels,
-            same_set: false,
+            same_set,
             dim,
         })
     }
@@ -234,6 +246,7 @@ impl Loss {
             Loss::Pairwise(l) => l.distance,
             Loss::Triplet(l) => l.distance,
             Loss::MultiSimilarity(l) => l.distance,
+            Loss::Sigmoid(l) => l.distance,
         }
     }
 
@@ -244,6 +257,7 @@ impl Loss {
             Loss::Pairwise(_) => LossKind::Pairwise,
             Loss::Triplet(_) => LossKind::Triplet,
             Loss::MultiSimilarity(_) => LossKind::MultiSimilarity,
+            Loss::Sigmoid(_) => LossKind::Sigmoid,
         }
     }
 
@@ -252,9 +266,10 @@ impl Loss {
         self.kind().name()
     }
 
-    /// Whether the loss uses a learnable logit scale (passed to [`Loss::forward`]).
+    /// Whether the loss uses a learnable logit scale (passed to [`Loss::forward_with`]):
+    /// the contrastive and sigmoid losses (the sigmoid loss also a learnable bias).
     pub fn uses_logit_scale(&self) -> bool {
-        matches!(self, Loss::Contrastive(_))
+        matches!(self, Loss::Contrastive(_) | Loss::Sigmoid(_))
     }
 
     /// Anchors (e.g. images) against references (e.g. texts), each with labels; a reference
@@ -271,12 +286,32 @@ impl Loss {
         miner: &Miner,
         logit_scale: Option<Tensor<1>>,
     ) -> Result<LossOutput> {
-        self.run(
+        let params = LogitParams {
+            scale: logit_scale,
+            bias: None,
+        };
+        self.forward_with(anchors, anchor_labels, refs, ref_labels, miner, params)
+    }
+
+    /// [`Loss::forward`] with every learnable scalar the loss may read (the sigmoid loss's
+    /// bias too).
+    pub fn forward_with(
+        &self,
+        anchors: Tensor<2>,
+        anchor_labels: &[usize],
+        refs: Tensor<2>,
+        ref_labels: &[usize],
+        miner: &Miner,
+        params: LogitParams,
+    ) -> Result<LossOutput> {
+        self.run_parts(
             anchors,
             anchor_labels,
-            Some((refs, ref_labels)),
+            refs,
+            ref_labels,
+            false,
             miner,
-            logit_scale,
+            params,
         )
     }
 
@@ -289,7 +324,30 @@ impl Loss {
         miner: &Miner,
         logit_scale: Option<Tensor<1>>,
     ) -> Result<LossOutput> {
-        self.run(embeddings, labels, None, miner, logit_scale)
+        let params = LogitParams {
+            scale: logit_scale,
+            bias: None,
+        };
+        self.forward_self_with(embeddings, labels, miner, params)
+    }
+
+    /// [`Loss::forward_self`] with every learnable scalar the loss may read.
+    pub fn forward_self_with(
+        &self,
+        embeddings: Tensor<2>,
+        labels: &[usize],
+        miner: &Miner,
+        params: LogitParams,
+    ) -> Result<LossOutput> {
+        self.run_parts(
+            embeddings.clone(),
+            labels,
+            embeddings,
+            labels,
+            true,
+            miner,
+            params,
+        )
     }
 
     fn validate(&self, miner: &Miner) -> Result<()> {
@@ -298,19 +356,25 @@ impl Loss {
             Loss::Pairwise(l) => l.validate(),
             Loss::Triplet(l) => l.validate(),
             Loss::MultiSimilarity(l) => l.validate(),
+            Loss::Sigmoid(l) => l.validate(miner),
         }
     }
 
-    fn run(
+    /// Anchors against `refs`. With `same_set` the first `B` references are the anchors
+    /// themselves (`forward_self`, or a cross-batch memory after them) and `j = i` is left out.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_parts(
         &self,
         anchors: Tensor<2>,
         anchor_labels: &[usize],
-        refs: Option<(Tensor<2>, &[usize])>,
+        refs: Tensor<2>,
+        ref_labels: &[usize],
+        same_set: bool,
         miner: &Miner,
-        logit_scale: Option<Tensor<1>>,
+        params: LogitParams,
     ) -> Result<LossOutput> {
         self.validate(miner)?;
-        let c = Checked::new(anchors, anchor_labels, refs)?;
+        let c = Checked::new(anchors, anchor_labels, refs, ref_labels, same_set)?;
         let (b, r) = (c.labels.len(), c.ref_labels.len());
         if b == 0 || r == 0 {
             return Ok(LossOutput {
@@ -318,13 +382,12 @@ impl Loss {
                 stats: LossStats::default(),
             });
         }
-        let logit_scale = match self {
-            Loss::Contrastive(_) => logit_scale.map(read_logit_scale).transpose()?,
-            _ => None,
-        };
+        let (scale, bias) = self.read_params(params)?;
         let distance = self.distance();
         let swap_refs = match self {
-            Loss::Triplet(t) if t.swap && !c.same_set => Some(c.refs.clone()),
+            // The swap reads reference-to-reference values, which the `B × R` matrix holds
+            // only when the references are exactly the anchors.
+            Loss::Triplet(t) if t.swap && !(c.same_set && r == b) => Some(c.refs.clone()),
             _ => None,
         };
         let mat = distance.matrix(c.anchors, c.refs);
@@ -340,9 +403,24 @@ impl Loss {
             c.dim,
         )?;
         Ok(match self {
-            Loss::Contrastive(l) => l.output(mat, &pm, logit_scale),
+            Loss::Contrastive(l) => l.output(mat, &pm, scale),
+            Loss::Sigmoid(l) => l.output(mat, &pm, scale, bias),
             _ => self.tuple_output(mat, &pm, miner, swap_refs),
         })
+    }
+
+    /// The learnable scalars this loss reads, with their values (checked finite).
+    #[allow(clippy::type_complexity)]
+    fn read_params(
+        &self,
+        p: LogitParams,
+    ) -> Result<(Option<(Tensor<1>, f32)>, Option<(Tensor<1>, f32)>)> {
+        let scale = || p.scale.clone().map(read_logit_scale).transpose();
+        match self {
+            Loss::Contrastive(_) => Ok((scale()?, None)),
+            Loss::Sigmoid(_) => Ok((scale()?, p.bias.clone().map(read_logit_bias).transpose()?)),
+            _ => Ok((None, None)),
+        }
     }
 
     /// Triplet, pairwise and multi-similarity: mine, compute on the host, attach to `mat`.
@@ -364,7 +442,9 @@ impl Loss {
             Loss::Triplet(t) => t.host_with_swap(pm, &tuples, swap_refs),
             Loss::Pairwise(p) => (p.host(pm, &tuples), None),
             Loss::MultiSimilarity(s) => (s.host(pm, &tuples), None),
-            Loss::Contrastive(_) => unreachable!("the contrastive loss attaches to its logits"),
+            Loss::Contrastive(_) | Loss::Sigmoid(_) => {
+                unreachable!("the contrastive and sigmoid losses attach to their logits")
+            }
         };
         host.unorient(pm.distance);
         let mut loss = attach(host.value, mat, host.grad);
@@ -397,6 +477,24 @@ fn read_logit_scale(ls: Tensor<1>) -> Result<(Tensor<1>, f32)> {
         });
     }
     Ok((ls, v.min(MAX_LOGIT_SCALE).exp()))
+}
+
+/// The learnable logit bias with its value read back (must be finite).
+fn read_logit_bias(b: Tensor<1>) -> Result<(Tensor<1>, f32)> {
+    let v = b
+        .clone()
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .ok()
+        .and_then(|v| v.first().copied())
+        .unwrap_or(f32::NAN);
+    if !v.is_finite() {
+        return Err(LossError::NotFinite {
+            what: "logit bias",
+            value: v,
+        });
+    }
+    Ok((b, v))
 }
 
 /// A matrix read back to the host in f32 (the distance always produces f32).
