@@ -16,6 +16,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once and consumed at once: the size of the `train` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train twin towers (image and label-text) with contrastive, pairwise or triplet losses.

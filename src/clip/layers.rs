@@ -376,7 +376,7 @@ mod tests {
         activate(x, Activation::Gelu)
             .into_data()
             .assert_approx_eq::<f32>(
-                &TensorData::from([-0.158655f32, 0.0, 1.954500]),
+                &TensorData::from([-0.158655f32, 0.0, 1.9545]),
                 Tolerance::absolute(1e-5),
             );
     }

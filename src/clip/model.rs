@@ -17,6 +17,9 @@ use burn::tensor::{Device, Int, Tensor};
 ///
 /// Saved and loaded with enum variant names skipped, so its parameters sit at `visual.*`
 /// exactly like open_clip's keys.
+// A tower is built once per model and moved, never copied in bulk: boxing the ViT would only
+// add an indirection to every forward.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum ImageTower {
     /// ViT-B/32, ViT-B/16, ViT-L/14, ...

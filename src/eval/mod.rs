@@ -107,7 +107,7 @@ pub(crate) fn rows_of(what: &'static str, data: &[f32], dim: usize) -> Result<us
     if dim == 0 {
         return Err(EvalError::ZeroDim);
     }
-    if data.len() % dim != 0 {
+    if !data.len().is_multiple_of(dim) {
         return Err(EvalError::Shape {
             what,
             len: data.len(),

@@ -1,6 +1,6 @@
 //! The model every command shares: CLIP towers with projection heads into a joint space.
 //!
-//! - [`twin`]: [`twin::TwinTowers`] (the CLIP towers of [`crate::clip`] + one head per tower)
+//! - [`twin`]: the twin towers, [`twin::TwinTowers`] (the CLIP towers of [`crate::clip`] + one head per tower)
 //!   and the freeze policies training applies to it;
 //! - [`heads`]: linear, CLIP-Adapter and identity heads;
 //! - [`folder`]: the model folder `siam train` writes (`siam.json` + `model.safetensors`) and

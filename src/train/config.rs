@@ -471,7 +471,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_flag() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut TrainConfig)>)> = vec![
+        type Case = (&'static str, Box<dyn Fn(&mut TrainConfig)>);
+        let cases: Vec<Case> = vec![
             (
                 "--temperature",
                 Box::new(|c| c.loss.temperature = Some(0.0)),

@@ -185,6 +185,8 @@ impl Stepper {
 
     /// One step on one batch. On a non-finite loss the model is returned unchanged with
     /// [`StepError::NonFinite`].
+    // The model travels back with the error so the caller keeps its last good weights.
+    #[allow(clippy::result_large_err)]
     pub fn step(
         &mut self,
         model: TwinTowers,
@@ -230,6 +232,7 @@ impl Stepper {
 
     /// One step over several micro-batches that together form one batch, keeping the negatives
     /// of the whole batch (see the module documentation).
+    #[allow(clippy::result_large_err)]
     pub fn step_accumulated(
         &mut self,
         model: TwinTowers,

@@ -560,7 +560,7 @@ impl<'a> Trainer<'a> {
         obs.event(&Event::Step(m));
         self.steps_this_run += 1;
         let stop_now = cfg.max_steps.is_some_and(|s| self.steps_this_run >= s);
-        let every = cfg.checkpoint_every > 0 && st.step % cfg.checkpoint_every == 0;
+        let every = cfg.checkpoint_every > 0 && st.step.is_multiple_of(cfg.checkpoint_every);
         if mid_epoch && (every || stop_now) {
             self.save_checkpoint(model, obs)?;
         }

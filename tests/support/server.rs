@@ -63,6 +63,9 @@ pub struct Server {
 impl Server {
     /// Starts `siam serve --index INDEX --addr 127.0.0.1:0 ARGS...` and waits for the address
     /// it prints.
+    // The child is waited for when the `Server` is dropped (or above, when it fails to start);
+    // clippy cannot see through the struct.
+    #[allow(clippy::zombie_processes)]
     pub fn start(bin: &str, index: &Path, args: &[&str]) -> Server {
         let mut child = Command::new(bin)
             .arg("serve")
@@ -100,6 +103,7 @@ impl Server {
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("siam serve did not start: {}", seen.join("\n"));
                 }
             }
