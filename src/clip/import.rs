@@ -555,35 +555,61 @@ pub(crate) struct ExpectedParam {
     pub(crate) shape: Vec<usize>,
 }
 
+/// Where a [`ModuleVisitor`] is in the module tree, as the key the parameter is saved under
+/// (burn's enum wrappers skipped, as safetensors keys skip them).
+#[derive(Default)]
+pub(crate) struct ModulePath {
+    stack: Vec<(String, String)>,
+}
+
+impl ModulePath {
+    /// Enters module `name` of container type `container`.
+    pub(crate) fn enter(&mut self, name: &str, container: &str) {
+        self.stack.push((name.to_string(), container.to_string()));
+    }
+
+    /// Leaves the innermost module.
+    pub(crate) fn exit(&mut self) {
+        self.stack.pop();
+    }
+
+    /// The dotted key of the current position.
+    pub(crate) fn key(&self) -> String {
+        self.stack
+            .iter()
+            .filter(|(_, c)| !c.starts_with("Enum:"))
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// The container type of the innermost module.
+    pub(crate) fn container(&self) -> String {
+        self.stack
+            .last()
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Default)]
 struct ParamLister {
-    stack: Vec<(String, String)>,
+    stack: ModulePath,
     out: Vec<ExpectedParam>,
 }
 
 impl ModuleVisitor for ParamLister {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.stack
-            .push((name.to_string(), container_type.to_string()));
+        self.stack.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.stack.pop();
+        self.stack.exit();
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let path = self
-            .stack
-            .iter()
-            .filter(|(_, c)| !c.starts_with("Enum:"))
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(".");
-        let container = self
-            .stack
-            .last()
-            .map(|(_, c)| c.clone())
-            .unwrap_or_default();
+        let path = self.stack.key();
+        let container = self.stack.container();
         self.out.push(ExpectedParam {
             path,
             container,

@@ -190,34 +190,23 @@ struct OurTensor {
 
 #[derive(Default)]
 struct Collect {
-    stack: Vec<(String, String)>,
+    stack: crate::clip::import::ModulePath,
     out: BTreeMap<String, OurTensor>,
     order: Vec<String>,
 }
 
 impl ModuleVisitor for Collect {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.stack
-            .push((name.to_string(), container_type.to_string()));
+        self.stack.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.stack.pop();
+        self.stack.exit();
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let path = self
-            .stack
-            .iter()
-            .filter(|(_, c)| !c.starts_with("Enum:"))
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(".");
-        let container = self
-            .stack
-            .last()
-            .map(|(_, c)| c.clone())
-            .unwrap_or_default();
+        let path = self.stack.key();
+        let container = self.stack.container();
         let t = param.val();
         let shape = t.dims().to_vec();
         let values = crate::model::encoder::to_vec(t);
