@@ -84,6 +84,8 @@ struct Recipe {
 
 impl Recipe {
     fn new(device: &Device, p: usize, k: usize) -> Self {
+        // As `siam train` does before its first step.
+        siam::train::memory::keep_freed_memory();
         let cfg = ClipConfig::from_open_clip_json(Path::new("benches/python/tiny_clip.json"))
             .expect("benches/python/tiny_clip.json");
         let siam::clip::config::VisionConfig::Vit(v) = &cfg.vision else {
@@ -110,8 +112,8 @@ impl Recipe {
             epoch: 0,
         };
         let objective = build_objective(&LossSettings {
-            loss: Some("triplet".into()),
-            miner: Some("all".into()),
+            loss: Some("triplet".parse().expect("a loss name")),
+            miner: Some("all".parse().expect("a miner name")),
             ..LossSettings::default()
         })
         .expect("triplet objective");
@@ -239,7 +241,10 @@ fn main() {
     let (mut ours, mut ours_cpu, mut py) = (vec![], vec![], vec![]);
     for r in 0..repeats {
         let (ms, cpu) = recipe.time(steps);
-        eprintln!("siam {backend} run {}: {ms:.1} ms/step, {cpu:.2} cores busy", r + 1);
+        eprintln!(
+            "siam {backend} run {}: {ms:.1} ms/step, {cpu:.2} cores busy",
+            r + 1
+        );
         ours.push(ms);
         ours_cpu.push(cpu);
         if !only_siam {
@@ -260,7 +265,9 @@ fn main() {
         median(ours_cpu)
     );
     let (ln_us, gelu_us) = op_chains(&device, p * k * 65, 200);
-    println!("siam {backend} ops: LayerNorm fwd+bwd {ln_us:.0} us, QuickGELU fwd+bwd {gelu_us:.0} us");
+    println!(
+        "siam {backend} ops: LayerNorm fwd+bwd {ln_us:.0} us, QuickGELU fwd+bwd {gelu_us:.0} us"
+    );
     if py.is_empty() {
         return;
     }
@@ -268,7 +275,10 @@ fn main() {
     let text_len = py[0]["text_len"].as_u64().unwrap_or(0);
     for (what, key) in [
         ("open_clip, texts padded to 77".to_string(), "padded"),
-        (format!("texts trimmed to {text_len} tokens as siam"), "trimmed"),
+        (
+            format!("texts trimmed to {text_len} tokens as siam"),
+            "trimmed",
+        ),
     ] {
         let theirs = col(key, "ms");
         println!(
