@@ -42,12 +42,12 @@ pub enum OutputError {
         holder: String,
     },
     /// The operating system refused a read or write.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file involved.
         path: PathBuf,
-        /// What the OS said.
-        source: io::Error,
+        /// What the OS said (printed, not chained).
+        cause: io::Error,
     },
 }
 
@@ -68,8 +68,6 @@ pub enum OutputKind {
     VectorIndex,
     /// A training checkpoint folder: `state.json`.
     Checkpoint,
-    /// A siam CLIP folder written by `save_model`: `siam.json` and `model.safetensors`.
-    ClipFolder,
     /// A siam model folder replaced as a whole (`siam merge --out`): `siam.json` with
     /// `"format": "siam-model"`, its weights, tokenizer and learned prompts.
     ModelFolder,
@@ -101,7 +99,6 @@ impl OutputKind {
             OutputKind::JointIndex => "an index folder",
             OutputKind::VectorIndex => "an index graph folder",
             OutputKind::Checkpoint => "a checkpoint folder",
-            OutputKind::ClipFolder => "a model folder",
             OutputKind::ModelFolder => "a model folder",
             OutputKind::Embeddings => "an embeddings .npy file",
             OutputKind::EmbeddingIds => "an embeddings ids file",
@@ -143,7 +140,6 @@ impl OutputKind {
                 "graph.hnsw.data",
             ]),
             OutputKind::Checkpoint => Some(&["model.bpk", "optimizer.bpk", "state.json"]),
-            OutputKind::ClipFolder => Some(&["siam.json", "model.safetensors", "tokenizer.json"]),
             OutputKind::ModelFolder => Some(&[
                 "siam.json",
                 "model.safetensors",
@@ -194,7 +190,6 @@ impl OutputKind {
                 json(&path.join("hnsw.json")).is_some_and(|v| has_key(&v, "params"))
             }
             OutputKind::Checkpoint => json(&path.join("state.json")).is_some(),
-            OutputKind::ClipFolder => json(&path.join("siam.json")).is_some(),
             OutputKind::DemoData => json(&path.join(DEMO_MARKER))
                 .is_some_and(|v| v.get("format").and_then(|f| f.as_str()) == Some("siam-demo")),
             OutputKind::Export => {
@@ -330,10 +325,13 @@ pub fn write_file(path: &Path, kind: OutputKind, bytes: &[u8]) -> Result<()> {
         std::borrow::Cow::Borrowed(bytes)
     };
     crate::io::atomic_write_bytes(path, &bytes).map_err(|e| match e {
-        crate::io::IoError::Os { path, source } => OutputError::Io { path, source },
+        crate::io::IoError::Os { path, source } => OutputError::Io {
+            path,
+            cause: source,
+        },
         other => OutputError::Io {
             path: path.to_path_buf(),
-            source: io::Error::other(other.to_string()),
+            cause: io::Error::other(other.to_string()),
         },
     })
 }
@@ -452,9 +450,9 @@ impl OutputLock {
     /// stale lock; refuses with [`OutputError::Locked`] while a live process holds it.
     pub fn acquire(out: &Path, command: &str) -> Result<Self> {
         let path = lock_path(out);
-        let io_err = |source| OutputError::Io {
+        let io_err = |cause| OutputError::Io {
             path: path.clone(),
-            source,
+            cause,
         };
         let mut created = Vec::new();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -463,9 +461,9 @@ impl OutputLock {
                 created.push(d.to_path_buf());
                 missing = d.parent();
             }
-            fs::create_dir_all(dir).map_err(|source| OutputError::Io {
+            fs::create_dir_all(dir).map_err(|cause| OutputError::Io {
                 path: dir.to_path_buf(),
-                source,
+                cause,
             })?;
         }
         let body = serde_json::to_vec(&LockHolder::me(command)).expect("plain data serialises");
