@@ -4,7 +4,7 @@
 //! `eval --json`, `demo-data --out`, ...) goes through [`check_replaceable`] before anything is
 //! written: a path that does not exist, or an empty folder, is free; an existing path is
 //! replaced only when it is an output of the same [`OutputKind`] that siam wrote, recognised by
-//! its manifest (a model folder's `siam.json`, an index's `model.json` and `hnsw/manifest.json`,
+//! its manifest (a model folder's `siam.json`, an index's `manifest.json`,
 //! a PNG's `Software: siam` text chunk, ...). Anything else is refused with one line naming the
 //! path: a user's file or folder is never renamed aside or removed. Folders siam replaces
 //! wholesale must also hold nothing but the entries siam writes there.
@@ -60,9 +60,8 @@ pub enum OutputKind {
     /// A `siam train` output folder: `siam.json` with `"format": "siam-model"`, or a
     /// `checkpoint/state.json`. Files are written into it; the folder itself is never replaced.
     TrainRun,
-    /// A `siam index` folder: `model.json` and `hnsw/manifest.json`.
-    IndexFolder,
-    /// A joint index folder (the `hnsw/` of an index): `manifest.json` with `format_version`.
+    /// An index folder (`siam index`, a `siam train` run's `index/`): `manifest.json` with
+    /// `format_version`.
     JointIndex,
     /// One graph of a joint index: `hnsw.json`.
     VectorIndex,
@@ -95,7 +94,6 @@ impl OutputKind {
     pub fn describe(self) -> &'static str {
         match self {
             OutputKind::TrainRun => "a training output folder",
-            OutputKind::IndexFolder => "an index folder",
             OutputKind::JointIndex => "an index folder",
             OutputKind::VectorIndex => "an index graph folder",
             OutputKind::Checkpoint => "a checkpoint folder",
@@ -125,7 +123,6 @@ impl OutputKind {
     /// folders siam writes into without replacing.
     fn known_entries(self) -> Option<&'static [&'static str]> {
         match self {
-            OutputKind::IndexFolder => Some(&["model.json", "hnsw"]),
             OutputKind::JointIndex => Some(&[
                 "manifest.json",
                 "images.json",
@@ -177,11 +174,6 @@ impl OutputKind {
                 json(&path.join("siam.json"))
                     .is_some_and(|v| v.get("format").and_then(|f| f.as_str()) == Some("siam-model"))
                     || json(&path.join("checkpoint").join("state.json")).is_some()
-            }
-            OutputKind::IndexFolder => {
-                json(&path.join("model.json")).is_some_and(|v| has_key(&v, "fingerprint"))
-                    && json(&path.join("hnsw").join("manifest.json"))
-                        .is_some_and(|v| has_key(&v, "format_version"))
             }
             OutputKind::JointIndex => {
                 json(&path.join("manifest.json")).is_some_and(|v| has_key(&v, "format_version"))
@@ -547,13 +539,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let notes = dir.path().join("notes.txt");
         fs::write(&notes, b"mine").unwrap();
-        let e = check_replaceable(&notes, OutputKind::IndexFolder).unwrap_err();
+        let e = check_replaceable(&notes, OutputKind::JointIndex).unwrap_err();
         assert!(e.to_string().contains("notes.txt"), "{e}");
         let user = dir.path().join("userdir");
         fs::create_dir(&user).unwrap();
         fs::write(user.join("precious.txt"), b"x").unwrap();
         for kind in [
-            OutputKind::IndexFolder,
+            OutputKind::JointIndex,
             OutputKind::TrainRun,
             OutputKind::DemoData,
         ] {
@@ -567,7 +559,7 @@ mod tests {
             assert!(check_replaceable(&notes, kind).is_err());
         }
         // Free: missing paths and empty folders.
-        check_replaceable(&dir.path().join("new"), OutputKind::IndexFolder).unwrap();
+        check_replaceable(&dir.path().join("new"), OutputKind::JointIndex).unwrap();
         let empty = dir.path().join("empty");
         fs::create_dir(&empty).unwrap();
         check_replaceable(&empty, OutputKind::TrainRun).unwrap();
@@ -577,13 +569,12 @@ mod tests {
     fn siam_outputs_are_recognised_but_not_with_foreign_entries() {
         let dir = tempfile::tempdir().unwrap();
         let idx = dir.path().join("idx");
-        fs::create_dir_all(idx.join("hnsw")).unwrap();
-        fs::write(idx.join("model.json"), br#"{"fingerprint": "x"}"#).unwrap();
-        fs::write(idx.join("hnsw/manifest.json"), br#"{"format_version": 1}"#).unwrap();
-        check_replaceable(&idx, OutputKind::IndexFolder).unwrap();
+        fs::create_dir_all(idx.join("images")).unwrap();
+        fs::write(idx.join("manifest.json"), br#"{"format_version": 1}"#).unwrap();
+        check_replaceable(&idx, OutputKind::JointIndex).unwrap();
         assert!(check_replaceable(&idx, OutputKind::TrainRun).is_err());
         fs::write(idx.join("precious.txt"), b"x").unwrap();
-        let e = check_replaceable(&idx, OutputKind::IndexFolder).unwrap_err();
+        let e = check_replaceable(&idx, OutputKind::JointIndex).unwrap_err();
         assert!(e.to_string().contains("precious.txt"), "{e}");
     }
 

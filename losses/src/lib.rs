@@ -41,6 +41,32 @@
 //! let grads = (i2t.loss + t2i.loss + out.loss).backward();
 //! ```
 
+/// `Serialize` / `Deserialize` of a type as its text form (`Display` / `FromStr`), with the
+/// `serde` feature: what `--loss` and `--miner` read is what a config file stores.
+macro_rules! serde_as_text {
+    ($t:ty) => {
+        #[cfg(feature = "serde")]
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> ::std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        #[cfg(feature = "serde")]
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> ::std::result::Result<Self, D::Error> {
+                let text = <String as serde::Deserialize>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 pub mod distance;
 pub mod error;
 pub mod loss;
