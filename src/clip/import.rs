@@ -881,6 +881,73 @@ fn list(items: &[String]) -> String {
     s
 }
 
+/// The error listing the keys the model needs that the file lacks, the file's keys the model
+/// has no place for, and the tensors of the wrong shape.
+fn key_mismatch(
+    path: &Path,
+    arch: &str,
+    missing: Vec<String>,
+    unexpected: Vec<String>,
+    mis_shaped: Vec<String>,
+) -> ImportError {
+    let parts: Vec<String> = [
+        ("missing", &missing),
+        ("unexpected", &unexpected),
+        ("mis-shaped", &mis_shaped),
+    ]
+    .into_iter()
+    .filter(|(_, keys)| !keys.is_empty())
+    .map(|(what, keys)| format!("{} {what}: {}", keys.len(), list(keys)))
+    .collect();
+    ImportError::KeyMismatch {
+        path: path.to_path_buf().into_boxed_path(),
+        arch: arch.into(),
+        details: parts.join("; ").into(),
+        missing,
+        unexpected,
+        mis_shaped,
+    }
+}
+
+/// Applies the planned `(model path, shape, recipe)` tensors to `clip`, each read from the
+/// file and converted to f32 only when burn-store asks for it; returns how many were applied.
+fn apply_plan(
+    clip: &mut Clip,
+    plan: Vec<(String, Vec<usize>, Recipe)>,
+    tensors: BTreeMap<String, SrcTensor>,
+    path: &Path,
+) -> Result<usize> {
+    let tensors_map = Arc::new(tensors);
+    let packs: Vec<PackTensor> = plan
+        .into_iter()
+        .map(|(name, shape, recipe)| {
+            let numel: usize = shape.iter().product();
+            let map = Arc::clone(&tensors_map);
+            PackTensor::deferred(name, DType::F32, shape, None, numel * 4, move || {
+                let v = recipe
+                    .produce(&map)
+                    .map_err(|e| PackError::IoError(e.to_string()))?;
+                Ok(Bytes::from_elems(v))
+            })
+        })
+        .collect();
+    let result = clip.apply(packs, None, None, true);
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        let mut errs: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
+        errs.extend(
+            result
+                .missing
+                .iter()
+                .map(|(p, _)| format!("{p} was not loaded")),
+        );
+        return Err(ImportError::Apply {
+            path: path.to_path_buf(),
+            errors: list(&errs),
+        });
+    }
+    Ok(result.applied.len())
+}
+
 /// Loads `src` into `clip` under `layout`, checking every key first.
 fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Result<ImportReport> {
     let expected = expected_params(clip);
@@ -949,32 +1016,9 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
         }
     }
     if !missing.is_empty() || !unexpected.is_empty() || !mis_shaped.is_empty() {
-        let mut parts = Vec::new();
-        if !missing.is_empty() {
-            parts.push(format!("{} missing: {}", missing.len(), list(&missing)));
-        }
-        if !unexpected.is_empty() {
-            parts.push(format!(
-                "{} unexpected: {}",
-                unexpected.len(),
-                list(&unexpected)
-            ));
-        }
-        if !mis_shaped.is_empty() {
-            parts.push(format!(
-                "{} mis-shaped: {}",
-                mis_shaped.len(),
-                list(&mis_shaped)
-            ));
-        }
-        return Err(ImportError::KeyMismatch {
-            path: src.path.clone().into_boxed_path(),
-            arch: arch.into(),
-            details: parts.join("; ").into(),
-            missing,
-            unexpected,
-            mis_shaped,
-        });
+        return Err(key_mismatch(
+            &src.path, arch, missing, unexpected, mis_shaped,
+        ));
     }
 
     let mut converted: BTreeSet<String> = BTreeSet::new();
@@ -985,39 +1029,12 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
         }
     }
     let file_tensors = src.tensors.len() + src.non_float.len();
-    let tensors_map = Arc::new(src.tensors);
-    let packs: Vec<PackTensor> = plan
-        .into_iter()
-        .map(|(name, shape, recipe)| {
-            let numel: usize = shape.iter().product();
-            let map = Arc::clone(&tensors_map);
-            PackTensor::deferred(name, DType::F32, shape, None, numel * 4, move || {
-                let v = recipe
-                    .produce(&map)
-                    .map_err(|e| PackError::IoError(e.to_string()))?;
-                Ok(Bytes::from_elems(v))
-            })
-        })
-        .collect();
-    let result = clip.apply(packs, None, None, true);
-    if !result.errors.is_empty() || !result.missing.is_empty() {
-        let mut errs: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
-        errs.extend(
-            result
-                .missing
-                .iter()
-                .map(|(p, _)| format!("{p} was not loaded")),
-        );
-        return Err(ImportError::Apply {
-            path: src.path.clone(),
-            errors: list(&errs),
-        });
-    }
+    let applied = apply_plan(clip, plan, src.tensors, &src.path)?;
     Ok(ImportReport {
         weights: src.path,
         layout,
         format: src.format,
-        applied: result.applied.len(),
+        applied,
         file_tensors,
         ignored,
         converted_from: converted.into_iter().collect(),
