@@ -149,9 +149,103 @@ fn pseudo_labels_threshold_cap_report_and_round_trip() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{} images", rows.len())), "{err}");
-    // Weighting needs --prompt; a bad option is one line.
-    let out = siam(&["train", "--data", &s(&table), "--weight-by", "confidence"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--weight-by"));
+    weighted_training(dir.path(), &table, &plain);
+}
+
+/// `siam train --data pseudo.csv --weight-by confidence` (no --prompt): every anchor's loss
+/// terms weighted by its confidence, with the feature cache of locked towers too; a table
+/// without a confidence column is a one-line error naming the table and the column.
+fn weighted_training(dir: &Path, table: &Path, plain: &Path) {
+    let run = |out: &Path, extra: &[&str]| {
+        let out_s = s(out);
+        let table_s = s(table);
+        let mut args = vec![
+            "train",
+            "--arch",
+            "tiny",
+            "--data",
+            &table_s,
+            "--epochs",
+            "1",
+            "--classes-per-batch",
+            "2",
+            "--per-class",
+            "1",
+            "--out",
+            &out_s,
+            "--no-index",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        siam(&args)
+    };
+    let first_loss = |out: &Path| -> f64 {
+        let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let step: serde_json::Value = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["loss"].is_number())
+            .expect("a step in metrics.jsonl");
+        step["loss"].as_f64().unwrap()
+    };
+    for (name, extra) in [
+        ("weighted", vec!["--weight-by", "confidence"]),
+        (
+            "weighted-cached",
+            vec![
+                "--weight-by",
+                "confidence",
+                "--freeze-image",
+                "locked",
+                "--freeze-text",
+                "locked",
+                "--loss",
+                "contrastive",
+            ],
+        ),
+        (
+            "weighted-xbm",
+            vec!["--weight-by", "confidence", "--loss", "multi-similarity", "--xbm", "16"],
+        ),
+    ] {
+        let out = dir.join(name);
+        let o = run(&out, &extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{name}: {err}");
+        assert!(err.contains("by its confidence from"), "{name}: {err}");
+        assert!(out.join("siam.json").is_file(), "{name}");
+    }
+    // Same seed, same batches: the confidences change the first step's loss.
+    let (w, p) = (first_loss(&dir.join("weighted")), first_loss(plain));
+    assert!((w - p).abs() > 1e-6, "weighted {w} vs unweighted {p}");
+    // A table without the confidence column.
+    let text = std::fs::read_to_string(table).unwrap();
+    let bare: String = text
+        .lines()
+        .map(|l| l.split(',').take(2).collect::<Vec<_>>().join(","))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let bare_table = table.with_file_name("bare.csv");
+    std::fs::write(&bare_table, bare).unwrap();
+    let o = siam(&[
+        "train",
+        "--arch",
+        "tiny",
+        "--data",
+        &s(&bare_table),
+        "--weight-by",
+        "confidence",
+        "--out",
+        &s(&dir.join("bare-run")),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("bare.csv") && err.contains("`confidence` column"),
+        "{err}"
+    );
+    assert!(!dir.join("bare-run").join("siam.json").exists());
 }
 
 #[test]
