@@ -3,7 +3,8 @@
 //! vectors, siam's logits and the gradient of the cross-entropy with respect to the context match
 //! within 1e-4, for the class token at the end (unified context), in the middle (class-specific)
 //! and at the front (initialised from "a photo of a"); with the positional embedding learned
-//! too (`--prompt-train positional`), the gradient with respect to it matches within 1e-4.
+//! too (`--prompt-train positional`), the gradient with respect to it matches within 1e-4 of its
+//! largest entry.
 
 use std::path::{Path, PathBuf};
 
@@ -162,9 +163,12 @@ fn check_case(name: &str, train: PromptTrain) {
         let g: Tensor<2> = grads.remove(p.id).expect("a gradient for the positional embedding");
         let (want, shape) = npy(&dir.join("grad_pos.npy"));
         assert_eq!(g.dims().to_vec(), shape, "{name}: positional embedding shape");
-        assert!(max_abs(&want) > 1e-3, "{name}: the reference gradient is not trivial");
-        let d = max_abs_diff(&to_vec(g), &want);
-        assert!(d < TOL, "{name}: d loss / d positional embedding differs by {d}");
+        let scale = max_abs(&want);
+        assert!(scale > 1e-3, "{name}: the reference gradient is not trivial");
+        // Each entry sums every class prompt's contribution (up to 72 here, where f32 holds
+        // 5 significant digits): within 1e-4 of the largest entry.
+        let d = max_abs_diff(&to_vec(g), &want) / scale;
+        assert!(d < TOL, "{name}: d loss / d positional embedding differs by {d} (relative)");
     }
 }
 
@@ -228,8 +232,9 @@ fn learned_positional_embedding_is_saved_and_used() {
         card: card(PromptTrain::Context),
         learner: PromptLearner::from_values(ctx.clone(), 1, 2, width, &device),
     };
-    // The tower's table plus a shift: what training would have moved it to.
-    let shifted = text.positional_embedding.val().add_scalar(0.05);
+    // The tower's table, moved as training would (a constant shift would change nothing: every
+    // layer norm removes it).
+    let shifted = text.positional_embedding.val().mul_scalar(3.0);
     let learned = LearnedPrompts {
         card: card(PromptTrain::Positional),
         learner: PromptLearner::from_values(ctx, 1, 2, width, &device).with_positional(shifted),

@@ -152,8 +152,9 @@ impl<'a> Trainer<'a> {
         let (ds, split) = open_data(cfg, demo, obs)?;
         let ds = Arc::new(ds);
         let mode = TextMode::of(&ds);
-        let (train_idx, batches, steps_per_epoch) = batches_of(cfg, &ds)?;
+        let train_idx = ds.indices_of(Split::Train);
         let record_weights = loss_weights(cfg, &ds, &train_idx, obs)?;
+        let (train_idx, batches, steps_per_epoch) = batches_of(cfg, &ds)?;
         let epochs = cfg.epochs();
         let total_steps = steps_per_epoch * epochs;
         let Prepared {
