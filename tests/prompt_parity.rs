@@ -160,15 +160,27 @@ fn check_case(name: &str, train: PromptTrain) {
     let d = max_abs_diff(&to_vec(g), &want_grad);
     assert!(d < TOL, "{name}: d loss / d ctx differs by {d}");
     if let Some(p) = &lp.learner.positional {
-        let g: Tensor<2> = grads.remove(p.id).expect("a gradient for the positional embedding");
+        let g: Tensor<2> = grads
+            .remove(p.id)
+            .expect("a gradient for the positional embedding");
         let (want, shape) = npy(&dir.join("grad_pos.npy"));
-        assert_eq!(g.dims().to_vec(), shape, "{name}: positional embedding shape");
+        assert_eq!(
+            g.dims().to_vec(),
+            shape,
+            "{name}: positional embedding shape"
+        );
         let scale = max_abs(&want);
-        assert!(scale > 1e-3, "{name}: the reference gradient is not trivial");
+        assert!(
+            scale > 1e-3,
+            "{name}: the reference gradient is not trivial"
+        );
         // Each entry sums every class prompt's contribution (up to 72 here, where f32 holds
         // 5 significant digits): within 1e-4 of the largest entry.
         let d = max_abs_diff(&to_vec(g), &want) / scale;
-        assert!(d < TOL, "{name}: d loss / d positional embedding differs by {d} (relative)");
+        assert!(
+            d < TOL,
+            "{name}: d loss / d positional embedding differs by {d} (relative)"
+        );
     }
 }
 
@@ -217,7 +229,9 @@ fn learned_positional_embedding_is_saved_and_used() {
     let classes = vec!["cat".to_string(), "red circle".to_string()];
     let prompts =
         ClassPrompts::new(&enc.tokenizer, &classes, "X X", 2, ClassPosition::End, 77).unwrap();
-    let ctx: Vec<f32> = (0..2 * width).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+    let ctx: Vec<f32> = (0..2 * width)
+        .map(|i| ((i % 7) as f32 - 3.0) * 0.01)
+        .collect();
     let card = |train| PromptCard {
         classes: classes.clone(),
         n_ctx: 2,
@@ -241,7 +255,10 @@ fn learned_positional_embedding_is_saved_and_used() {
     };
     let a = to_vec(plain.class_tensor(&enc.model, &prompts));
     let b = to_vec(learned.class_tensor(&enc.model, &prompts));
-    assert!(max_abs_diff(&a, &b) > 1e-3, "the positional embedding is not used");
+    assert!(
+        max_abs_diff(&a, &b) > 1e-3,
+        "the positional embedding is not used"
+    );
     let dir = tempfile::tempdir().unwrap();
     learned.save(dir.path()).unwrap();
     let back = LearnedPrompts::load(dir.path(), width, context, &device)
@@ -249,5 +266,8 @@ fn learned_positional_embedding_is_saved_and_used() {
         .expect("prompts in the folder");
     assert_eq!(back.card.train, PromptTrain::Positional);
     let c = to_vec(back.class_tensor(&enc.model, &prompts));
-    assert!(max_abs_diff(&b, &c) < 1e-6, "the saved positional embedding differs");
+    assert!(
+        max_abs_diff(&b, &c) < 1e-6,
+        "the saved positional embedding differs"
+    );
 }

@@ -206,7 +206,14 @@ fn weighted_training(dir: &Path, table: &Path, plain: &Path) {
         ),
         (
             "weighted-xbm",
-            vec!["--weight-by", "confidence", "--loss", "multi-similarity", "--xbm", "16"],
+            vec![
+                "--weight-by",
+                "confidence",
+                "--loss",
+                "multi-similarity",
+                "--xbm",
+                "16",
+            ],
         ),
     ] {
         let out = dir.join(name);
@@ -352,8 +359,7 @@ fn prompt_learning_is_saved_and_used() {
     ]);
     // The learned positional embedding is saved with the prompts and read back by classify.
     let card2: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run2.join("prompts.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run2.join("prompts.json")).unwrap()).unwrap();
     assert_eq!(card2["train"], "positional");
     ok(&["classify", &img, "--model", &s(&run2), "--labels", LABELS]);
     let out = siam(&[

@@ -88,7 +88,11 @@ impl<'a> PairMatrix<'a> {
     }
 
     /// The same matrix with anchor and reference loss weights (checked by the caller).
-    pub fn with_weights(mut self, weights: Option<&'a [f32]>, ref_weights: Option<&'a [f32]>) -> Self {
+    pub fn with_weights(
+        mut self,
+        weights: Option<&'a [f32]>,
+        ref_weights: Option<&'a [f32]>,
+    ) -> Self {
         self.weights = weights;
         self.ref_weights = ref_weights;
         self

@@ -118,7 +118,14 @@ mod tests {
         assert!(matches!(e, LossError::WeightCount { rows: 3, .. }), "{e}");
         let e = Weights::both(&[1.0], &[1.0, -0.5]).check(1, 2).unwrap_err();
         assert!(
-            matches!(e, LossError::BadWeight { side: "references", row: 1, .. }),
+            matches!(
+                e,
+                LossError::BadWeight {
+                    side: "references",
+                    row: 1,
+                    ..
+                }
+            ),
             "{e}"
         );
         let e = Weights::anchors(&[f32::NAN]).check(1, 1).unwrap_err();

@@ -346,7 +346,13 @@ impl CrossBatchMemory {
 
 /// The batch's reference weights followed by 1 for every memory row (`n` in all).
 fn extend_weights(batch: Option<&[f32]>, n: usize) -> Option<Vec<f32>> {
-    batch.map(|w| w.iter().copied().chain(std::iter::repeat(1.0)).take(n).collect())
+    batch.map(|w| {
+        w.iter()
+            .copied()
+            .chain(std::iter::repeat(1.0))
+            .take(n)
+            .collect()
+    })
 }
 
 /// Rows against labels and width against the memory's, before both are concatenated.

@@ -10,9 +10,9 @@ mod common;
 use burn::tensor::Tensor;
 use serde_json::Value;
 use siam_losses::{
-    test_device, ContrastiveLoss, CrossBatchMemory, Distance, LogitParams, Loss, Miner,
-    MinerKind, MultiSimilarityLoss, PairwiseLoss, Positives, Reducer, SigmoidLoss, TripletKind,
-    TripletLoss, Weights, XbmConfig,
+    test_device, ContrastiveLoss, CrossBatchMemory, Distance, LogitParams, Loss, Miner, MinerKind,
+    MultiSimilarityLoss, PairwiseLoss, Positives, Reducer, SigmoidLoss, TripletKind, TripletLoss,
+    Weights, XbmConfig,
 };
 
 fn fixtures() -> Vec<Value> {
@@ -37,7 +37,7 @@ fn floats(v: &Value) -> Vec<f32> {
 fn matrix(v: &Value) -> (Vec<f32>, usize, usize) {
     let rows = v.as_array().expect("rows");
     let d = rows[0].as_array().unwrap().len();
-    let flat = rows.iter().flat_map(|r| floats(r)).collect();
+    let flat = rows.iter().flat_map(floats).collect();
     (flat, rows.len(), d)
 }
 
@@ -157,7 +157,9 @@ fn weighted_losses_agree_with_pml_per_element_losses() {
         let want = f(&case["loss_value"]);
         let rel = (got - want).abs() / want.abs().max(1e-3);
         if rel > 1e-5 {
-            failures.push(format!("{name}: loss {got} vs reference {want} (rel {rel:.2e})"));
+            failures.push(format!(
+                "{name}: loss {got} vs reference {want} (rel {rel:.2e})"
+            ));
         }
         let grads = out.loss.backward();
         let mut check = |t: &Tensor<2>, key: &str| {
@@ -168,7 +170,9 @@ fn weighted_losses_agree_with_pml_per_element_losses() {
                 .unwrap_or(vec![0.0; want_g.len()]);
             let e = worst(&got_g, &want_g);
             if e > 1e-5 {
-                failures.push(format!("{name}: {key} differs by {e:.2e} (relative to its max)"));
+                failures.push(format!(
+                    "{name}: {key} differs by {e:.2e} (relative to its max)"
+                ));
             }
         };
         check(&x, "grad_embeddings");
@@ -263,10 +267,20 @@ fn unit_weights_are_the_unweighted_loss_exactly() {
         );
         assert_eq!(plain.stats, ones.stats, "{what}: stats");
         let (g1, g2) = (plain.loss.backward(), ones.loss.backward());
-        assert_eq!(grad_of(&x, &g1), grad_of(&x2, &g2), "{what}: anchor gradient");
-        assert_eq!(grad_of(&y, &g1), grad_of(&y2, &g2), "{what}: reference gradient");
+        assert_eq!(
+            grad_of(&x, &g1),
+            grad_of(&x2, &g2),
+            "{what}: anchor gradient"
+        );
+        assert_eq!(
+            grad_of(&y, &g1),
+            grad_of(&y2, &g2),
+            "{what}: reference gradient"
+        );
         // The same through forward_self.
-        let s1 = loss.forward_self(batch(b, d, 3), &lab, &miner, None).unwrap();
+        let s1 = loss
+            .forward_self(batch(b, d, 3), &lab, &miner, None)
+            .unwrap();
         let s2 = loss
             .forward_self_weighted(
                 batch(b, d, 3),
@@ -330,7 +344,10 @@ fn a_zero_weight_removes_its_anchor() {
             common::scalar(weighted.loss.clone()),
             common::scalar(without.loss),
         );
-        assert!((a - e).abs() <= 1e-6 * e.abs().max(1.0), "{what}: {a} vs {e}");
+        assert!(
+            (a - e).abs() <= 1e-6 * e.abs().max(1.0),
+            "{what}: {a} vs {e}"
+        );
         let g = grad_of(&x, &weighted.loss.backward());
         assert!(
             g[drop * d..(drop + 1) * d].iter().all(|&v| v == 0.0),
@@ -350,8 +367,16 @@ fn weights_compose_with_the_cross_batch_memory() {
     let miner = Miner::new(MinerKind::BatchHard);
     let mut xbm: CrossBatchMemory = XbmConfig::new(16).init().unwrap();
     let first = batch(b, d, 11);
-    xbm.forward(&loss, first.clone(), &lab, first.clone(), &lab, &miner, LogitParams::default())
-        .unwrap();
+    xbm.forward(
+        &loss,
+        first.clone(),
+        &lab,
+        first.clone(),
+        &lab,
+        &miner,
+        LogitParams::default(),
+    )
+    .unwrap();
     let (x, y) = (batch(b, d, 12), batch(b, d, 13));
     let out = xbm
         .forward_weighted(

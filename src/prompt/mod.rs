@@ -161,12 +161,7 @@ impl LearnedPrompts {
 
     /// Reads learned prompts from a model folder; `Ok(None)` when it has none. `context` is
     /// the text tower's context length (the rows of a learned positional embedding).
-    pub fn load(
-        dir: &Path,
-        width: usize,
-        context: usize,
-        device: &Device,
-    ) -> Result<Option<Self>> {
+    pub fn load(dir: &Path, width: usize, context: usize, device: &Device) -> Result<Option<Self>> {
         let cpath = dir.join(PROMPT_CARD);
         if !cpath.is_file() {
             return Ok(None);

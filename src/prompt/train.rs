@@ -40,8 +40,8 @@ use crate::eval::classification::zero_shot;
 use crate::model::encoder::{to_vec, Encoder};
 use crate::train::config::LossSettings;
 use crate::train::objective::build_objective;
-use crate::train::step::BatchWeights;
 use crate::train::schedule::CosineSchedule;
+use crate::train::step::BatchWeights;
 
 /// How to learn the prompts.
 #[derive(Debug, Clone)]

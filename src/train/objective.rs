@@ -107,7 +107,9 @@ impl MetricObjective {
             )
             .map_err(|e| ScoreError(format!("image anchors: {e}")))?;
         let b = to_images
-            .forward_weighted(&loss, txt, txt_labels, img, img_labels, miner, logits, t2i_w)
+            .forward_weighted(
+                &loss, txt, txt_labels, img, img_labels, miner, logits, t2i_w,
+            )
             .map_err(|e| ScoreError(format!("text anchors: {e}")))?;
         let (i2t, t2i) = (value(&a.loss), value(&b.loss));
         Ok(Scored {

@@ -511,9 +511,13 @@ impl Loss {
 fn reference_weights(w: Weights<'_>, same_set: bool, r: usize) -> Option<Vec<f32>> {
     match (w.refs, w.anchors) {
         (Some(refs), _) => Some(refs.to_vec()),
-        (None, Some(a)) if same_set => {
-            Some(a.iter().copied().chain(std::iter::repeat(1.0)).take(r).collect())
-        }
+        (None, Some(a)) if same_set => Some(
+            a.iter()
+                .copied()
+                .chain(std::iter::repeat(1.0))
+                .take(r)
+                .collect(),
+        ),
         _ => None,
     }
 }
