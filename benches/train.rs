@@ -138,6 +138,7 @@ fn main() {
         image_labels: x.image_labels.clone(),
         texts,
         text_labels: x.text_labels.clone(),
+        weights: None,
     };
     let tokens = || TextInput::Tokens {
         ids: x.ids.clone(),

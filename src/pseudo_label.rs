@@ -335,11 +335,15 @@ pub fn read_confidences(path: &Path) -> Result<HashMap<PathBuf, f32>> {
     };
     let (img, conf) = match (col("image"), col("confidence")) {
         (Some(i), Some(c)) => (i, c),
-        _ => {
+        (i, _) => {
+            let missing = if i.is_none() { "image" } else { "confidence" };
             return Err(bad(
                 1,
-                "--weight-by confidence needs `image` and `confidence` columns (as siam pseudo-label writes)".into(),
-            ))
+                format!(
+                    "no `{missing}` column for --weight-by confidence (the header has {}; siam pseudo-label writes {HEADER})",
+                    header.join(",")
+                ),
+            ));
         }
     };
     let folder = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -361,6 +365,38 @@ pub fn read_confidences(path: &Path) -> Result<HashMap<PathBuf, f32>> {
         out.insert(folder.join(im.trim()), w);
     }
     Ok(out)
+}
+
+/// One loss weight per record of `ds`, the dataset `siam train --data table` opened from
+/// `table`: the confidence [`read_confidences`] finds for the record's image
+/// (`--weight-by confidence`). Errors name the table and the first image it has no
+/// confidence for.
+pub fn record_weights(table: &Path, ds: &siam_data::dataset::Dataset) -> Result<Vec<f32>> {
+    use siam_data::dataset::ImageSource;
+    if table.is_dir() {
+        return Err(PseudoLabelError::Option(format!(
+            "--weight-by confidence: {} is a folder; it reads the confidence column of a table `siam pseudo-label` wrote (--data pseudo.csv)",
+            table.display()
+        )));
+    }
+    let by_image = read_confidences(table)?;
+    ds.records
+        .iter()
+        .map(|r| match &r.image {
+            ImageSource::File(p) => by_image.get(p).copied().ok_or_else(|| {
+                PseudoLabelError::Option(format!(
+                    "--weight-by confidence: {} has no confidence for image {}",
+                    table.display(),
+                    p.display()
+                ))
+            }),
+            other => Err(PseudoLabelError::Option(format!(
+                "--weight-by confidence: image {} of {} is not a file the table names",
+                other.name(),
+                table.display()
+            ))),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! CoOp's `PromptLearner` + `TextEncoder` on the tiny open_clip model): for the same context
 //! vectors, siam's logits and the gradient of the cross-entropy with respect to the context match
 //! within 1e-4, for the class token at the end (unified context), in the middle (class-specific)
-//! and at the front (initialised from "a photo of a").
+//! and at the front (initialised from "a photo of a"); with the positional embedding learned
+//! too (`--prompt-train positional`), the gradient with respect to it matches within 1e-4 of its
+//! largest entry.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +12,7 @@ use burn::module::Param;
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use siam::model::encoder::{to_vec, Encoder};
-use siam::prompt::learner::{ClassPosition, ClassPrompts, PromptLearner};
+use siam::prompt::learner::{ClassPosition, ClassPrompts, PromptLearner, PromptTrain};
 use siam::prompt::train::cross_entropy;
 use siam::prompt::{LearnedPrompts, PromptCard};
 
@@ -54,7 +56,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn check_case(name: &str) {
+fn check_case(name: &str, train: PromptTrain) {
     let dir = fixtures().join("prompt").join(name);
     let model_dir = fixtures().join("clip/open_clip_vit");
     let case: serde_json::Value =
@@ -117,6 +119,9 @@ fn check_case(name: &str) {
         let d = max_abs_diff(&to_vec(from_phrase.ctx.val()), &to_vec(learner.ctx.val()));
         assert!(d < 1e-6, "{name}: phrase init differs by {d}");
     }
+    if train == PromptTrain::Positional {
+        learner = learner.with_positional(enc.model.clip.text.positional_embedding.val());
+    }
     let lp = LearnedPrompts {
         card: PromptCard {
             classes: classes.clone(),
@@ -125,6 +130,7 @@ fn check_case(name: &str) {
             position,
             prefix,
             init: None,
+            train,
             training: serde_json::Value::Null,
         },
         learner,
@@ -153,19 +159,115 @@ fn check_case(name: &str) {
     let (want_grad, _) = npy(&dir.join("grad.npy"));
     let d = max_abs_diff(&to_vec(g), &want_grad);
     assert!(d < TOL, "{name}: d loss / d ctx differs by {d}");
+    if let Some(p) = &lp.learner.positional {
+        let g: Tensor<2> = grads
+            .remove(p.id)
+            .expect("a gradient for the positional embedding");
+        let (want, shape) = npy(&dir.join("grad_pos.npy"));
+        assert_eq!(
+            g.dims().to_vec(),
+            shape,
+            "{name}: positional embedding shape"
+        );
+        let scale = max_abs(&want);
+        assert!(
+            scale > 1e-3,
+            "{name}: the reference gradient is not trivial"
+        );
+        // Each entry sums every class prompt's contribution (up to 72 here, where f32 holds
+        // 5 significant digits): within 1e-4 of the largest entry.
+        let d = max_abs_diff(&to_vec(g), &want) / scale;
+        assert!(
+            d < TOL,
+            "{name}: d loss / d positional embedding differs by {d} (relative)"
+        );
+    }
+}
+
+fn max_abs(x: &[f32]) -> f32 {
+    x.iter().fold(0.0, |a, v| a.max(v.abs()))
 }
 
 #[test]
 fn class_token_at_the_end_unified_context() {
-    check_case("end_unified");
+    check_case("end_unified", PromptTrain::Context);
 }
 
 #[test]
 fn class_token_in_the_middle_class_specific_context() {
-    check_case("middle_csc");
+    check_case("middle_csc", PromptTrain::Context);
 }
 
 #[test]
 fn class_token_in_front_context_from_a_phrase() {
-    check_case("front_init");
+    check_case("front_init", PromptTrain::Context);
+}
+
+#[test]
+fn positional_embedding_gradient_at_every_position() {
+    for name in ["end_unified", "middle_csc", "front_init"] {
+        check_case(name, PromptTrain::Positional);
+    }
+}
+
+/// A learned positional embedding is saved with the prompts, read back, and used whenever the
+/// prompts are embedded (the class embeddings change with it and survive the round trip).
+#[test]
+fn learned_positional_embedding_is_saved_and_used() {
+    let model_dir = fixtures().join("clip/open_clip_vit");
+    let device = siam::device::from_env();
+    let config = model_dir.join("open_clip_config.json");
+    let enc = Encoder::load(
+        &model_dir.join("model.safetensors"),
+        Some(config.to_str().unwrap()),
+        &device,
+    )
+    .unwrap();
+    let text = &enc.model.clip.text;
+    let width = text.token_embedding.weight.dims()[1];
+    let context = text.context_length();
+    let classes = vec!["cat".to_string(), "red circle".to_string()];
+    let prompts =
+        ClassPrompts::new(&enc.tokenizer, &classes, "X X", 2, ClassPosition::End, 77).unwrap();
+    let ctx: Vec<f32> = (0..2 * width)
+        .map(|i| ((i % 7) as f32 - 3.0) * 0.01)
+        .collect();
+    let card = |train| PromptCard {
+        classes: classes.clone(),
+        n_ctx: 2,
+        class_specific: false,
+        position: ClassPosition::End,
+        prefix: "X X".into(),
+        init: None,
+        train,
+        training: serde_json::Value::Null,
+    };
+    let plain = LearnedPrompts {
+        card: card(PromptTrain::Context),
+        learner: PromptLearner::from_values(ctx.clone(), 1, 2, width, &device),
+    };
+    // The tower's table, moved as training would (a constant shift would change nothing: every
+    // layer norm removes it).
+    let shifted = text.positional_embedding.val().mul_scalar(3.0);
+    let learned = LearnedPrompts {
+        card: card(PromptTrain::Positional),
+        learner: PromptLearner::from_values(ctx, 1, 2, width, &device).with_positional(shifted),
+    };
+    let a = to_vec(plain.class_tensor(&enc.model, &prompts));
+    let b = to_vec(learned.class_tensor(&enc.model, &prompts));
+    assert!(
+        max_abs_diff(&a, &b) > 1e-3,
+        "the positional embedding is not used"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    learned.save(dir.path()).unwrap();
+    let back = LearnedPrompts::load(dir.path(), width, context, &device)
+        .unwrap()
+        .expect("prompts in the folder");
+    assert_eq!(back.card.train, PromptTrain::Positional);
+    let c = to_vec(back.class_tensor(&enc.model, &prompts));
+    assert!(
+        max_abs_diff(&b, &c) < 1e-6,
+        "the saved positional embedding differs"
+    );
 }

@@ -1,7 +1,8 @@
 //! `siam pseudo-label` and `siam train --prompt` end to end on the demo set with the tiny
 //! open_clip fixture: the threshold and per-class cap hold in the written table, the accuracy
 //! report and plots appear when the images have true labels, the table goes back into
-//! `siam train` (weights and prompts), and learned prompts change what `classify` and `eval` say.
+//! `siam train` (weights, with and without prompts), and learned prompts (and a learned
+//! positional embedding) change what `classify` and `eval` say.
 
 mod support;
 
@@ -135,9 +136,114 @@ fn pseudo_labels_threshold_cap_report_and_round_trip() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{} images", rows.len())), "{err}");
-    // Weighting needs --prompt; a bad option is one line.
-    let out = siam(&["train", "--data", &s(&table), "--weight-by", "confidence"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--weight-by"));
+    weighted_training(dir.path(), &table, &plain);
+}
+
+/// `siam train --data pseudo.csv --weight-by confidence` (no --prompt): every anchor's loss
+/// terms weighted by its confidence, with the feature cache of locked towers too; a table
+/// without a confidence column is a one-line error naming the table and the column.
+fn weighted_training(dir: &Path, table: &Path, plain: &Path) {
+    let run = |out: &Path, extra: &[&str]| {
+        let out_s = s(out);
+        let table_s = s(table);
+        let mut args = vec![
+            "train",
+            "--arch",
+            "tiny",
+            "--data",
+            &table_s,
+            "--epochs",
+            "1",
+            "--classes-per-batch",
+            "2",
+            "--per-class",
+            "1",
+            "--out",
+            &out_s,
+            "--no-index",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        siam(&args)
+    };
+    let first_loss = |out: &Path| -> f64 {
+        let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let step: serde_json::Value = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["loss"].is_number())
+            .expect("a step in metrics.jsonl");
+        step["loss"].as_f64().unwrap()
+    };
+    for (name, extra) in [
+        ("weighted", vec!["--weight-by", "confidence"]),
+        (
+            "weighted-cached",
+            vec![
+                "--weight-by",
+                "confidence",
+                "--freeze-image",
+                "locked",
+                "--freeze-text",
+                "locked",
+                "--loss",
+                "contrastive",
+            ],
+        ),
+        (
+            "weighted-xbm",
+            vec![
+                "--weight-by",
+                "confidence",
+                "--loss",
+                "multi-similarity",
+                "--xbm",
+                "16",
+            ],
+        ),
+    ] {
+        let out = dir.join(name);
+        let o = run(&out, &extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{name}: {err}");
+        assert!(err.contains("by its confidence from"), "{name}: {err}");
+        assert!(out.join("siam.json").is_file(), "{name}");
+    }
+    // Same seed, same batches: the confidences change the first step's loss.
+    let (w, p) = (first_loss(&dir.join("weighted")), first_loss(plain));
+    assert!((w - p).abs() > 1e-6, "weighted {w} vs unweighted {p}");
+    // A table without the confidence column.
+    let text = std::fs::read_to_string(table).unwrap();
+    let bare: String = text
+        .lines()
+        .map(|l| l.split(',').take(2).collect::<Vec<_>>().join(","))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let bare_table = table.with_file_name("bare.csv");
+    std::fs::write(&bare_table, bare).unwrap();
+    let o = siam(&[
+        "train",
+        "--arch",
+        "tiny",
+        "--data",
+        &s(&bare_table),
+        "--weight-by",
+        "confidence",
+        "--classes-per-batch",
+        "2",
+        "--out",
+        &s(&dir.join("bare-run")),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    // The data line, then the error on one line.
+    let errors: Vec<&str> = err.lines().filter(|l| !l.starts_with("data: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains("bare.csv") && errors[0].contains("`confidence` column"),
+        "{err}"
+    );
+    assert!(!dir.join("bare-run").join("siam.json").exists());
 }
 
 #[test]
@@ -221,6 +327,8 @@ fn prompt_learning_is_saved_and_used() {
         "a photo of a",
         "--loss",
         "triplet",
+        "--prompt-train",
+        "positional",
         "--model",
         &model,
         "--arch",
@@ -235,6 +343,11 @@ fn prompt_learning_is_saved_and_used() {
         &s(&run2),
         "-q",
     ]);
+    // The learned positional embedding is saved with the prompts and read back by classify.
+    let card2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run2.join("prompts.json")).unwrap()).unwrap();
+    assert_eq!(card2["train"], "positional");
+    ok(&["classify", &img, "--model", &s(&run2), "--labels", LABELS]);
     let out = siam(&[
         "train", "--prompt", "coop:x", "--model", &model, "--data", &images,
     ]);

@@ -48,6 +48,7 @@ fn batch(range: std::ops::Range<usize>, px: &Tensor<4>, device: &Device) -> Trai
             lengths: vec![4; n],
         },
         text_labels: labels,
+        weights: None,
     }
 }
 

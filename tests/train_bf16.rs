@@ -113,6 +113,7 @@ fn bf16_training_step_matches_f32_loss_and_keeps_f32_parameters() {
             image_labels: vec![0, 1, 2, 3],
             texts: TextInput::Tokens { ids, lengths },
             text_labels: vec![0, 1, 2, 3],
+            weights: None,
         }
     };
     let mut losses = vec![];

@@ -132,6 +132,7 @@ fn first_20_losses_match_pytorch() {
                 .iter()
                 .map(|&l| l as usize)
                 .collect(),
+            weights: None,
         }
     };
 

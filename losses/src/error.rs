@@ -80,6 +80,26 @@ pub enum LossError {
         /// The parameters the loss takes.
         expected: String,
     },
+    /// Loss weights (`Weights`) and the embeddings they weigh disagree on the batch size.
+    #[error("{side}: {rows} embeddings but {weights} loss weights")]
+    WeightCount {
+        /// `"anchors"` or `"references"`.
+        side: &'static str,
+        /// Rows of the embedding matrix.
+        rows: usize,
+        /// Length of the weight slice.
+        weights: usize,
+    },
+    /// A loss weight is negative, NaN or infinite.
+    #[error("{side}: the loss weight of row {row} is {value}; weights must be finite and >= 0")]
+    BadWeight {
+        /// `"anchors"` or `"references"`.
+        side: &'static str,
+        /// The offending row.
+        row: usize,
+        /// The value given.
+        value: f32,
+    },
     /// A string (CLI flag, config file) does not name a known distance, miner, loss or schedule.
     #[error("cannot parse {what} from {input:?}: {why}")]
     Parse {

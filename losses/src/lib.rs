@@ -14,10 +14,11 @@
 //!
 //! Layout: `loss/` holds one file per loss (its config, defaults and maths) and
 //! [`LossConfig`], the typed, parsed form of `--loss`; `miner/` one file per miner and the
-//! [`HardnessSchedule`] (`--miner`); `distance.rs`, `reducer.rs`, `matrix.rs` and `error.rs`
-//! are shared; `xbm.rs` is the cross-batch memory ([`CrossBatchMemory`]); `test_device.rs`
-//! the device tests run on (`SIAM_TEST_DEVICE`, one definition for the whole workspace). With
-//! the `serde` feature, [`LossConfig`] and [`HardnessSchedule`] serialise as their text forms.
+//! [`HardnessSchedule`] (`--miner`); `distance.rs`, `reducer.rs`, `matrix.rs`, `weights.rs`
+//! (per-anchor loss weights, [`Weights`]) and `error.rs` are shared; `xbm.rs` is the
+//! cross-batch memory ([`CrossBatchMemory`]); `test_device.rs` the device tests run on
+//! (`SIAM_TEST_DEVICE`, one definition for the whole workspace). With the `serde` feature,
+//! [`LossConfig`] and [`HardnessSchedule`] serialise as their text forms.
 //!
 //! ```no_run
 //! use burn::tensor::{Device, Distribution, Tensor};
@@ -74,6 +75,7 @@ pub mod matrix;
 pub mod miner;
 pub mod reducer;
 pub mod test_device;
+pub mod weights;
 pub mod xbm;
 
 pub use distance::Distance;
@@ -86,4 +88,5 @@ pub use matrix::PairMatrix;
 pub use miner::{HardnessSchedule, Miner, MinerKind, TripletKind, Tuples};
 pub use reducer::Reducer;
 pub use test_device::{test_device, TestDevice, TestDeviceError};
+pub use weights::Weights;
 pub use xbm::{CrossBatchMemory, XbmConfig};

@@ -26,6 +26,10 @@ pub struct PairMatrix<'a> {
     pub distance: Distance,
     /// Embedding width (used by distance-weighted sampling).
     pub dim: usize,
+    /// Anchor loss weights, length `B` (`None`: all 1; see [`crate::Weights`]).
+    pub weights: Option<&'a [f32]>,
+    /// Reference loss weights, length `R`, for losses whose references are anchors too.
+    pub ref_weights: Option<&'a [f32]>,
 }
 
 impl<'a> PairMatrix<'a> {
@@ -78,7 +82,26 @@ impl<'a> PairMatrix<'a> {
             same_set,
             distance,
             dim,
+            weights: None,
+            ref_weights: None,
         })
+    }
+
+    /// The same matrix with anchor and reference loss weights (checked by the caller).
+    pub fn with_weights(
+        mut self,
+        weights: Option<&'a [f32]>,
+        ref_weights: Option<&'a [f32]>,
+    ) -> Self {
+        self.weights = weights;
+        self.ref_weights = ref_weights;
+        self
+    }
+
+    /// Anchor `i`'s loss weight (1 without weights).
+    #[inline]
+    pub fn weight(&self, i: usize) -> f32 {
+        self.weights.map_or(1.0, |w| w[i])
     }
 
     /// Row `i` of the oriented matrix.

@@ -20,12 +20,19 @@ impl Reducer {
     /// The divisor for a sum of losses over `total` tuples of which `nonzero` are active;
     /// `None` when nothing is left to average (the loss is then zero).
     pub fn divisor(&self, total: usize, nonzero: usize) -> Option<f64> {
+        self.weighted_divisor(total as f64, nonzero as f64)
+    }
+
+    /// [`Reducer::divisor`] for weighted tuples (see [`crate::Weights`]): `total` is the sum
+    /// of every tuple's anchor weight, `nonzero` that of the tuples with a positive loss;
+    /// with unit weights these are the counts, and the divisor is the unweighted one.
+    pub fn weighted_divisor(&self, total: f64, nonzero: f64) -> Option<f64> {
         let n = match self {
             Reducer::Mean => total,
-            Reducer::Sum => return if total > 0 { Some(1.0) } else { None },
+            Reducer::Sum => return (total > 0.0).then_some(1.0),
             Reducer::MeanNonZero => nonzero,
         };
-        (n > 0).then_some(n as f64)
+        (n > 0.0).then_some(n)
     }
 }
 
@@ -56,5 +63,7 @@ mod tests {
         assert_eq!(Reducer::MeanNonZero.divisor(10, 0), None);
         assert_eq!(Reducer::Sum.divisor(10, 0), Some(1.0));
         assert_eq!(Reducer::Sum.divisor(0, 0), None);
+        assert_eq!(Reducer::Mean.weighted_divisor(2.5, 1.0), Some(2.5));
+        assert_eq!(Reducer::MeanNonZero.weighted_divisor(2.5, 0.0), None);
     }
 }

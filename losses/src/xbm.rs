@@ -28,6 +28,7 @@ use crate::distance::to_f32;
 use crate::error::{LossError, Result};
 use crate::loss::{LogitParams, Loss, LossOutput};
 use crate::miner::Miner;
+use crate::weights::Weights;
 
 /// A cross-batch memory's configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,12 +186,46 @@ impl CrossBatchMemory {
         miner: &Miner,
         params: LogitParams,
     ) -> Result<LossOutput> {
+        self.forward_weighted(
+            loss,
+            anchors,
+            anchor_labels,
+            refs,
+            ref_labels,
+            miner,
+            params,
+            Weights::none(),
+        )
+    }
+
+    /// [`CrossBatchMemory::forward`] with per-anchor loss weights (see [`Weights`]): the
+    /// memory's references carry none (a reference's weight never multiplies in), so the
+    /// weighting composes with the memory unchanged. Reference weights, when given, are the
+    /// batch's; the memory's rows then weigh 1.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_weighted(
+        &mut self,
+        loss: &Loss,
+        anchors: Tensor<2>,
+        anchor_labels: &[usize],
+        refs: Tensor<2>,
+        ref_labels: &[usize],
+        miner: &Miner,
+        params: LogitParams,
+        weights: Weights<'_>,
+    ) -> Result<LossOutput> {
+        weights.check(anchor_labels.len(), ref_labels.len())?;
         let out = match self.active_references() {
             Some((mem, mem_labels)) => {
                 let all_labels: Vec<usize> =
                     ref_labels.iter().chain(&mem_labels).copied().collect();
                 check_against(&refs, ref_labels, &mem)?;
                 let all = Tensor::cat(vec![to_f32(refs.clone()), mem], 0);
+                let ref_w = extend_weights(weights.refs, all_labels.len());
+                let w = Weights {
+                    anchors: weights.anchors,
+                    refs: ref_w.as_deref(),
+                };
                 loss.run_parts(
                     anchors,
                     anchor_labels,
@@ -199,15 +234,17 @@ impl CrossBatchMemory {
                     false,
                     miner,
                     params,
+                    w,
                 )?
             }
-            None => loss.forward_with(
+            None => loss.forward_weighted(
                 anchors,
                 anchor_labels,
                 refs.clone(),
                 ref_labels,
                 miner,
                 params,
+                weights,
             )?,
         };
         self.enqueue(refs, ref_labels)?;
@@ -229,6 +266,24 @@ impl CrossBatchMemory {
         miner: &Miner,
         params: LogitParams,
     ) -> Result<LossOutput> {
+        self.forward_self_weighted(loss, embeddings, labels, miner, params, None)
+    }
+
+    /// [`CrossBatchMemory::forward_self`] with one loss weight per embedding (see [`Weights`];
+    /// the memory's rows weigh 1 where a loss reads reference weights).
+    pub fn forward_self_weighted(
+        &mut self,
+        loss: &Loss,
+        embeddings: Tensor<2>,
+        labels: &[usize],
+        miner: &Miner,
+        params: LogitParams,
+        weights: Option<&[f32]>,
+    ) -> Result<LossOutput> {
+        let w = Weights {
+            anchors: weights,
+            refs: None,
+        };
         let own = to_f32(embeddings.clone().detach());
         let out = match self.active_references() {
             Some((mem, mem_labels)) => {
@@ -243,9 +298,19 @@ impl CrossBatchMemory {
                     true,
                     miner,
                     params,
+                    w,
                 )?
             }
-            None => loss.run_parts(embeddings.clone(), labels, own, labels, true, miner, params)?,
+            None => loss.run_parts(
+                embeddings.clone(),
+                labels,
+                own,
+                labels,
+                true,
+                miner,
+                params,
+                w,
+            )?,
         };
         self.enqueue(embeddings, labels)?;
         self.steps += 1;
@@ -268,6 +333,17 @@ impl CrossBatchMemory {
         self.next = 0;
         self.steps = 0;
     }
+}
+
+/// The batch's reference weights followed by 1 for every memory row (`n` in all).
+fn extend_weights(batch: Option<&[f32]>, n: usize) -> Option<Vec<f32>> {
+    batch.map(|w| {
+        w.iter()
+            .copied()
+            .chain(std::iter::repeat(1.0))
+            .take(n)
+            .collect()
+    })
 }
 
 /// Rows against labels and width against the memory's, before both are concatenated.

@@ -120,10 +120,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.prompt.prompt.is_some() {
         return prompt::run(&args);
     }
-    anyhow::ensure!(
-        args.prompt.weight_by.is_none(),
-        "--weight-by confidence weights CoOp's cross-entropy; use it with --prompt coop:N"
-    );
     let cfg = &args.config;
     cfg.validate()?;
     {

@@ -142,10 +142,24 @@ impl TextTransformer {
     /// # Panics
     /// If `L` exceeds the context length or `lengths` does not hold one value in `1..=L` per row.
     pub fn forward_embedded(&self, prompts: Tensor<3>, lengths: &[usize]) -> Tensor<2> {
+        self.forward_embedded_at(prompts, lengths, self.positional_embedding.val())
+    }
+
+    /// [`Self::forward_embedded`] with a given position table `[context_length, width]` in
+    /// place of the tower's own (CoOp with a learned positional embedding).
+    ///
+    /// # Panics
+    /// If `L` exceeds the table's rows.
+    pub fn forward_embedded_at(
+        &self,
+        prompts: Tensor<3>,
+        lengths: &[usize],
+        positions: Tensor<2>,
+    ) -> Tensor<2> {
         let [_, l, _] = prompts.dims();
-        let ctx = self.context_length();
+        let [ctx, _] = positions.dims();
         assert!(l <= ctx, "{l} tokens exceed the context length {ctx}");
-        let pos = self.positional_embedding.val().narrow(0, 0, l);
+        let pos = positions.narrow(0, 0, l);
         self.forward_suffix(prompts + pos.unsqueeze::<3>(), 0, lengths)
     }
 

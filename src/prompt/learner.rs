@@ -87,11 +87,42 @@ impl FromStr for PromptSpec {
     }
 }
 
-/// The learnable part: the context vectors `[1 or C, N, width]`.
+/// What prompt learning trains (`--prompt-train`): the context vectors only (CoOp's default),
+/// or also the text tower's positional embedding ("backward updates only the prompts' ctx,
+/// and optionally the text tower's positional embedding").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptTrain {
+    /// The context vectors; the towers stay as they are.
+    #[default]
+    Context,
+    /// The context vectors and a learned copy of the positional embedding, saved with the
+    /// prompts and used in place of the tower's own whenever the prompts are embedded.
+    Positional,
+}
+
+impl FromStr for PromptTrain {
+    type Err = PromptError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ctx" | "context" => Ok(Self::Context),
+            "positional" | "ctx+positional" => Ok(Self::Positional),
+            _ => Err(PromptError::Option(format!(
+                "--prompt-train {s:?}: expected ctx (the context vectors) or positional (also the text tower's positional embedding)"
+            ))),
+        }
+    }
+}
+
+/// The learnable part: the context vectors `[1 or C, N, width]` and, with
+/// [`PromptTrain::Positional`], a copy of the text tower's positional embedding.
 #[derive(Module, Debug)]
 pub struct PromptLearner {
     /// Context vectors; the first dimension is 1 (unified) or the class count (csc).
     pub ctx: Param<Tensor<3>>,
+    /// A learned positional embedding `[context_length, width]` used instead of the text
+    /// tower's (initialised from it); `None`: the tower's own, frozen.
+    pub positional: Option<Param<Tensor<2>>>,
 }
 
 impl PromptLearner {
@@ -104,6 +135,7 @@ impl PromptLearner {
         );
         Self {
             ctx: Param::from_tensor(t),
+            positional: None,
         }
     }
 
@@ -118,6 +150,7 @@ impl PromptLearner {
         let t = Tensor::<3>::from_data(TensorData::new(values, [groups, n_ctx, width]), device);
         Self {
             ctx: Param::from_tensor(t),
+            positional: None,
         }
     }
 
@@ -143,7 +176,23 @@ impl PromptLearner {
         };
         Ok(Self {
             ctx: Param::from_tensor(e),
+            positional: None,
         })
+    }
+
+    /// The same context with a learnable positional embedding starting from `table`
+    /// (`[context_length, width]`, the text tower's own).
+    pub fn with_positional(mut self, table: Tensor<2>) -> Self {
+        self.positional = Some(Param::from_tensor(table.detach()));
+        self
+    }
+
+    /// What this learner trains.
+    pub fn trains(&self) -> PromptTrain {
+        match self.positional {
+            Some(_) => PromptTrain::Positional,
+            None => PromptTrain::Context,
+        }
     }
 
     /// `(groups, n_ctx, width)`.

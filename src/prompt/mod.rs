@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! <model>/prompts.json          PromptCard: classes, N, csc, position, init, training record
-//! <model>/prompts.safetensors   the context vectors (PromptLearner)
+//! <model>/prompts.safetensors   the context vectors (PromptLearner), and the learned
+//!                               positional embedding with `--prompt-train positional`
 //! ```
 
 pub mod few_shot;
@@ -70,6 +71,10 @@ pub struct PromptCard {
     pub prefix: String,
     /// The init phrase, if any.
     pub init: Option<String>,
+    /// What was trained: the context only, or also the positional embedding (then saved in
+    /// `prompts.safetensors` and used in place of the tower's when embedding the prompts).
+    #[serde(default)]
+    pub train: learner::PromptTrain,
     /// The training record (loss, shots, seed, accuracies), free-form.
     #[serde(default)]
     pub training: serde_json::Value,
@@ -105,7 +110,11 @@ impl LearnedPrompts {
         prompts: &ClassPrompts,
     ) -> Tensor<2> {
         let x = prompts.embed(self.learner.ctx.val(), &model.clip.text.token_embedding);
-        let feats = model.clip.text.forward_embedded(x, &prompts.lengths);
+        let text = &model.clip.text;
+        let feats = match &self.learner.positional {
+            Some(p) => text.forward_embedded_at(x, &prompts.lengths, p.val()),
+            None => text.forward_embedded(x, &prompts.lengths),
+        };
         model.embed_texts(TextInput::Features(feats))
     }
 
@@ -150,8 +159,9 @@ impl LearnedPrompts {
         crate::io::atomic_write_bytes(&cpath, &json).map_err(|e| fail(cpath, e.to_string()))
     }
 
-    /// Reads learned prompts from a model folder; `Ok(None)` when it has none.
-    pub fn load(dir: &Path, width: usize, device: &Device) -> Result<Option<Self>> {
+    /// Reads learned prompts from a model folder; `Ok(None)` when it has none. `context` is
+    /// the text tower's context length (the rows of a learned positional embedding).
+    pub fn load(dir: &Path, width: usize, context: usize, device: &Device) -> Result<Option<Self>> {
         let cpath = dir.join(PROMPT_CARD);
         if !cpath.is_file() {
             return Ok(None);
@@ -169,6 +179,9 @@ impl LearnedPrompts {
             1
         };
         let mut learner = PromptLearner::random(groups, card.n_ctx, width, device);
+        if card.train == learner::PromptTrain::Positional {
+            learner = learner.with_positional(Tensor::zeros([context, width], device));
+        }
         let wpath = dir.join(PROMPT_WEIGHTS);
         let mut store = SafetensorsStore::from_file(&wpath);
         let r = learner
@@ -178,8 +191,12 @@ impl LearnedPrompts {
             return Err(fail(
                 &wpath,
                 format!(
-                    "expected ctx [{groups}, {}, {width}] (missing {:?}, errors {:?})",
+                    "expected ctx [{groups}, {}, {width}]{} (missing {:?}, errors {:?})",
                     card.n_ctx,
+                    match learner.positional {
+                        Some(_) => format!(" and positional [{context}, {width}]"),
+                        None => String::new(),
+                    },
                     r.missing.iter().map(|m| &m.0).collect::<Vec<_>>(),
                     r.errors
                 ),
@@ -196,6 +213,7 @@ impl LearnedPrompts {
         Self::load(
             &enc.source,
             enc.model.clip.text.token_embedding.weight.dims()[1],
+            enc.model.clip.text.context_length(),
             enc.device(),
         )
     }

@@ -13,7 +13,8 @@
 //!
 //! Since both towers are frozen and no augmentation is applied, each image's embedding is
 //! computed once; only the text tower runs per step (on the class prompts). Optimiser: AdamW
-//! without weight decay on the context vectors (CoOp uses SGD at lr 0.002 for 50-200 epochs;
+//! without weight decay on the context vectors (and, with `--prompt-train positional`, on a
+//! copy of the text tower's positional embedding that replaces the tower's own) (CoOp uses SGD at lr 0.002 for 50-200 epochs;
 //! AdamW reaches the same kind of optimum in far fewer steps, which suits a CPU budget), with
 //! siam's warm-up + cosine schedule.
 
@@ -30,7 +31,9 @@ use serde::Serialize;
 use siam_data::dataset::{Dataset, DatasetKind, ImageSource, OnBadImage, Split};
 
 use super::few_shot::few_shot;
-use super::learner::{phrase_ids, ClassPosition, ClassPrompts, PromptLearner, PromptSpec};
+use super::learner::{
+    phrase_ids, ClassPosition, ClassPrompts, PromptLearner, PromptSpec, PromptTrain,
+};
 use super::{LearnedPrompts, PromptCard, PromptError};
 use crate::embed::{embed_records, ensemble};
 use crate::eval::classification::zero_shot;
@@ -38,6 +41,7 @@ use crate::model::encoder::{to_vec, Encoder};
 use crate::train::config::LossSettings;
 use crate::train::objective::build_objective;
 use crate::train::schedule::CosineSchedule;
+use crate::train::step::BatchWeights;
 
 /// How to learn the prompts.
 #[derive(Debug, Clone)]
@@ -48,6 +52,8 @@ pub struct PromptTrainConfig {
     pub init: Option<String>,
     /// Class-token position.
     pub position: ClassPosition,
+    /// The context only, or also the text tower's positional embedding.
+    pub train: PromptTrain,
     /// K images per class from the training split (all of it when `None`).
     pub shots: Option<usize>,
     /// Seed of the few-shot draw, the context init and the batch order.
@@ -122,12 +128,6 @@ pub fn train_prompts(
     if cfg.epochs == 0 || cfg.batch_size == 0 {
         return Err(opt("--epochs and --batch-size must be at least 1".into()));
     }
-    if cfg.weights.is_some() && cfg.loss.is_some() {
-        return Err(opt(
-            "--weight-by confidence weights CoOp's cross-entropy; leave --loss out with --prompt"
-                .into(),
-        ));
-    }
     let device = enc.device().clone();
     let ctx_len = enc.card.context_length;
     let classes: Vec<String> = ds.labels.iter().map(|l| l.replace('_', " ")).collect();
@@ -160,6 +160,12 @@ pub fn train_prompts(
             let n = cfg.spec.n_ctx;
             let l = PromptLearner::random(groups, n, width, &device);
             (l, n, vec!["X"; n].join(" "))
+        }
+    };
+    let learner = match cfg.train {
+        PromptTrain::Context => learner,
+        PromptTrain::Positional => {
+            learner.with_positional(enc.model.clip.text.positional_embedding.val())
         }
     };
     let prompts = ClassPrompts::new(
@@ -236,6 +242,7 @@ pub fn train_prompts(
             position: cfg.position,
             prefix,
             init: cfg.init.clone(),
+            train: cfg.train,
             training: serde_json::Value::Null,
         },
         learner,
@@ -263,7 +270,12 @@ pub fn train_prompts(
                     cross_entropy(img.matmul(txt.transpose()) * scale, &y, &w)
                 }
                 Some(o) => {
-                    o.score(img, &y, txt, &class_ids, enc.model.logit_params(), epoch)
+                    let bw = cfg
+                        .weights
+                        .is_some()
+                        .then(|| BatchWeights::from_images(w.clone(), &y, &class_ids));
+                    let params = enc.model.logit_params();
+                    o.score(img, &y, txt, &class_ids, bw.as_ref(), params, epoch)
                         .map_err(|e| opt(format!("step {}: {e}", step + 1)))?
                         .loss
                 }

@@ -39,6 +39,30 @@ pub const SELECT_METRICS: &[&str] = &[
 
 pub use crate::settings::clap_defaults;
 
+/// Where per-image loss weights come from (`--weight-by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightBy {
+    /// The `confidence` column of a table `siam pseudo-label` wrote (the `--data` table).
+    Confidence,
+}
+
+impl std::str::FromStr for WeightBy {
+    type Err = crate::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "confidence" => Ok(Self::Confidence),
+            _ => Err(crate::UnknownName::new("weighting", s, "confidence")),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("confidence")
+    }
+}
+
 /// Numeric type the towers compute in. Norms, losses and mining always stay in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -448,6 +472,13 @@ pub struct TrainConfig {
     /// Loss and miner.
     #[command(flatten)]
     pub loss: LossSettings,
+    /// Weight each training image's loss terms: `confidence` reads the confidence column of
+    /// the --data table `siam pseudo-label` wrote (each anchor's terms count its weight; the
+    /// reducer divides by the summed weight). Works with every loss, miner and --xbm, and with
+    /// --prompt.
+    #[arg(long, value_name = "confidence")]
+    #[serde(default)]
+    pub weight_by: Option<WeightBy>,
     /// Batches.
     #[command(flatten)]
     pub batch: BatchConfig,

@@ -45,6 +45,9 @@ pub enum TrainError {
     /// The dataset given by `--data` (or its templates) could not be opened.
     #[error(transparent)]
     Data(#[from] crate::dataset::DataError),
+    /// `--weight-by confidence` could not read a weight for every training image.
+    #[error(transparent)]
+    Weights(#[from] crate::pseudo_label::PseudoLabelError),
     /// The dataset has no training image.
     #[error("{0}: the training split is empty")]
     EmptyTrainSplit(String),

@@ -9,16 +9,20 @@
 //! - with `--xbm SIZE` every direction has its own [`CrossBatchMemory`] of the last SIZE
 //!   references (texts for image anchors, images for text anchors), appended to the batch's
 //!   own after `--xbm-start` steps and filled after each loss; the contrastive loss then runs
-//!   one-directionally in each direction (the same loss as the symmetric one without memory).
+//!   one-directionally in each direction (the same loss as the symmetric one without memory);
+//! - with `--weight-by confidence` every direction weighs its anchors (`siam_losses::Weights`):
+//!   images by their confidence, texts by the mean confidence of the batch's images they were
+//!   drawn for ([`BatchWeights`]); the symmetric losses weigh their image rows (and the
+//!   contrastive loss its text rows) the same way.
 
 use std::sync::Mutex;
 
 use burn::tensor::Tensor;
 
 use super::config::LossSettings;
-use super::step::{Objective, ScoreError, Scored};
+use super::step::{BatchWeights, Objective, ScoreError, Scored};
 use super::TrainError;
-use siam_losses::{CrossBatchMemory, HardnessSchedule, LogitParams, Loss, XbmConfig};
+use siam_losses::{CrossBatchMemory, HardnessSchedule, LogitParams, Loss, Weights, XbmConfig};
 
 /// A loss with its miner schedule.
 #[derive(Debug)]
@@ -74,6 +78,7 @@ impl MetricObjective {
         memory: &Mutex<[CrossBatchMemory; 2]>,
         (img, img_labels): (Tensor<2>, &[usize]),
         (txt, txt_labels): (Tensor<2>, &[usize]),
+        (i2t_w, t2i_w): (Weights<'_>, Weights<'_>),
         logits: LogitParams,
         epoch: usize,
     ) -> Result<Scored, ScoreError> {
@@ -90,7 +95,7 @@ impl MetricObjective {
         })?;
         let [to_texts, to_images] = &mut *mem;
         let a = to_texts
-            .forward(
+            .forward_weighted(
                 &loss,
                 img.clone(),
                 img_labels,
@@ -98,10 +103,13 @@ impl MetricObjective {
                 txt_labels,
                 miner,
                 logits.clone(),
+                i2t_w,
             )
             .map_err(|e| ScoreError(format!("image anchors: {e}")))?;
         let b = to_images
-            .forward(&loss, txt, txt_labels, img, img_labels, miner, logits)
+            .forward_weighted(
+                &loss, txt, txt_labels, img, img_labels, miner, logits, t2i_w,
+            )
             .map_err(|e| ScoreError(format!("text anchors: {e}")))?;
         let (i2t, t2i) = (value(&a.loss), value(&b.loss));
         Ok(Scored {
@@ -128,6 +136,7 @@ impl Objective for MetricObjective {
         img_labels: &[usize],
         txt: Tensor<2>,
         txt_labels: &[usize],
+        weights: Option<&BatchWeights>,
         logits: LogitParams,
         epoch: usize,
     ) -> Result<Scored, ScoreError> {
@@ -137,11 +146,19 @@ impl Objective for MetricObjective {
         } else {
             LogitParams::default()
         };
+        let (i2t_w, t2i_w) = match weights {
+            Some(w) => (
+                Weights::both(&w.images, &w.texts),
+                Weights::both(&w.texts, &w.images),
+            ),
+            None => (Weights::none(), Weights::none()),
+        };
         if let Some(memory) = &self.memory {
             return self.score_with_memory(
                 memory,
                 (img, img_labels),
                 (txt, txt_labels),
+                (i2t_w, t2i_w),
                 logits,
                 epoch,
             );
@@ -149,7 +166,7 @@ impl Objective for MetricObjective {
         if self.symmetric() {
             let out = self
                 .loss
-                .forward_with(img, img_labels, txt, txt_labels, miner, logits)
+                .forward_weighted(img, img_labels, txt, txt_labels, miner, logits, i2t_w)
                 .map_err(|e| ScoreError(e.to_string()))?;
             let v = value(&out.loss);
             return Ok(Scored {
@@ -161,18 +178,19 @@ impl Objective for MetricObjective {
         }
         let a = self
             .loss
-            .forward_with(
+            .forward_weighted(
                 img.clone(),
                 img_labels,
                 txt.clone(),
                 txt_labels,
                 miner,
                 logits.clone(),
+                i2t_w,
             )
             .map_err(|e| ScoreError(format!("image anchors: {e}")))?;
         let b = self
             .loss
-            .forward_with(txt, txt_labels, img, img_labels, miner, logits)
+            .forward_weighted(txt, txt_labels, img, img_labels, miner, logits, t2i_w)
             .map_err(|e| ScoreError(format!("text anchors: {e}")))?;
         let (i2t, t2i) = (value(&a.loss), value(&b.loss));
         Ok(Scored {

@@ -46,13 +46,16 @@ pub struct Scored {
 pub trait Objective {
     /// The loss of a batch: image embeddings `img` (`[B, d]`, labels `img_labels`) and text
     /// embeddings `txt` (`[T, d]`). `logits` holds the model's `log(1/temperature)` `[1]` (and
-    /// the sigmoid loss's bias); `epoch` (0-based) picks the miner of a hardness schedule.
+    /// the sigmoid loss's bias); `epoch` (0-based) picks the miner of a hardness schedule;
+    /// `weights` (`--weight-by`) weighs each anchor's loss terms.
+    #[allow(clippy::too_many_arguments)]
     fn score(
         &self,
         img: Tensor<2>,
         img_labels: &[usize],
         txt: Tensor<2>,
         txt_labels: &[usize],
+        weights: Option<&BatchWeights>,
         logits: LogitParams,
         epoch: usize,
     ) -> Result<Scored, ScoreError>;
@@ -81,6 +84,57 @@ pub struct TrainBatch {
     pub texts: TextInput,
     /// Label of every text.
     pub text_labels: Vec<usize>,
+    /// Loss weights of the images and texts (`--weight-by confidence`); `None`: all 1.
+    pub weights: Option<BatchWeights>,
+}
+
+/// Per-anchor loss weights of a batch (`--weight-by confidence`; see `siam_losses::Weights`
+/// for how a loss applies them). An image anchor weighs its item's weight (its pseudo-label's
+/// confidence); a text anchor stands for the batch's images it was drawn for (a label text
+/// for every image of that label, a caption for the images it captions) and weighs their
+/// mean weight, or 1 when no image of the batch carries it (nothing to down-weight it by).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchWeights {
+    /// One weight per image.
+    pub images: Vec<f32>,
+    /// One weight per text.
+    pub texts: Vec<f32>,
+}
+
+impl BatchWeights {
+    /// The images' weights, and each text's as the mean of the images sharing its label.
+    pub fn from_images(images: Vec<f32>, image_labels: &[usize], text_labels: &[usize]) -> Self {
+        let texts = text_labels
+            .iter()
+            .map(|t| {
+                let (sum, n) = image_labels
+                    .iter()
+                    .zip(&images)
+                    .filter(|(l, _)| *l == t)
+                    .fold((0f64, 0usize), |(s, n), (_, w)| (s + *w as f64, n + 1));
+                if n == 0 {
+                    1.0
+                } else {
+                    (sum / n as f64) as f32
+                }
+            })
+            .collect();
+        Self { images, texts }
+    }
+
+    /// The weights of several micro-batches, in order; `None` unless every one has weights.
+    pub fn concat<'a>(parts: impl Iterator<Item = Option<&'a BatchWeights>>) -> Option<Self> {
+        let mut out = Self {
+            images: Vec::new(),
+            texts: Vec::new(),
+        };
+        for p in parts {
+            let p = p?;
+            out.images.extend_from_slice(&p.images);
+            out.texts.extend_from_slice(&p.texts);
+        }
+        Some(out)
+    }
 }
 
 impl TrainBatch {
@@ -202,6 +256,7 @@ impl Stepper {
             &batch.image_labels,
             txt,
             &batch.text_labels,
+            batch.weights.as_ref(),
             model.logit_params(),
             self.epoch,
         );
@@ -232,6 +287,7 @@ impl Stepper {
         let n = self.step + 1;
         let img_labels: Vec<usize> = micro.iter().flat_map(|b| b.image_labels.clone()).collect();
         let txt_labels: Vec<usize> = micro.iter().flat_map(|b| b.text_labels.clone()).collect();
+        let weights = BatchWeights::concat(micro.iter().map(|b| b.weights.as_ref()));
         let pairs = 2 * img_labels.len() as u64 * txt_labels.len() as u64;
         // Pass 1: every micro-batch's embeddings without a graph.
         let frozen = model.valid();
@@ -269,6 +325,7 @@ impl Stepper {
                 &img_labels,
                 Tensor::cat(txts, 0),
                 &txt_labels,
+                weights.as_ref(),
                 logits,
                 self.epoch,
             );

@@ -27,7 +27,7 @@ use siam_data::preprocess::Preprocessor;
 
 use super::cache::{FeatureCache, Prefix};
 use super::checkpoint::{self, EpochRecord, TrainState, STATE_FORMAT};
-use super::config::{TowerDtype, TrainConfig};
+use super::config::{TowerDtype, TrainConfig, WeightBy};
 use super::data::{eval_plan, plan_batch, sampler, BatchPlan, BatchSampler, EvalPlan, TextMode};
 use super::inputs::{describe_skipped, Inputs};
 use super::metrics::{MetricsLog, StepMetrics};
@@ -36,7 +36,7 @@ use super::optim::{build_adamw, split_params, ParamSplit};
 use super::report::{metric_map, write_curves, Event, Observer, TrainReport};
 use super::schedule::CosineSchedule;
 use super::setup::{bf16_notice, fingerprint, open_data, prepare_model, Prepared};
-use super::step::{Objective, StepOutcome, Stepper, TrainBatch};
+use super::step::{BatchWeights, Objective, StepOutcome, Stepper, TrainBatch};
 use super::TrainError;
 use crate::model::folder::{self, ModelCard};
 use crate::model::twin::{FreezePolicy, TwinTowers};
@@ -113,6 +113,8 @@ struct Trainer<'a> {
     mode: TextMode,
     /// Training records.
     train_idx: Vec<usize>,
+    /// Loss weight of every dataset record (`--weight-by confidence`).
+    record_weights: Option<Vec<f32>>,
     batches: BatchSampler,
     steps_per_epoch: usize,
     total_steps: usize,
@@ -151,6 +153,8 @@ impl<'a> Trainer<'a> {
         let (ds, split) = open_data(cfg, demo, obs)?;
         let ds = Arc::new(ds);
         let mode = TextMode::of(&ds);
+        let train_idx = ds.indices_of(Split::Train);
+        let record_weights = loss_weights(cfg, &ds, &train_idx, obs)?;
         let (train_idx, batches, steps_per_epoch) = batches_of(cfg, &ds)?;
         let epochs = cfg.epochs();
         let total_steps = steps_per_epoch * epochs;
@@ -214,6 +218,7 @@ impl<'a> Trainer<'a> {
             ds,
             mode,
             train_idx,
+            record_weights,
             batches,
             steps_per_epoch,
             total_steps,
@@ -513,11 +518,16 @@ impl<'a> Trainer<'a> {
                 (None, None) => unreachable!("a loader runs when images are not cached"),
             };
             n_images += plan.records.len();
+            let weights = self.record_weights.as_ref().map(|w| {
+                let images = plan.records.iter().map(|&r| w[r]).collect();
+                BatchWeights::from_images(images, &plan.image_labels, &plan.text_labels)
+            });
             batches.push(TrainBatch {
                 images,
                 image_labels: plan.image_labels.clone(),
                 texts: self.inputs.text_input(&plan.texts, &self.device)?,
                 text_labels: plan.text_labels.clone(),
+                weights,
             });
         }
         Ok((batches, n_images))
@@ -693,6 +703,32 @@ impl<'a> Trainer<'a> {
             frozen_parameters: self.params.frozen_values,
         })
     }
+}
+
+/// Every record's loss weight under `--weight-by confidence` (the `--data` table's
+/// confidence column), announced with its mean over the training records.
+fn loss_weights(
+    cfg: &TrainConfig,
+    ds: &Dataset,
+    train: &[usize],
+    obs: &mut dyn Observer,
+) -> Result<Option<Vec<f32>>, TrainError> {
+    let Some(WeightBy::Confidence) = cfg.weight_by else {
+        return Ok(None);
+    };
+    let table = cfg.data.path()?.ok_or_else(|| {
+        TrainError::Config(
+            "--weight-by confidence needs --data: a table `siam pseudo-label` wrote".into(),
+        )
+    })?;
+    let w = crate::pseudo_label::record_weights(table, ds)?;
+    let mean = train.iter().map(|&r| w[r] as f64).sum::<f64>() / train.len().max(1) as f64;
+    obs.event(&Event::Info(format!(
+        "weighting each anchor's loss terms by its confidence from {} (mean {mean:.3} over {} training images)",
+        table.display(),
+        train.len()
+    )));
+    Ok(Some(w))
 }
 
 /// The training records, their batch sampler, and the optimiser steps per epoch.

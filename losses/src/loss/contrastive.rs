@@ -33,6 +33,11 @@ pub enum Positives {
 ///
 /// Configuration and defaults ([`ContrastiveLoss::new`]): τ = [`ContrastiveLoss::DEFAULT_TEMPERATURE`]
 /// (0.07, CLIP's initial temperature and PML's), multi-positive, symmetric.
+///
+/// With anchor weights (see [`crate::Weights`]) a row's loss (multi-positive) or each of its
+/// positive pairs' losses (per pair) counts `w_i` times, and each direction divides by the
+/// summed weight of what it averages; the reference → anchor half reads the references'
+/// weights.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ContrastiveLoss {
     /// The similarity (cosine for CLIP).
@@ -53,14 +58,17 @@ struct Rows<'a> {
     labels: &'a [usize],
     ref_labels: &'a [usize],
     same_set: bool,
+    /// The rows' loss weights (`None`: all 1).
+    weights: Option<&'a [f32]>,
 }
 
 /// Sums over one direction.
 #[derive(Default)]
 struct Direction {
     total: f64,
-    /// Rows (multi-positive) or positive pairs (per pair) averaged over.
-    terms: usize,
+    /// Weight of the rows (multi-positive) or positive pairs (per pair) averaged over: their
+    /// count without weights.
+    terms: f64,
     rows_counted: usize,
     rows_active: usize,
 }
@@ -138,15 +146,16 @@ impl ContrastiveLoss {
             labels: m.labels,
             ref_labels: m.ref_labels,
             same_set: m.same_set,
+            weights: m.weights,
         };
         let fwd = self.direction(&rows, c, &mut grad, &mut t);
-        let mut value = if fwd.terms > 0 {
-            fwd.total / fwd.terms as f64
+        let mut value = if fwd.terms > 0.0 {
+            fwd.total / fwd.terms
         } else {
             0.0
         };
-        if fwd.terms > 0 {
-            scale(&mut grad, 1.0 / fwd.terms as f64);
+        if fwd.terms > 0.0 {
+            scale(&mut grad, 1.0 / fwd.terms);
         }
         let (mut counted, mut active) = (fwd.rows_counted, fwd.rows_active);
         if self.symmetric {
@@ -159,16 +168,17 @@ impl ContrastiveLoss {
                 labels: m.ref_labels,
                 ref_labels: m.labels,
                 same_set: m.same_set,
+                weights: m.ref_weights,
             };
             let bwd = self.direction(&cols, c, &mut gt, &mut Tally::default());
             counted += bwd.rows_counted;
             active += bwd.rows_active;
-            let wc = if bwd.terms > 0 {
-                1.0 / bwd.terms as f64
+            let wc = if bwd.terms > 0.0 {
+                1.0 / bwd.terms
             } else {
                 0.0
             };
-            let halves = if fwd.terms > 0 && bwd.terms > 0 {
+            let halves = if fwd.terms > 0.0 && bwd.terms > 0.0 {
                 0.5
             } else {
                 1.0
@@ -203,6 +213,7 @@ impl ContrastiveLoss {
         let mut is_pos = vec![false; r];
         for i in 0..b {
             let row = &rows.o[i * r..(i + 1) * r];
+            let w = rows.weights.map_or(1.0, |w| w[i]) as f64;
             let (mut np, mut nn) = (0usize, 0usize);
             let (mut min_pos, mut max_neg) = (f64::INFINITY, f64::NEG_INFINITY);
             let mut max_all = f64::NEG_INFINITY;
@@ -232,7 +243,7 @@ impl ContrastiveLoss {
             if nn == 0 {
                 // Nothing to contrast against: zero loss, zero gradient (PerPair still counts its pairs, as PML does).
                 if self.positives == Positives::PerPair {
-                    out.terms += np;
+                    out.terms += w * np as f64;
                 }
                 continue;
             }
@@ -246,8 +257,11 @@ impl ContrastiveLoss {
                 Positives::MultiPositive => (multi_positive_row(&z, &is_pos, skip, max_all, g), 1),
                 Positives::PerPair => per_pair_row(&z, &is_pos, skip, max_neg, g),
             };
-            out.total += loss;
-            out.terms += terms;
+            if w != 1.0 {
+                g.iter_mut().for_each(|x| *x = (*x as f64 * w) as f32);
+            }
+            out.total += w * loss;
+            out.terms += w * terms as f64;
         }
         out
     }

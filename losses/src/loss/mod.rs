@@ -38,6 +38,7 @@ use crate::distance::Distance;
 use crate::error::{LossError, Result};
 use crate::matrix::PairMatrix;
 use crate::miner::Miner;
+use crate::weights::Weights;
 
 /// `ln 100`: open_clip clamps the learnable logit scale so `exp(scale) ≤ 100`.
 pub const MAX_LOGIT_SCALE: f32 = 4.605_170_2;
@@ -94,6 +95,10 @@ impl HostLoss {
 struct Tally {
     mined: usize,
     active: usize,
+    /// Anchor weight of the mined tuples (= `mined` without weights).
+    w_mined: f64,
+    /// Anchor weight of the tuples with a positive loss (= `active` without weights).
+    w_active: f64,
     pos_sum: f64,
     pos_n: usize,
     neg_sum: f64,
@@ -287,6 +292,30 @@ impl Loss {
         miner: &Miner,
         params: LogitParams,
     ) -> Result<LossOutput> {
+        self.forward_weighted(
+            anchors,
+            anchor_labels,
+            refs,
+            ref_labels,
+            miner,
+            params,
+            Weights::none(),
+        )
+    }
+
+    /// [`Loss::forward_with`] with per-anchor loss weights: each element's loss is scaled by
+    /// its anchor's weight and the reducer divides by the summed weight (see [`Weights`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_weighted(
+        &self,
+        anchors: Tensor<2>,
+        anchor_labels: &[usize],
+        refs: Tensor<2>,
+        ref_labels: &[usize],
+        miner: &Miner,
+        params: LogitParams,
+        weights: Weights<'_>,
+    ) -> Result<LossOutput> {
         self.run_parts(
             anchors,
             anchor_labels,
@@ -295,6 +324,7 @@ impl Loss {
             false,
             miner,
             params,
+            weights,
         )
     }
 
@@ -322,6 +352,18 @@ impl Loss {
         miner: &Miner,
         params: LogitParams,
     ) -> Result<LossOutput> {
+        self.forward_self_weighted(embeddings, labels, miner, params, Weights::none())
+    }
+
+    /// [`Loss::forward_self_with`] with one loss weight per embedding (see [`Weights`]).
+    pub fn forward_self_weighted(
+        &self,
+        embeddings: Tensor<2>,
+        labels: &[usize],
+        miner: &Miner,
+        params: LogitParams,
+        weights: Weights<'_>,
+    ) -> Result<LossOutput> {
         self.run_parts(
             embeddings.clone(),
             labels,
@@ -330,6 +372,7 @@ impl Loss {
             true,
             miner,
             params,
+            weights,
         )
     }
 
@@ -355,10 +398,13 @@ impl Loss {
         same_set: bool,
         miner: &Miner,
         params: LogitParams,
+        weights: Weights<'_>,
     ) -> Result<LossOutput> {
         self.validate(miner)?;
         let c = Checked::new(anchors, anchor_labels, refs, ref_labels, same_set)?;
         let (b, r) = (c.labels.len(), c.ref_labels.len());
+        weights.check(b, r)?;
+        let ref_weights = reference_weights(weights, same_set, r);
         if b == 0 || r == 0 {
             return Ok(LossOutput {
                 loss: Tensor::zeros([1], &c.anchors.device()),
@@ -384,7 +430,8 @@ impl Loss {
             c.same_set,
             distance,
             c.dim,
-        )?;
+        )?
+        .with_weights(weights.anchors, ref_weights.as_deref());
         Ok(match self {
             Loss::Contrastive(l) => l.output(mat, &pm, scale),
             Loss::Sigmoid(l) => l.output(mat, &pm, scale, bias),
@@ -438,6 +485,23 @@ impl Loss {
             loss,
             stats: host.stats,
         }
+    }
+}
+
+/// The references' weights as the symmetric contrastive loss reads them (see
+/// [`Weights::refs`]): given ones, else the anchors' own for references that are the anchors
+/// (`same_set`) and 1 for the rest; `None` when nothing is weighted.
+fn reference_weights(w: Weights<'_>, same_set: bool, r: usize) -> Option<Vec<f32>> {
+    match (w.refs, w.anchors) {
+        (Some(refs), _) => Some(refs.to_vec()),
+        (None, Some(a)) if same_set => Some(
+            a.iter()
+                .copied()
+                .chain(std::iter::repeat(1.0))
+                .take(r)
+                .collect(),
+        ),
+        _ => None,
     }
 }
 

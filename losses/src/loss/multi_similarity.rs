@@ -17,7 +17,8 @@ use super::{scale, HostLoss, Tally};
 /// (a one-label batch) the loss is zero.
 ///
 /// Configuration and defaults ([`MultiSimilarityLoss::new`]): the paper's and PML's
-/// α = 2, β = 50, λ = 0.5, mean over anchors.
+/// α = 2, β = 50, λ = 0.5, mean over anchors. With anchor weights (see [`crate::Weights`])
+/// the mean is `Σ_i w_i ℓ_i / Σ_i w_i`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MultiSimilarityLoss {
     /// The distance (the paper uses cosine similarity).
@@ -76,6 +77,7 @@ impl MultiSimilarityLoss {
         let mut t = Tally::default();
         let mut value = 0f64;
         let mut nonzero_rows = 0usize;
+        let (mut w_rows, mut w_nonzero) = (0f64, 0f64);
         let mut xs: Vec<(usize, f64)> = Vec::new();
         for a in 0..b {
             let mut row_loss = 0f64;
@@ -84,10 +86,16 @@ impl MultiSimilarityLoss {
                 row_loss +=
                     self.row_side(m, a, &mask[a * r..(a + 1) * r], kind, &mut xs, g, &mut t);
             }
+            let w = m.weight(a);
+            if w != 1.0 {
+                grad[a * r..(a + 1) * r].iter_mut().for_each(|g| *g *= w);
+            }
+            w_rows += w as f64;
             if row_loss > 0.0 {
                 nonzero_rows += 1;
+                w_nonzero += w as f64;
             }
-            value += row_loss;
+            value += w as f64 * row_loss;
         }
         t.mined = t.pos_n + t.neg_n;
         let mut stats = t.stats(m.distance);
@@ -97,7 +105,7 @@ impl MultiSimilarityLoss {
             0.0
         };
         // Without any negative pair there is nothing to contrast (a one-label batch): zero.
-        match self.reducer.divisor(b, nonzero_rows) {
+        match self.reducer.weighted_divisor(w_rows, w_nonzero) {
             Some(div) if t.neg_n > 0 => {
                 scale(&mut grad, 1.0 / div);
                 HostLoss {

@@ -16,7 +16,8 @@ use super::{HostLoss, Tally};
 ///
 /// Configuration and defaults ([`PairwiseLoss::new`]): for a distance PML's `m₊ = 0, m₋ = 1`;
 /// for a similarity siam's `m₊ = 0.8, m₋ = 0.3` (PML's docs flip to `1, 0` for cosine, which
-/// keeps every pair in the loss forever); mean over the non-zero terms (PML's default).
+/// keeps every pair in the loss forever); mean over the non-zero terms (PML's default). With
+/// anchor weights (see [`crate::Weights`]) each pair term counts `w_a` times on its side.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PairwiseLoss {
     /// The distance.
@@ -94,6 +95,7 @@ impl PairwiseLoss {
         let (mut ps, mut ns) = (Side::default(), Side::default());
         for_each_pair(m, tuples, |is_pos, a, j| {
             let o = m.at(a, j);
+            let w = m.weight(a);
             let (side, l, sign) = if is_pos {
                 ps.tally.pos_sum += o as f64;
                 ps.tally.pos_n += 1;
@@ -104,10 +106,12 @@ impl PairwiseLoss {
                 (&mut ns, onm - o, -1.0)
             };
             side.tally.mined += 1;
+            side.tally.w_mined += w as f64;
             if l > 0.0 {
                 side.tally.active += 1;
-                side.value += l as f64;
-                grad[a * r + j] += sign;
+                side.tally.w_active += w as f64;
+                side.value += w as f64 * l as f64;
+                grad[a * r + j] += sign * w;
             }
         });
         let (pt, nt) = (ps.tally, ns.tally);
@@ -122,8 +126,8 @@ impl PairwiseLoss {
             };
             return HostLoss::zero(b * r, t.stats(m.distance));
         }
-        let dp = self.reducer.divisor(pt.mined, pt.active);
-        let dn = self.reducer.divisor(nt.mined, nt.active);
+        let dp = self.reducer.weighted_divisor(pt.w_mined, pt.w_active);
+        let dn = self.reducer.weighted_divisor(nt.w_mined, nt.w_active);
         let (dp, dn) = if self.reducer == Reducer::Sum {
             (dp.map(|_| 1.0), dn.map(|_| 1.0))
         } else {
@@ -144,6 +148,7 @@ impl PairwiseLoss {
             pos_n: pt.pos_n,
             neg_sum: nt.neg_sum,
             neg_n: nt.neg_n,
+            ..Tally::default()
         };
         HostLoss {
             value,

@@ -22,7 +22,8 @@ use super::{attach, sigmoid, softplus, HostLoss, LossOutput, Tally, MAX_LOGIT_SC
 ///
 /// Configuration and defaults ([`SigmoidLoss::new`]): SigLIP's initial `t' = ln 10`
 /// ([`SigmoidLoss::DEFAULT_LOGIT_SCALE`]) and `b = −10` ([`SigmoidLoss::DEFAULT_LOGIT_BIAS`]),
-/// used as fixed values when no learnable ones are passed.
+/// used as fixed values when no learnable ones are passed. With anchor weights (see
+/// [`crate::Weights`]) anchor `i`'s row counts `w_i` times and the `1/B` becomes `1/Σ_i w_i`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SigmoidLoss {
     /// The similarity (cosine; open_clip's features are unit vectors, so their dot product).
@@ -74,8 +75,11 @@ impl SigmoidLoss {
         let mut grad = vec![0f32; b * r];
         let mut t = Tally::default();
         let mut value = 0f64;
+        let mut w_rows = 0f64;
         for i in 0..b {
             let row = m.row(i);
+            let w = m.weight(i) as f64;
+            w_rows += w;
             for j in 0..r {
                 if m.same_set && i == j {
                     continue;
@@ -93,8 +97,8 @@ impl SigmoidLoss {
                 let x = z * (c * s + bias);
                 // −log σ(x) = softplus(−x); d/dℓ = −z σ(−x).
                 let l = softplus(-x);
-                value += l;
-                grad[i * r + j] = (-z * sigmoid(-x)) as f32;
+                value += w * l;
+                grad[i * r + j] = (w * (-z * sigmoid(-x))) as f32;
                 t.mined += 1;
                 if l > std::f64::consts::LN_2 {
                     // The pair is on the wrong side of the decision boundary.
@@ -102,7 +106,8 @@ impl SigmoidLoss {
                 }
             }
         }
-        let inv = 1.0 / b as f64;
+        // `Σ_i w_i` is `B` without weights; all-zero weights leave nothing to average.
+        let inv = if w_rows > 0.0 { 1.0 / w_rows } else { 0.0 };
         grad.iter_mut().for_each(|g| *g = (*g as f64 * inv) as f32);
         HostLoss {
             value: value * inv,

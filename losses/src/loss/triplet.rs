@@ -21,7 +21,9 @@ use super::{host_f32, scale, sigmoid, softplus, HostLoss, Tally};
 ///
 /// Configuration and defaults ([`TripletLoss::new`]): margin `m` (siam's default
 /// [`TripletLoss::DEFAULT_MARGIN`] = 0.2 in cosine units; PML's is 0.05), no swap, hinge,
-/// mean over the triplets with a non-zero loss (PML's `AvgNonZeroReducer`).
+/// mean over the triplets with a non-zero loss (PML's `AvgNonZeroReducer`). With anchor
+/// weights (see [`crate::Weights`]) each triplet's loss counts `w_a` times, in the sum and in
+/// the reducer's count.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TripletLoss {
     /// The distance.
@@ -101,7 +103,10 @@ impl TripletLoss {
             _ => self.visit_tuples(m, tuples, band, refs_matrix, &mut acc),
         }
         let stats = acc.tally.stats(m.distance);
-        match self.reducer.divisor(acc.tally.mined, acc.tally.active) {
+        match self
+            .reducer
+            .weighted_divisor(acc.tally.w_mined, acc.tally.w_active)
+        {
             Some(div) => {
                 scale(&mut acc.grad, 1.0 / div);
                 if let Some(g) = acc.grad_refs.as_mut() {
@@ -207,20 +212,24 @@ impl TripletLoss {
         } else {
             (0.0, 0.0)
         };
+        let w = m.weight(a) as f64;
         let t = &mut acc.tally;
         t.mined += 1;
+        t.w_mined += w;
         t.pos_sum += ap as f64;
         t.pos_n += 1;
         t.neg_sum += an as f64;
         t.neg_n += 1;
         if l > 0.0 {
             t.active += 1;
-            acc.value += l;
-            acc.grad[a * r + p] += dl as f32;
+            t.w_active += w;
+            acc.value += w * l;
+            let dl = (w * dl) as f32;
+            acc.grad[a * r + p] += dl;
             match (via_pn, acc.grad_refs.as_mut()) {
-                (false, _) => acc.grad[a * r + n] -= dl as f32,
-                (true, Some(gr)) => gr[p * r + n] -= dl as f32,
-                (true, None) => acc.grad[p * r + n] -= dl as f32,
+                (false, _) => acc.grad[a * r + n] -= dl,
+                (true, Some(gr)) => gr[p * r + n] -= dl,
+                (true, None) => acc.grad[p * r + n] -= dl,
             }
         }
     }
@@ -270,6 +279,7 @@ impl TripletLoss {
         t: &mut Tally,
     ) -> f64 {
         let (r, margin, row) = (m.cols, self.margin, m.row(a));
+        let w = m.weight(a);
         let mut value = 0f64;
         for &p in pos {
             let ap = row[p as usize];
@@ -284,19 +294,21 @@ impl TripletLoss {
                     if (ap - v) + margin > 0.0 {
                         k += 1;
                         act_sum += v as f64;
-                        grad[a * r + n as usize] -= 1.0;
+                        grad[a * r + n as usize] -= w;
                     }
                 }
             }
             t.mined += mined;
+            t.w_mined += w as f64 * mined as f64;
             t.pos_sum += ap as f64 * mined as f64;
             t.pos_n += mined;
             t.neg_sum += an_sum;
             t.neg_n += mined;
             if k > 0 {
                 t.active += k;
-                value += k as f64 * (ap as f64 + margin as f64) - act_sum;
-                grad[a * r + p as usize] += k as f32;
+                t.w_active += w as f64 * k as f64;
+                value += w as f64 * (k as f64 * (ap as f64 + margin as f64) - act_sum);
+                grad[a * r + p as usize] += k as f32 * w;
             }
         }
         value
@@ -318,6 +330,7 @@ impl TripletLoss {
         t: &mut Tally,
     ) -> f64 {
         let (r, margin, row) = (m.cols, self.margin, m.row(a));
+        let w = m.weight(a);
         neg.sort_unstable_by(|&x, &y| row[x as usize].total_cmp(&row[y as usize]));
         s.vals.clear();
         s.vals.extend(neg.iter().map(|&j| row[j as usize]));
@@ -343,6 +356,7 @@ impl TripletLoss {
             }
             let n = hi_end - lo_end;
             t.mined += n;
+            t.w_mined += w as f64 * n as f64;
             t.pos_sum += ap as f64 * n as f64;
             t.pos_n += n;
             t.neg_sum += prefix[hi_end] - prefix[lo_end];
@@ -351,8 +365,10 @@ impl TripletLoss {
             let k = act - lo_end;
             if k > 0 {
                 t.active += k;
-                value += k as f64 * (ap as f64 + margin as f64) - (prefix[act] - prefix[lo_end]);
-                grad[a * r + p as usize] += k as f32;
+                t.w_active += w as f64 * k as f64;
+                value += w as f64
+                    * (k as f64 * (ap as f64 + margin as f64) - (prefix[act] - prefix[lo_end]));
+                grad[a * r + p as usize] += k as f32 * w;
                 s.diff[lo_end] -= 1;
                 s.diff[act] += 1;
             }
@@ -360,7 +376,7 @@ impl TripletLoss {
         let mut run = 0i64;
         for (idx, &n) in neg.iter().enumerate() {
             run += s.diff[idx];
-            grad[a * r + n as usize] += run as f32;
+            grad[a * r + n as usize] += run as f32 * w;
         }
         value
     }

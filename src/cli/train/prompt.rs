@@ -12,7 +12,7 @@ use super::TrainArgs;
 use crate::cli::common::progress_bar;
 use siam::model::encoder::Encoder;
 use siam::model::folder;
-use siam::prompt::learner::{ClassPosition, PromptSpec};
+use siam::prompt::learner::{ClassPosition, PromptSpec, PromptTrain};
 use siam::prompt::train::{train_prompts, PromptTrainConfig};
 
 /// Prompt-learning options of `siam train`.
@@ -33,10 +33,10 @@ pub struct PromptArgs {
     /// Few-shot: K images per class from the training split (drawn with --seed).
     #[arg(long)]
     pub shots: Option<usize>,
-    /// Weight each image's loss: `confidence` reads the confidence column of a table written
-    /// by `siam pseudo-label` (with --prompt).
-    #[arg(long)]
-    pub weight_by: Option<String>,
+    /// What to train: ctx (the context vectors) or positional (also the text tower's
+    /// positional embedding, saved with the prompts and used whenever they are embedded).
+    #[arg(long, default_value = "ctx")]
+    pub prompt_train: String,
 }
 
 /// Runs `siam train --prompt ...`.
@@ -44,6 +44,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let p = &args.prompt;
     let spec: PromptSpec = p.prompt.as_deref().unwrap_or_default().parse()?;
     let position: ClassPosition = p.prompt_position.parse()?;
+    let train: PromptTrain = p.prompt_train.parse()?;
     let c = &args.config;
     let model = c
         .model
@@ -54,10 +55,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     )?;
     anyhow::ensure!(p.shots != Some(0), "--shots must be at least 1");
     siam::output::check_replaceable(&args.config.out, siam::output::OutputKind::TrainRun)?;
-    let weights = match p.weight_by.as_deref() {
+    let weights = match c.weight_by {
         None => None,
-        Some("confidence") => Some(siam::pseudo_label::read_confidences(data)?),
-        Some(other) => anyhow::bail!("--weight-by {other:?}: the only weighting is `confidence`"),
+        Some(siam::train::config::WeightBy::Confidence) => {
+            Some(siam::pseudo_label::read_confidences(data)?)
+        }
     };
     let device = args.device.open()?.autodiff();
     let arch = if folder::is_model_folder(model) {
@@ -78,6 +80,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         spec,
         init: p.prompt_init.clone(),
         position,
+        train,
         shots: p.shots,
         seed: c.seed,
         epochs: c.optim.epochs.unwrap_or(20),
@@ -89,12 +92,16 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         threads: c.threads,
     };
     siam::console::err_line(format_args!(
-        "prompt learning: {} context vector(s){}, class token {:?}, {} classes, loss {}",
+        "prompt learning: {} context vector(s){}{}, class token {:?}, {} classes, loss {}",
         spec.n_ctx,
         if spec.class_specific {
             " per class"
         } else {
             ""
+        },
+        match train {
+            PromptTrain::Context => "",
+            PromptTrain::Positional => " and the positional embedding",
         },
         position,
         ds.labels.len(),
