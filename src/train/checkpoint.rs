@@ -110,6 +110,10 @@ pub struct TrainState {
     pub images_seen: u64,
     /// The resolved training configuration.
     pub config: serde_json::Value,
+    /// The hard negatives last mined from the index (`--mine-index`), so a resumed run uses
+    /// the same ones.
+    #[serde(default)]
+    pub mined: Option<super::mining::MinedNegatives>,
 }
 
 /// Path of the checkpoint folder inside a run's output folder.
@@ -262,6 +266,7 @@ mod tests {
             pairs_seen: 99,
             images_seen: 12,
             config: serde_json::json!({"loss": "triplet"}),
+            mined: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`step`]: one optimiser step, with open_clip-style gradient accumulation;
 //! - [`optim`], [`schedule`]: AdamW with a no-decay group, global-norm clipping, warm-up + cosine;
 //! - [`checkpoint`], [`metrics`]: resumable checkpoints and the per-step JSONL log;
+//! - [`mining`]: hard negatives mined from the HNSW index of the training images;
 //! - [`cache`]: locked towers' features and `last:N` towers' frozen-prefix hidden states on
 //!   disk, memory-mapped;
 //! - [`config`]: [`TrainConfig`], whose sections are `siam train`'s flags;
@@ -20,6 +21,7 @@ pub mod data;
 pub mod fused_adamw;
 pub mod inputs;
 pub mod metrics;
+pub mod mining;
 pub mod objective;
 pub mod optim;
 pub mod report;
@@ -88,6 +90,9 @@ pub enum TrainError {
     /// The freeze policy does not fit the model.
     #[error(transparent)]
     Freeze(#[from] crate::model::twin::TwinError),
+    /// Mining hard negatives from the index failed.
+    #[error("--mine-index: {0}")]
+    Mining(#[from] crate::index::IndexError),
     /// Validation metrics or plots failed.
     #[error(transparent)]
     Eval(#[from] crate::eval::EvalError),

@@ -242,7 +242,7 @@ pub(super) fn fingerprint(cfg: &TrainConfig, card: &ModelCard, ds: &Dataset) -> 
     let mut v = serde_json::json!({
         "clip": card.clip, "image_head": card.image_head, "text_head": card.text_head,
         "initial": card.initial_weights,
-        "freeze": [cfg.towers.freeze_image, cfg.towers.freeze_text],
+        "freeze": [cfg.towers.image_policy(), cfg.towers.text_policy()],
         "loss": cfg.loss, "data": ds.name, "records": ds.len(),
         "batch": [b.classes_per_batch, b.per_class, b.batch_size, b.accum_steps],
         "seed": cfg.seed,
