@@ -107,10 +107,14 @@ fn centroid_scores(emb: &[f32], dim: usize, labels: &[usize]) -> Vec<f32> {
         .collect()
 }
 
+/// Largest candidate list searched in the graph; beyond it the neighbours are ranked exactly.
+const EXACT_AFTER: usize = 512;
+
 /// The negatives of each row of `emb` (`n x dim`, unit rows) with mining labels `labels`, as
 /// row indices (see the module doc for the rule). Neighbours come from an HNSW graph over the
 /// rows, searched with a candidate list that doubles until `range_max` candidates of another
-/// label pass the margin (or every row was seen).
+/// label pass the margin; an anchor that needs more than 512 candidates (most of its
+/// neighbours share its label or fail the margin) ranks every row exactly instead.
 pub fn mine_negatives(
     emb: &[f32],
     dim: usize,
@@ -134,7 +138,14 @@ pub fn mine_negatives(
             let limit = opts.margin.map(|m| ((1.0 - m) * positive[a] as f64) as f32);
             let mut k = (4 * (opts.range_max + 1)).min(n);
             loop {
-                let hits = index.search(query, k, k)?;
+                // A graph search with a candidate list near n costs more than ranking every
+                // row, so past EXACT_AFTER the ranking is exact.
+                let hits = if k >= n || k > EXACT_AFTER {
+                    k = n;
+                    index.search_exact(query, n)?
+                } else {
+                    index.search(query, k, k)?
+                };
                 let candidates: Vec<usize> = hits
                     .into_iter()
                     .filter(|&(c, s)| {
