@@ -225,10 +225,10 @@ fn bad_input_is_a_clear_error() {
 
     let mut c = cfg(&dir.path().join("w"));
     c.loss = LossSettings {
-        loss: Some("quadruplet".into()),
+        margin: Some(f64::NAN),
         ..LossSettings::default()
     };
-    assert!(run(&c, demo()).contains("quadruplet"));
+    assert!(run(&c, demo()).contains("--margin"));
 }
 
 #[test]

@@ -151,7 +151,7 @@ fn load_start(
                 cfg.seed
             )));
             let mut clip = Clip::new(&clip_cfg, device);
-            if let Some(t) = cfg.loss.temperature {
+            if let Some(t) = cfg.loss.initial_temperature() {
                 clip.logit_scale = burn::module::Param::from_tensor(Tensor::from_data(
                     TensorData::new(vec![(1.0 / t).ln() as f32], [1]),
                     device,
@@ -243,12 +243,16 @@ pub(super) fn fingerprint(cfg: &TrainConfig, card: &ModelCard, ds: &Dataset) -> 
         "clip": card.clip, "image_head": card.image_head, "text_head": card.text_head,
         "initial": card.initial_weights,
         "freeze": [cfg.towers.image_policy(), cfg.towers.text_policy()],
-        "loss": cfg.loss, "data": ds.name, "records": ds.len(),
+        "loss": cfg.loss.fingerprint_value(), "data": ds.name, "records": ds.len(),
         "batch": [b.classes_per_batch, b.per_class, b.batch_size, b.accum_steps],
         "seed": cfg.seed,
     });
     if let Some(s) = cfg.data.split_seed {
         v["split_seed"] = s.into();
+    }
+    // Only when on, so checkpoints of runs without mining keep their fingerprints.
+    if cfg.mining.mine_index.is_some() {
+        v["mining"] = serde_json::to_value(&cfg.mining).unwrap_or_default();
     }
     crate::fingerprint::hex(&Sha256::digest(v.to_string().as_bytes()))
 }
