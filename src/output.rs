@@ -142,7 +142,12 @@ impl OutputKind {
                 "graph.hnsw.graph",
                 "graph.hnsw.data",
             ]),
-            OutputKind::Checkpoint => Some(&["model.bpk", "optimizer.bpk", "state.json"]),
+            OutputKind::Checkpoint => Some(&[
+                "model.bpk",
+                "optimizer.bpk",
+                "state.json",
+                crate::train::checkpoint::XBM_FILE,
+            ]),
             OutputKind::ClipFolder => Some(&["siam.json", "model.safetensors", "tokenizer.json"]),
             OutputKind::ModelFolder => Some(&[
                 "siam.json",

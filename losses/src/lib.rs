@@ -57,7 +57,7 @@ pub use loss::{
 pub use matrix::PairMatrix;
 pub use miner::{HardnessSchedule, Miner, MinerKind, TripletKind, Tuples};
 pub use reducer::Reducer;
-pub use xbm::{CrossBatchMemory, XbmConfig};
+pub use xbm::{CrossBatchMemory, XbmConfig, XbmSnapshot};
 
 use burn::tensor::Device;
 

@@ -663,13 +663,6 @@ impl TrainConfig {
                 return bad(flag, "must be at least 1".into());
             }
         }
-        if self.loss.xbm > 0 && b.accum_steps > 1 {
-            return bad(
-                "--xbm",
-                "cannot be combined with --accum above 1 yet (each micro-step would enqueue the batch)"
-                    .into(),
-            );
-        }
         if self.max_steps == Some(0) {
             return bad("--max-steps", "must be at least 1".into());
         }

@@ -194,7 +194,17 @@ impl<'a> Trainer<'a> {
         )));
         let optim = build_adamw(&cfg.optim.adamw, &params);
         let (optim, st) = match resumed {
-            Some((dir, st)) => (checkpoint::load_optimizer(&dir, optim)?, st),
+            Some((dir, st)) => {
+                if let Some(memories) = checkpoint::load_xbm(&dir)? {
+                    objective.restore_state(&memories, &device).map_err(|e| {
+                        checkpoint::CheckpointError::Mismatch {
+                            path: dir.join(checkpoint::XBM_FILE),
+                            why: e.0,
+                        }
+                    })?;
+                }
+                (checkpoint::load_optimizer(&dir, optim)?, st)
+            }
             None => (optim, fresh_state(cfg, fp, steps_per_epoch, epochs)),
         };
         let stepper = Stepper {
@@ -629,7 +639,14 @@ impl<'a> Trainer<'a> {
         obs: &mut dyn Observer,
     ) -> Result<(), TrainError> {
         self.st.elapsed_s = self.elapsed_before + self.session_start.elapsed().as_secs_f64();
-        checkpoint::save(&self.ck_dir, model, &self.stepper.optim, &self.st)?;
+        let xbm = self.objective.state();
+        checkpoint::save(
+            &self.ck_dir,
+            model,
+            &self.stepper.optim,
+            &self.st,
+            xbm.as_deref(),
+        )?;
         obs.event(&Event::Checkpoint(self.ck_dir.clone()));
         Ok(())
     }
