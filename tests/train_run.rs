@@ -9,23 +9,9 @@ use std::path::Path;
 use siam::model::twin::FreezePolicy;
 use siam::model::Encoder;
 use siam::train::config::LossSettings;
-use siam::train::{train, Event, Observer, TrainConfig, TrainError};
+use siam::train::{train, TrainConfig, TrainError};
 use siam_data::dataset::Dataset;
-
-#[derive(Default)]
-struct Log(Vec<String>);
-
-impl Observer for Log {
-    fn event(&mut self, e: &Event) {
-        if let Event::Info(s) = e {
-            self.0.push(s.clone());
-        }
-    }
-}
-
-fn demo() -> Dataset {
-    siam_data::synthetic::demo(16, 64, 0)
-}
+use support::{demo, Log};
 
 fn cfg(out: &Path) -> TrainConfig {
     let mut c = TrainConfig {
