@@ -382,6 +382,32 @@ mod tests {
         Tensor::<1>::from_floats(v, &test_device()).reshape([v.len() / d, d])
     }
 
+    /// A restored memory holds the same rows, labels, slot and step count, and goes on
+    /// exactly as the original; a snapshot of another size is refused.
+    #[test]
+    fn snapshots_restore_the_ring() {
+        let mut m = XbmConfig::new(3).init().unwrap();
+        m.commit(rows(&[1., 2.], 1), &[1, 2]).unwrap();
+        m.commit(rows(&[3., 4.], 1), &[3, 4]).unwrap();
+        let s = m.snapshot();
+        assert_eq!(
+            (s.rows.clone(), s.labels.clone()),
+            (vec![4., 2., 3.], vec![4, 2, 3])
+        );
+        assert_eq!((s.next, s.steps, s.dim), (1, 2, 1));
+        let mut r = XbmConfig::new(3).init().unwrap();
+        r.restore(&s, &test_device()).unwrap();
+        assert_eq!(r.snapshot(), s);
+        m.commit(rows(&[5.], 1), &[5]).unwrap();
+        r.commit(rows(&[5.], 1), &[5]).unwrap();
+        assert_eq!(r.snapshot(), m.snapshot());
+        let mut small = XbmConfig::new(2).init().unwrap();
+        assert!(small.restore(&s, &test_device()).is_err());
+        let empty = XbmConfig::new(2).init().unwrap().snapshot();
+        small.restore(&empty, &test_device()).unwrap();
+        assert!(small.is_empty());
+    }
+
     #[test]
     fn the_ring_keeps_the_newest() {
         let mut m = XbmConfig::new(3).init().unwrap();
