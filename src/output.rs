@@ -136,7 +136,12 @@ impl OutputKind {
                 "graph.hnsw.graph",
                 "graph.hnsw.data",
             ]),
-            OutputKind::Checkpoint => Some(&["model.bpk", "optimizer.bpk", "state.json"]),
+            OutputKind::Checkpoint => Some(&[
+                "model.bpk",
+                "optimizer.bpk",
+                "state.json",
+                crate::train::checkpoint::XBM_FILE,
+            ]),
             OutputKind::ModelFolder => Some(&[
                 "siam.json",
                 "model.safetensors",

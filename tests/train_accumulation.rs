@@ -159,3 +159,56 @@ fn accumulated_contrastive_step_equals_the_full_batch_step() {
 fn accumulated_triplet_step_equals_the_full_batch_step() {
     check("triplet", Some("hard"));
 }
+
+/// With a cross-batch memory, every micro-step reads the memory as the step began and the
+/// step enqueues its whole batch once: two accumulated steps equal two full-batch steps (the
+/// second one scored against the first one's references), memories included.
+#[test]
+fn accumulated_steps_with_a_memory_equal_the_full_batch_steps() {
+    let device = siam::device::from_env().autodiff();
+    let settings = LossSettings {
+        loss: Some("triplet".parse().unwrap()),
+        miner: Some("hard".parse().unwrap()),
+        xbm: 12,
+        ..LossSettings::default()
+    };
+    let (oa, ob) = (
+        build_objective(&settings).unwrap(),
+        build_objective(&settings).unwrap(),
+    );
+    let px = Tensor::<4>::random([8, 3, 64, 64], Distribution::Normal(0.0, 1.0), &device);
+    let base = model(&device, false);
+    let _ = base.clone().into_record();
+    let (mut a, mut b) = (base.clone(), base.clone());
+    let (mut sa, mut sb) = (stepper(&a), stepper(&b));
+    for step in 0..2 {
+        let (na, out_a) = sa
+            .step(a, batch(0..8, &px, &device), oa.as_ref())
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let micro = vec![batch(0..4, &px, &device), batch(4..8, &px, &device)];
+        let (nb, out_b) = sb
+            .step_accumulated(b, micro, ob.as_ref())
+            .map_err(|(_, e)| e)
+            .unwrap();
+        assert!(
+            (out_a.loss - out_b.loss).abs() < 1e-5 * out_a.loss.abs().max(1.0),
+            "step {step}: {} vs {}",
+            out_a.loss,
+            out_b.loss
+        );
+        (a, b) = (na, nb);
+    }
+    let (ma, mb) = (oa.state().unwrap(), ob.state().unwrap());
+    for (x, y) in ma.iter().zip(&mb) {
+        assert_eq!((x.labels.len(), x.steps, x.next), (8 * 2 - 4, 2, 4));
+        assert_eq!((&x.labels, x.steps, x.next), (&y.labels, y.steps, y.next));
+        let worst = x
+            .rows
+            .iter()
+            .zip(&y.rows)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "memories differ by {worst}");
+    }
+}

@@ -89,4 +89,4 @@ pub use miner::{HardnessSchedule, Miner, MinerKind, TripletKind, Tuples};
 pub use reducer::Reducer;
 pub use test_device::{test_device, TestDevice, TestDeviceError};
 pub use weights::Weights;
-pub use xbm::{CrossBatchMemory, XbmConfig};
+pub use xbm::{CrossBatchMemory, XbmConfig, XbmSnapshot};

@@ -72,6 +72,22 @@ impl XbmConfig {
     }
 }
 
+/// A [`CrossBatchMemory`]'s contents: rows `0..labels.len()` of the ring buffer (`dim`
+/// values each, row-major), their labels, the next slot and the steps taken.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct XbmSnapshot {
+    /// Embedding width (0 while empty).
+    pub dim: usize,
+    /// The held rows, `labels.len() x dim`.
+    pub rows: Vec<f32>,
+    /// Their labels.
+    pub labels: Vec<usize>,
+    /// The slot the next embedding goes to.
+    pub next: usize,
+    /// Steps taken.
+    pub steps: usize,
+}
+
 /// A ring buffer of the last `size` reference embeddings (f32, detached, on the references'
 /// device) and their labels. See the module documentation.
 #[derive(Debug, Clone)]
@@ -214,13 +230,42 @@ impl CrossBatchMemory {
         params: LogitParams,
         weights: Weights<'_>,
     ) -> Result<LossOutput> {
+        let out = self.score(
+            loss,
+            anchors,
+            anchor_labels,
+            refs.clone(),
+            ref_labels,
+            miner,
+            params,
+            weights,
+        )?;
+        self.commit(refs, ref_labels)?;
+        Ok(out)
+    }
+
+    /// The loss of [`Self::forward_weighted`] without its update: the memory is left as it
+    /// was. With [`Self::commit`] afterwards it is `forward_weighted`; gradient accumulation
+    /// scores every micro-step of an optimiser step against the same memory and commits once.
+    #[allow(clippy::too_many_arguments)]
+    pub fn score(
+        &self,
+        loss: &Loss,
+        anchors: Tensor<2>,
+        anchor_labels: &[usize],
+        refs: Tensor<2>,
+        ref_labels: &[usize],
+        miner: &Miner,
+        params: LogitParams,
+        weights: Weights<'_>,
+    ) -> Result<LossOutput> {
         weights.check(anchor_labels.len(), ref_labels.len())?;
-        let out = match self.active_references() {
+        match self.active_references() {
             Some((mem, mem_labels)) => {
                 let all_labels: Vec<usize> =
                     ref_labels.iter().chain(&mem_labels).copied().collect();
                 check_against(&refs, ref_labels, &mem)?;
-                let all = Tensor::cat(vec![to_f32(refs.clone()), mem], 0);
+                let all = Tensor::cat(vec![to_f32(refs), mem], 0);
                 let ref_w = extend_weights(weights.refs, all_labels.len());
                 let w = Weights {
                     anchors: weights.anchors,
@@ -235,21 +280,80 @@ impl CrossBatchMemory {
                     miner,
                     params,
                     w,
-                )?
+                )
             }
             None => loss.forward_weighted(
                 anchors,
                 anchor_labels,
-                refs.clone(),
+                refs,
                 ref_labels,
                 miner,
                 params,
                 weights,
-            )?,
-        };
+            ),
+        }
+    }
+
+    /// The update that ends a step: `refs` enqueued (detached) and the step counted.
+    pub fn commit(&mut self, refs: Tensor<2>, ref_labels: &[usize]) -> Result<()> {
         self.enqueue(refs, ref_labels)?;
         self.steps += 1;
-        Ok(out)
+        Ok(())
+    }
+
+    /// What the memory holds, as plain numbers (to save it in a checkpoint).
+    pub fn snapshot(&self) -> XbmSnapshot {
+        let (dim, rows) = match self.references() {
+            Some((t, _)) => {
+                let [_, d] = t.dims();
+                let v = to_f32(t)
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .unwrap_or_default();
+                (d, v)
+            }
+            None => (0, Vec::new()),
+        };
+        XbmSnapshot {
+            dim,
+            rows,
+            labels: self.labels.clone(),
+            next: self.next,
+            steps: self.steps,
+        }
+    }
+
+    /// Puts back what [`Self::snapshot`] took (on `device`); a snapshot that does not fit this
+    /// memory's size is refused.
+    pub fn restore(&mut self, s: &XbmSnapshot, device: &burn::tensor::Device) -> Result<()> {
+        let size = self.config.size;
+        let n = s.labels.len();
+        let fits = n <= size
+            && s.rows.len() == n * s.dim
+            && (n == 0 || s.dim > 0)
+            && s.next < size
+            && (n == size || s.next == n);
+        if !fits {
+            return Err(LossError::Parse {
+                what: "cross-batch memory snapshot",
+                input: format!("{n} rows of {} values, next slot {}", s.dim, s.next),
+                why: format!("does not fit a memory of {size}"),
+            });
+        }
+        self.reset();
+        if n > 0 {
+            let rows = Tensor::<2>::from_data(
+                burn::tensor::TensorData::new(s.rows.clone(), [n, s.dim]),
+                device,
+            );
+            let memory = Tensor::zeros([size, s.dim], device);
+            self.memory = Some(memory.slice_assign([0..n, 0..s.dim], rows).detach());
+        }
+        self.labels = s.labels.clone();
+        self.next = s.next;
+        self.steps = s.steps;
+        Ok(())
     }
 
     /// PML's unimodal call: `embeddings` against `[embeddings.detach(); memory]`, leaving out
@@ -361,6 +465,32 @@ mod tests {
 
     fn rows(v: &[f32], d: usize) -> Tensor<2> {
         Tensor::<1>::from_floats(v, &test_device()).reshape([v.len() / d, d])
+    }
+
+    /// A restored memory holds the same rows, labels, slot and step count, and goes on
+    /// exactly as the original; a snapshot of another size is refused.
+    #[test]
+    fn snapshots_restore_the_ring() {
+        let mut m = XbmConfig::new(3).init().unwrap();
+        m.commit(rows(&[1., 2.], 1), &[1, 2]).unwrap();
+        m.commit(rows(&[3., 4.], 1), &[3, 4]).unwrap();
+        let s = m.snapshot();
+        assert_eq!(
+            (s.rows.clone(), s.labels.clone()),
+            (vec![4., 2., 3.], vec![4, 2, 3])
+        );
+        assert_eq!((s.next, s.steps, s.dim), (1, 2, 1));
+        let mut r = XbmConfig::new(3).init().unwrap();
+        r.restore(&s, &test_device()).unwrap();
+        assert_eq!(r.snapshot(), s);
+        m.commit(rows(&[5.], 1), &[5]).unwrap();
+        r.commit(rows(&[5.], 1), &[5]).unwrap();
+        assert_eq!(r.snapshot(), m.snapshot());
+        let mut small = XbmConfig::new(2).init().unwrap();
+        assert!(small.restore(&s, &test_device()).is_err());
+        let empty = XbmConfig::new(2).init().unwrap().snapshot();
+        small.restore(&empty, &test_device()).unwrap();
+        assert!(small.is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! optimiser's master weights), and only the matrix multiplies cast their operands to bf16.
 
 use super::config::Activation;
+use super::lora::{adapted, LoraAdapter, LoraSpec};
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
@@ -90,6 +91,12 @@ impl MatmulDtype {
         self.upper(out)
     }
 
+    /// `x @ w` for a weight `[in, out]` on `[..., in]` (a linear without bias) in this
+    /// precision.
+    pub fn project<const D: usize>(self, x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
+        self.upper(linear_op(self.lower(x), self.lower(w), None))
+    }
+
     /// `a @ b` in this precision.
     pub fn matmul<const D: usize>(self, a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
         self.upper(self.lower(a).matmul(self.lower(b)))
@@ -163,6 +170,10 @@ pub struct SelfAttention {
     pub in_proj: Linear,
     /// Output projection.
     pub out_proj: Linear,
+    /// LoRA adapter on the fused `in_proj` (one for Q, K and V together; see [`super::lora`]).
+    pub in_proj_lora: Option<LoraAdapter>,
+    /// LoRA adapter on `out_proj`.
+    pub out_proj_lora: Option<LoraAdapter>,
     /// Number of heads.
     pub heads: usize,
     /// Precision of the projections and of `Q K^T` and `P V`.
@@ -177,6 +188,8 @@ impl SelfAttention {
         Self {
             in_proj: linear(width, 3 * width, (width as f64).powf(-0.5), device),
             out_proj: linear(width, width, proj_std, device),
+            in_proj_lora: None,
+            out_proj_lora: None,
             heads,
             matmul_dtype: MatmulDtype::F32,
         }
@@ -189,8 +202,7 @@ impl SelfAttention {
         let dh = d / h;
         // [B, L, 3D] -> [3, B, H, L, Dh]: one copy lays q, k and v out head-major.
         let m = self.matmul_dtype;
-        let qkv = m
-            .linear(&self.in_proj, x)
+        let qkv = adapted(m, &self.in_proj, self.in_proj_lora.as_ref(), x)
             .reshape([b, l, 3, h, dh])
             .permute([2, 0, 3, 1, 4]);
         let mut parts = qkv
@@ -233,7 +245,7 @@ impl SelfAttention {
             }
         };
         let o = o.swap_dims(1, 2).reshape([b, l, d]);
-        m.linear(&self.out_proj, o)
+        adapted(m, &self.out_proj, self.out_proj_lora.as_ref(), o)
     }
 }
 
@@ -244,6 +256,10 @@ pub struct Mlp {
     pub c_fc: Linear,
     /// Contraction `mlp_width -> width`.
     pub c_proj: Linear,
+    /// LoRA adapter on `c_fc`.
+    pub c_fc_lora: Option<LoraAdapter>,
+    /// LoRA adapter on `c_proj`.
+    pub c_proj_lora: Option<LoraAdapter>,
     /// Activation between them.
     #[module(skip)]
     pub activation: Activation,
@@ -256,9 +272,12 @@ impl Mlp {
     /// Forward on `[..., width]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let m = self.matmul_dtype;
-        m.linear(
+        let h = adapted(m, &self.c_fc, self.c_fc_lora.as_ref(), x);
+        adapted(
+            m,
             &self.c_proj,
-            activate(m.linear(&self.c_fc, x), self.activation),
+            self.c_proj_lora.as_ref(),
+            activate(h, self.activation),
         )
     }
 }
@@ -324,6 +343,8 @@ impl Transformer {
                 mlp: Mlp {
                     c_fc: linear(spec.width, spec.mlp_width, fc_std, device),
                     c_proj: linear(spec.mlp_width, spec.width, proj_std, device),
+                    c_fc_lora: None,
+                    c_proj_lora: None,
                     activation: spec.activation,
                     matmul_dtype: MatmulDtype::F32,
                 },
@@ -338,6 +359,67 @@ impl Transformer {
             b.attn.matmul_dtype = dtype;
             b.mlp.matmul_dtype = dtype;
         }
+    }
+
+    /// Adds fresh LoRA adapters ([`super::lora`]) to `spec`'s targets in every block; `seed`
+    /// makes each adapter's `A` distinct and reproducible.
+    pub fn attach_lora(&mut self, spec: &LoraSpec, seed: u64, device: &Device) {
+        let new = |l: &Linear, salt: u64| {
+            let [d_in, d_out] = l.weight.shape().dims::<2>();
+            Some(LoraAdapter::new(d_in, d_out, spec, seed ^ salt, device))
+        };
+        for (i, b) in self.resblocks.iter_mut().enumerate() {
+            let s = (i as u64 + 1) << 8;
+            if spec.targets.attn {
+                b.attn.in_proj_lora = new(&b.attn.in_proj, s | 1);
+                b.attn.out_proj_lora = new(&b.attn.out_proj, s | 2);
+            }
+            if spec.targets.mlp {
+                b.mlp.c_fc_lora = new(&b.mlp.c_fc, s | 3);
+                b.mlp.c_proj_lora = new(&b.mlp.c_proj, s | 4);
+            }
+        }
+    }
+
+    /// Folds every adapter into its linear and removes it: the same function, plain weights.
+    pub fn merge_lora(mut self) -> Self {
+        fn fold(l: Linear, a: Option<LoraAdapter>) -> Linear {
+            match a {
+                Some(a) => a.merge_into(l),
+                None => l,
+            }
+        }
+        for b in &mut self.resblocks {
+            let attn = &mut b.attn;
+            attn.in_proj = fold(attn.in_proj.clone(), attn.in_proj_lora.take());
+            attn.out_proj = fold(attn.out_proj.clone(), attn.out_proj_lora.take());
+            let mlp = &mut b.mlp;
+            mlp.c_fc = fold(mlp.c_fc.clone(), mlp.c_fc_lora.take());
+            mlp.c_proj = fold(mlp.c_proj.clone(), mlp.c_proj_lora.take());
+        }
+        self
+    }
+
+    /// Makes the adapters (only) trainable, after the tower was frozen.
+    pub fn train_lora_only(mut self) -> Self {
+        let on = |a: Option<LoraAdapter>| a.map(|a| a.set_require_grad(true));
+        for b in &mut self.resblocks {
+            b.attn.in_proj_lora = on(b.attn.in_proj_lora.take());
+            b.attn.out_proj_lora = on(b.attn.out_proj_lora.take());
+            b.mlp.c_fc_lora = on(b.mlp.c_fc_lora.take());
+            b.mlp.c_proj_lora = on(b.mlp.c_proj_lora.take());
+        }
+        self
+    }
+
+    /// Whether any block carries an adapter.
+    pub fn has_lora(&self) -> bool {
+        self.resblocks.iter().any(|b| {
+            b.attn.in_proj_lora.is_some()
+                || b.attn.out_proj_lora.is_some()
+                || b.mlp.c_fc_lora.is_some()
+                || b.mlp.c_proj_lora.is_some()
+        })
     }
 
     /// Number of blocks.

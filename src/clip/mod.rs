@@ -4,6 +4,7 @@
 pub mod config;
 pub mod import;
 pub mod layers;
+pub mod lora;
 pub mod model;
 pub mod resnet;
 pub mod text;

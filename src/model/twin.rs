@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use super::heads::{l2_normalize, HeadConfig, ProjectionHead};
 use crate::clip::layers::Transformer;
+use crate::clip::lora::{LoraSpec, LoraSpecError};
 use crate::clip::model::{Clip, ImageTower};
 
 /// Which parameters of one tower train.
@@ -26,13 +27,33 @@ pub enum FreezePolicy {
     LastBlocks(usize),
     /// Every parameter of the tower trains.
     Full,
+    /// The tower is frozen and LoRA adapters on its transformer blocks' linears train
+    /// ([`crate::clip::lora`]); a ViT image tower or the text tower.
+    Lora(LoraSpec),
+}
+
+/// A freeze policy that cannot be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FreezePolicyError {
+    /// Not one of the policies.
+    #[error(transparent)]
+    Unknown(#[from] crate::UnknownName),
+    /// `lora:` with a bad setting.
+    #[error(transparent)]
+    Lora(#[from] LoraSpecError),
 }
 
 impl FromStr for FreezePolicy {
-    type Err = crate::UnknownName;
-    /// `locked` | `last:N` (or `lastN`, `N`) | `full`.
+    type Err = FreezePolicyError;
+    /// `locked` | `last:N` (or `lastN`, `N`) | `full` | `lora[:r:R,alpha:A,targets:attn,mlp]`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim().to_ascii_lowercase();
+        if t == "lora" {
+            return Ok(Self::Lora(LoraSpec::default()));
+        }
+        if let Some(spec) = t.strip_prefix("lora:") {
+            return Ok(Self::Lora(spec.parse()?));
+        }
         match t.as_str() {
             "locked" | "lock" | "frozen" | "heads" | "heads-only" => Ok(Self::Locked),
             "full" | "all" | "unlocked" => Ok(Self::Full),
@@ -48,8 +69,9 @@ impl FromStr for FreezePolicy {
                     Err(_) => Err(crate::UnknownName::new(
                         "freeze policy",
                         s,
-                        "locked, last:N or full",
-                    )),
+                        "locked, last:N, full or lora:r:8,alpha:16,targets:attn,mlp",
+                    )
+                    .into()),
                 }
             }
         }
@@ -62,6 +84,7 @@ impl fmt::Display for FreezePolicy {
             Self::Locked => f.write_str("locked"),
             Self::LastBlocks(n) => write!(f, "last:{n}"),
             Self::Full => f.write_str("full"),
+            Self::Lora(spec) => write!(f, "lora:{spec}"),
         }
     }
 }
@@ -73,7 +96,7 @@ impl FreezePolicy {
         match self {
             Self::Locked => blocks,
             Self::LastBlocks(n) => blocks.saturating_sub(*n),
-            Self::Full => 0,
+            Self::Full | Self::Lora(_) => 0,
         }
     }
 }
@@ -123,6 +146,9 @@ pub enum TwinError {
     /// Unlocking the last N blocks of a tower that has no blocks (the ResNet image tower).
     #[error("--freeze-image last:{0} needs a ViT image tower; this model's image tower is a ResNet (use locked or full)")]
     NoBlocks(usize),
+    /// LoRA on a tower without transformer blocks (the ResNet image tower).
+    #[error("--lora / --freeze-image lora:{0}: LoRA adapts transformer blocks, and this model's image tower is a ResNet (give --freeze-image locked or full)")]
+    LoraOnResNet(LoraSpec),
     /// More blocks asked for than the tower has.
     #[error("{tower} tower has {have} blocks; last:{asked} asks for more (use full)")]
     TooManyBlocks {
@@ -225,6 +251,14 @@ impl TwinTowers {
             (ImageTower::ResNet(_), FreezePolicy::LastBlocks(n)) => {
                 return Err(TwinError::NoBlocks(n))
             }
+            (ImageTower::ResNet(_), FreezePolicy::Lora(spec)) => {
+                return Err(TwinError::LoraOnResNet(spec))
+            }
+            (ImageTower::Vit(v), FreezePolicy::Lora(_)) => {
+                let mut v = v.no_grad();
+                v.transformer = v.transformer.train_lora_only();
+                ImageTower::Vit(v)
+            }
             (ImageTower::Vit(v), FreezePolicy::LastBlocks(n)) => {
                 let mut v = v.no_grad();
                 v.transformer = unlock_last_blocks(v.transformer, n, "image")?;
@@ -244,6 +278,11 @@ impl TwinTowers {
                 t.text_projection = t.text_projection.set_require_grad(true);
                 t
             }
+            FreezePolicy::Lora(_) => {
+                let mut t = t.no_grad();
+                t.transformer = t.transformer.train_lora_only();
+                t
+            }
         };
         self.clip.logit_scale = self.clip.logit_scale.set_require_grad(train_logit_scale);
         self.logit_bias = self
@@ -252,6 +291,48 @@ impl TwinTowers {
         self.image_head = self.image_head.set_require_grad(true);
         self.text_head = self.text_head.set_require_grad(true);
         Ok(self)
+    }
+
+    /// Adds fresh LoRA adapters (`B = 0`: the model is unchanged) to the towers whose policy is
+    /// [`FreezePolicy::Lora`]; `seed` draws their `A`. Call before loading a checkpoint that
+    /// holds adapters, so the module has their places.
+    pub fn with_lora(
+        mut self,
+        image: FreezePolicy,
+        text: FreezePolicy,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self, TwinError> {
+        if let FreezePolicy::Lora(spec) = image {
+            match &mut self.clip.visual {
+                ImageTower::Vit(v) => v.transformer.attach_lora(&spec, seed ^ 0x1, device),
+                ImageTower::ResNet(_) => return Err(TwinError::LoraOnResNet(spec)),
+            }
+        }
+        if let FreezePolicy::Lora(spec) = text {
+            let t = &mut self.clip.text.transformer;
+            t.attach_lora(&spec, seed ^ 0x2, device);
+        }
+        Ok(self)
+    }
+
+    /// The same model with every LoRA adapter folded into its linear (`W + (alpha/r) A B`):
+    /// plain CLIP weights that any command loads.
+    pub fn merge_lora(mut self) -> Self {
+        if let ImageTower::Vit(v) = &mut self.clip.visual {
+            v.transformer = v.transformer.clone().merge_lora();
+        }
+        self.clip.text.transformer = self.clip.text.transformer.clone().merge_lora();
+        self
+    }
+
+    /// Whether either tower carries LoRA adapters.
+    pub fn has_lora(&self) -> bool {
+        self.clip
+            .visual
+            .as_vit()
+            .is_some_and(|v| v.transformer.has_lora())
+            || self.clip.text.transformer.has_lora()
     }
 
     /// The logit scale parameter's current value `exp(s)`-ready tensor `[1]`.

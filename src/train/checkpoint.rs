@@ -7,7 +7,8 @@
 //! - `model.bpk`: the module's parameters as a burnpack record (burn's `Module::into_record`),
 //!   which keeps each parameter's id, so the optimiser state (keyed by id) still applies;
 //! - `optimizer.bpk`: AdamW's moments per parameter (`ModuleOptimizer::into_bytes`);
-//! - `state.json`: [`TrainState`].
+//! - `state.json`: [`TrainState`];
+//! - `xbm.bin` (with `--xbm`): the cross-batch memories ([`encode_xbm`]).
 //!
 //! Between the two renames of `atomic_dir` there is an instant where only the old folder exists,
 //! under `.<name>.old.<pid>`; [`find_checkpoint`] falls back to it.
@@ -22,6 +23,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::schedule::CosineSchedule;
+use siam_losses::XbmSnapshot;
 
 /// Errors reading or writing a checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,10 @@ pub struct TrainState {
     pub images_seen: u64,
     /// The resolved training configuration.
     pub config: serde_json::Value,
+    /// The hard negatives last mined from the index (`--mine-index`), so a resumed run uses
+    /// the same ones.
+    #[serde(default)]
+    pub mined: Option<super::mining::MinedNegatives>,
 }
 
 /// Path of the checkpoint folder inside a run's output folder.
@@ -117,12 +123,90 @@ pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
 }
 
-/// Writes a checkpoint folder atomically.
+/// The cross-batch memories' file of a checkpoint (`--xbm`).
+pub const XBM_FILE: &str = "xbm.bin";
+const XBM_MAGIC: &[u8; 8] = b"SIAMXBM1";
+
+/// `xbm.bin`: the magic `SIAMXBM1`, the number of memories (u64), then per memory `dim`,
+/// `rows`, `next`, `steps` (u64 each), `rows` labels (u64) and `rows x dim` f32 values, all
+/// little-endian.
+pub fn encode_xbm(memories: &[XbmSnapshot]) -> Vec<u8> {
+    let mut b = XBM_MAGIC.to_vec();
+    let u = |b: &mut Vec<u8>, v: usize| b.extend((v as u64).to_le_bytes());
+    u(&mut b, memories.len());
+    for m in memories {
+        for v in [m.dim, m.labels.len(), m.next, m.steps] {
+            u(&mut b, v);
+        }
+        m.labels.iter().for_each(|&l| u(&mut b, l));
+        m.rows.iter().for_each(|x| b.extend(x.to_le_bytes()));
+    }
+    b
+}
+
+/// Reads [`encode_xbm`]'s bytes, checking every count against the bytes left before
+/// allocating.
+pub fn decode_xbm(bytes: &[u8]) -> std::result::Result<Vec<XbmSnapshot>, String> {
+    let mut rest = bytes
+        .strip_prefix(&XBM_MAGIC[..])
+        .ok_or("not a siam cross-batch memory file (bad magic)")?;
+    let u = |rest: &mut &[u8]| -> std::result::Result<usize, String> {
+        let (head, tail) = rest.split_at_checked(8).ok_or("truncated")?;
+        *rest = tail;
+        usize::try_from(u64::from_le_bytes(head.try_into().expect("8 bytes")))
+            .map_err(|_| "a count does not fit in memory".to_string())
+    };
+    let count = u(&mut rest)?;
+    let mut out = Vec::new();
+    for i in 0..count {
+        let (dim, rows, next, steps) = (u(&mut rest)?, u(&mut rest)?, u(&mut rest)?, u(&mut rest)?);
+        let need = rows
+            .checked_mul(8)
+            .and_then(|l| rows.checked_mul(dim)?.checked_mul(4)?.checked_add(l))
+            .filter(|&n| n <= rest.len())
+            .ok_or_else(|| format!("memory {i}: {rows} rows of {dim} values exceed the file"))?;
+        let labels = (0..rows)
+            .map(|_| u(&mut rest))
+            .collect::<std::result::Result<_, _>>()?;
+        let (data, tail) = rest.split_at(need - rows * 8);
+        rest = tail;
+        let rows_f32 = data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        out.push(XbmSnapshot {
+            dim,
+            rows: rows_f32,
+            labels,
+            next,
+            steps,
+        });
+    }
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the last memory", rest.len()));
+    }
+    Ok(out)
+}
+
+/// The cross-batch memories a checkpoint saved (`None`: the run had none).
+pub fn load_xbm(dir: &Path) -> Result<Option<Vec<XbmSnapshot>>> {
+    let path = dir.join(XBM_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let bytes = read(&path)?;
+    decode_xbm(&bytes)
+        .map(Some)
+        .map_err(|why| CheckpointError::Read { path, why })
+}
+
+/// Writes a checkpoint folder atomically (with the cross-batch memories `xbm`, if any).
 pub fn save<M: Module>(
     dir: &Path,
     model: &M,
     optim: &ModuleOptimizer,
     state: &TrainState,
+    xbm: Option<&[XbmSnapshot]>,
 ) -> Result<()> {
     let werr = |why: String| CheckpointError::Write {
         path: dir.to_path_buf(),
@@ -135,12 +219,17 @@ pub fn save<M: Module>(
         .map_err(|e| werr(format!("{e:?}")))?;
     let optim_bytes = optim.into_bytes().map_err(|e| werr(format!("{e:?}")))?;
     let json = serde_json::to_vec_pretty(state).map_err(|e| werr(e.to_string()))?;
+    let xbm_bytes = xbm.map(encode_xbm);
+    let mut files = vec![
+        ("model.bpk", &model_bytes[..]),
+        ("optimizer.bpk", &optim_bytes[..]),
+        ("state.json", &json[..]),
+    ];
+    if let Some(b) = &xbm_bytes {
+        files.push((XBM_FILE, &b[..]));
+    }
     atomic_dir(dir, crate::output::OutputKind::Checkpoint, |tmp| {
-        for (name, bytes) in [
-            ("model.bpk", &model_bytes[..]),
-            ("optimizer.bpk", &optim_bytes[..]),
-            ("state.json", &json[..]),
-        ] {
+        for &(name, bytes) in &files {
             // Named as the file will be called in `dir`, not by its temporary path.
             atomic_write_bytes(&tmp.join(name), bytes).map_err(|e| match e {
                 IoError::Os { source, .. } => format!("{name}: {source}"),
@@ -262,6 +351,7 @@ mod tests {
             pairs_seen: 99,
             images_seen: 12,
             config: serde_json::json!({"loss": "triplet"}),
+            mined: None,
         }
     }
 
@@ -293,7 +383,7 @@ mod tests {
         let mut opt = build_adamw(&settings, &split_params(&model));
         let model = step(model, &mut opt, &device);
         let model = step(model, &mut opt, &device);
-        save(&ck, &model, &opt, &state("fp")).unwrap();
+        save(&ck, &model, &opt, &state("fp"), None).unwrap();
         let mut opt_a = opt.clone();
         let a = step(step(model, &mut opt_a, &device), &mut opt_a, &device);
 
@@ -313,10 +403,34 @@ mod tests {
         let ck = dir.path().join("checkpoint");
         let model = LinearConfig::new(3, 2).init(&device);
         let opt = build_adamw(&AdamWSettings::default(), &split_params(&model));
-        save(&ck, &model, &opt, &state("fp")).unwrap();
+        save(&ck, &model, &opt, &state("fp"), None).unwrap();
         let other = LinearConfig::new(4, 2).init(&device);
         let err = load_model(&ck, other).unwrap_err();
         assert!(matches!(err, CheckpointError::Mismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn memories_round_trip_and_bad_files_are_refused() {
+        let m = vec![
+            XbmSnapshot {
+                dim: 2,
+                rows: vec![1.0, -2.5, 0.25, 3.0],
+                labels: vec![7, 9],
+                next: 2,
+                steps: 5,
+            },
+            XbmSnapshot::default(),
+        ];
+        let b = encode_xbm(&m);
+        assert_eq!(decode_xbm(&b).unwrap(), m);
+        assert!(decode_xbm(&b[..b.len() - 1]).is_err());
+        assert!(decode_xbm(&b[1..]).is_err());
+        let mut huge = b.clone();
+        huge[8 + 8 + 8..8 + 8 + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_xbm(&huge).is_err());
+        let mut extra = b;
+        extra.push(0);
+        assert!(decode_xbm(&extra).is_err());
     }
 
     #[test]
@@ -349,7 +463,7 @@ mod tests {
         fs::create_dir_all(dir.path().join(".checkpoint.old.2")).unwrap();
         let model = LinearConfig::new(3, 2).init(&device);
         let opt = build_adamw(&AdamWSettings::default(), &split_params(&model));
-        save(&ck, &model, &opt, &state("fp")).unwrap();
+        save(&ck, &model, &opt, &state("fp"), None).unwrap();
         let names: Vec<String> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

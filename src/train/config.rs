@@ -8,8 +8,9 @@
 //! | [`LossSettings`] (siam-losses' typed configs) | `--loss --miner --margin --pos-margin --neg-margin --temperature --ms-* --xbm*` |
 //! | [`BatchConfig`] | `--classes-per-batch --per-class --batch-size --accum` |
 //! | [`OptimConfig`] | `--epochs --lr --min-lr --warmup --clip-grad`, AdamW's `--weight-decay --beta1 --beta2 --adam-eps` |
-//! | [`TowerConfig`] | `--head --joint-dim --adapter-ratio --adapter-reduction --freeze-image --freeze-text --dtype` |
+//! | [`TowerConfig`] | `--head --joint-dim --adapter-ratio --adapter-reduction --freeze-image --freeze-text --lora --dtype` |
 //! | [`CacheConfig`] | `--no-cache --cache-dir --prefix-cache-max-gb` |
+//! | [`MiningConfig`] | `--mine-index --mine-range-min --mine-range-max --mine-margin --mine-negatives` |
 //!
 //! [`TrainConfig::default`] is the command line's defaults ([`clap_defaults`]), so a library
 //! caller and `siam train` without flags run the same configuration.
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 pub use super::optim::AdamWSettings;
+use crate::clip::lora::LoraSpec;
 use crate::dataset::DataConfig;
 use crate::model::heads::HeadKind;
 use crate::model::twin::FreezePolicy;
@@ -400,12 +402,20 @@ pub struct TowerConfig {
     /// Adapter bottleneck reduction (hidden size = input size / this).
     #[arg(long, default_value_t = 4)]
     pub adapter_reduction: usize,
-    /// Image tower: locked, last:N or full.
+    /// Image tower: locked, last:N, full, or lora:SPEC (frozen, LoRA adapters train; a ViT
+    /// tower only).
     #[arg(long, default_value = "full")]
     pub freeze_image: FreezePolicy,
-    /// Text tower: locked, last:N or full.
+    /// Text tower: locked, last:N, full, or lora:SPEC (frozen, LoRA adapters train).
     #[arg(long, default_value = "full")]
     pub freeze_text: FreezePolicy,
+    /// LoRA (Hu et al. 2021) on every tower left at --freeze-* full: the tower is frozen and
+    /// low-rank adapters W + (alpha/r) A B on its transformer blocks' linears train (attn: the
+    /// fused Q/K/V input projection and the output projection; mlp: both MLP linears). SPEC is
+    /// r:8,alpha:16,targets:attn,mlp (the defaults). Saved models hold merged plain weights.
+    #[arg(long, value_name = "SPEC")]
+    #[serde(default)]
+    pub lora: Option<LoraSpec>,
     /// Tower matmul type: f32, or bf16 as PyTorch autocast (linears, attention, patch
     /// embedding and projections in bf16; f32 master weights, norms, softmax, heads, losses
     /// and mining; a ResNet image tower stays f32; flex emulates it, slower than f32).
@@ -416,6 +426,26 @@ pub struct TowerConfig {
 impl Default for TowerConfig {
     fn default() -> Self {
         clap_defaults()
+    }
+}
+
+impl TowerConfig {
+    /// The image tower's policy: `--freeze-image`, or LoRA when `--lora` is given and the
+    /// image tower is left at `full`.
+    pub fn image_policy(&self) -> FreezePolicy {
+        Self::with_lora(self.freeze_image, self.lora)
+    }
+
+    /// The text tower's policy: `--freeze-text`, or LoRA as [`Self::image_policy`].
+    pub fn text_policy(&self) -> FreezePolicy {
+        Self::with_lora(self.freeze_text, self.lora)
+    }
+
+    fn with_lora(policy: FreezePolicy, lora: Option<LoraSpec>) -> FreezePolicy {
+        match (policy, lora) {
+            (FreezePolicy::Full, Some(spec)) => FreezePolicy::Lora(spec),
+            (p, _) => p,
+        }
     }
 }
 
@@ -444,6 +474,100 @@ fn default_prefix_cache_max_gb() -> f64 {
 impl Default for CacheConfig {
     fn default() -> Self {
         clap_defaults()
+    }
+}
+
+/// How often hard negatives are mined from the index: `every:E` (or `E`) epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MineEvery(pub usize);
+
+impl std::str::FromStr for MineEvery {
+    type Err = crate::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase();
+        t.strip_prefix("every:")
+            .unwrap_or(&t)
+            .parse::<usize>()
+            .ok()
+            .filter(|&e| e >= 1)
+            .map(MineEvery)
+            .ok_or_else(|| {
+                crate::UnknownName::new("mining schedule", s, "every:E with E at least 1")
+            })
+    }
+}
+
+/// Hard negatives mined from siam's own HNSW index (see [`super::mining`]; options named as
+/// sentence-transformers' `mine_hard_negatives`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct MiningConfig {
+    /// Every E epochs, embed the training images with the current model, index them (HNSW)
+    /// and give each image its nearest images of another label as hard negatives, which then
+    /// join every batch it is in (for every loss and miner); every:E, off when absent.
+    #[arg(long, value_name = "every:E")]
+    pub mine_index: Option<MineEvery>,
+    /// Mined candidates ranked before this are skipped (0: keep the hardest).
+    #[arg(long, default_value_t = 0)]
+    pub mine_range_min: usize,
+    /// Mined candidates ranked at or after this are not considered.
+    #[arg(long, default_value_t = 10)]
+    pub mine_range_max: usize,
+    /// Skip candidates whose similarity exceeds (1 - margin) x the anchor's similarity to
+    /// its label's centroid (likely false negatives); in [0, 1), off when absent.
+    #[arg(long)]
+    pub mine_margin: Option<f64>,
+    /// Negatives kept per image.
+    #[arg(long, default_value_t = 1)]
+    pub mine_negatives: usize,
+}
+
+impl Default for MiningConfig {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+impl MiningConfig {
+    /// The mining options.
+    pub fn options(&self) -> super::mining::MineOptions {
+        super::mining::MineOptions {
+            range_min: self.mine_range_min,
+            range_max: self.mine_range_max,
+            margin: self.mine_margin,
+            negatives: self.mine_negatives,
+        }
+    }
+
+    /// Whether epoch `epoch` (0-based) starts with mining.
+    pub fn mines_at(&self, epoch: usize) -> bool {
+        self.mine_index
+            .is_some_and(|MineEvery(e)| epoch.is_multiple_of(e))
+    }
+
+    fn validate(&self) -> Result<(), super::TrainError> {
+        let bad =
+            |flag: &str, why: String| Err(super::TrainError::Config(format!("{flag}: {why}")));
+        if let Some(MineEvery(0)) = self.mine_index {
+            return bad("--mine-index", "every:E needs E at least 1".into());
+        }
+        if self.mine_range_max <= self.mine_range_min {
+            return bad(
+                "--mine-range-max",
+                format!(
+                    "must be above --mine-range-min ({}), got {}",
+                    self.mine_range_min, self.mine_range_max
+                ),
+            );
+        }
+        if self.mine_negatives == 0 {
+            return bad("--mine-negatives", "must be at least 1".into());
+        }
+        if let Some(m) = self.mine_margin {
+            if !(m.is_finite() && (0.0..1.0).contains(&m)) {
+                return bad("--mine-margin", format!("must be in [0, 1), got {m}"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -491,6 +615,10 @@ pub struct TrainConfig {
     /// Feature caches.
     #[command(flatten)]
     pub cache: CacheConfig,
+    /// Hard negatives mined from the index.
+    #[command(flatten)]
+    #[serde(default)]
+    pub mining: MiningConfig,
     /// Random-resized-crop and flip augmentation of training images.
     #[arg(long)]
     pub augment: bool,
@@ -574,13 +702,6 @@ impl TrainConfig {
                 return bad(flag, "must be at least 1".into());
             }
         }
-        if self.loss.xbm > 0 && b.accum_steps > 1 {
-            return bad(
-                "--xbm",
-                "cannot be combined with --accum above 1 yet (each micro-step would enqueue the batch)"
-                    .into(),
-            );
-        }
         if self.max_steps == Some(0) {
             return bad("--max-steps", "must be at least 1".into());
         }
@@ -593,6 +714,29 @@ impl TrainConfig {
                 format!("must be in [0, 1], got {}", self.towers.adapter_ratio),
             );
         }
+        for (flag, policy) in [
+            ("--freeze-image", self.towers.freeze_image),
+            ("--freeze-text", self.towers.freeze_text),
+        ] {
+            if let FreezePolicy::Lora(spec) = policy {
+                check_lora(flag, &spec)?;
+            }
+        }
+        if let Some(spec) = &self.towers.lora {
+            check_lora("--lora", spec)?;
+        }
+        // A ResNet preset is known before any file is read (a checkpoint's or a JSON
+        // architecture's tower is checked when the model is built).
+        let preset = match (&self.model, &self.arch) {
+            (None, Some(a)) => crate::clip::config::ClipConfig::from_preset(a).ok(),
+            _ => None,
+        };
+        if let (Some(c), FreezePolicy::Lora(spec)) = (preset, self.towers.image_policy()) {
+            if matches!(c.vision, crate::clip::config::VisionConfig::ResNet(_)) {
+                return Err(crate::model::twin::TwinError::LoraOnResNet(spec).into());
+            }
+        }
+        self.mining.validate()?;
         let gb = self.cache.prefix_cache_max_gb;
         if !(gb.is_finite() && gb >= 0.0) {
             return bad("--prefix-cache-max-gb", format!("must be >= 0, got {gb}"));
@@ -618,6 +762,21 @@ impl TrainConfig {
         }
         super::objective::build_objective(&self.loss).map(drop)
     }
+}
+
+/// A LoRA setting a library caller built by hand gets the checks parsing makes.
+fn check_lora(flag: &str, spec: &LoraSpec) -> Result<(), super::TrainError> {
+    let bad = |why: String| Err(super::TrainError::Config(format!("{flag}: {why}")));
+    if spec.rank == 0 {
+        return bad("LoRA rank r must be at least 1".into());
+    }
+    if !(spec.alpha.is_finite() && spec.alpha > 0.0) {
+        return bad(format!("LoRA alpha must be positive, got {}", spec.alpha));
+    }
+    if !spec.targets.attn && !spec.targets.mlp {
+        return bad("LoRA targets are empty: name attn and/or mlp".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -660,6 +819,30 @@ mod tests {
                 Box::new(|c| c.loss.loss = Some("triplet:margin=-1".parse().unwrap())),
             ),
             ("--clip-grad", Box::new(|c| c.optim.clip_grad = -1.0)),
+            (
+                "--lora",
+                Box::new(|c| {
+                    c.towers.lora = Some(crate::clip::lora::LoraSpec {
+                        rank: 0,
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                "--lora",
+                Box::new(|c| {
+                    c.arch = Some("RN50".into());
+                    c.towers.lora = Some(Default::default());
+                }),
+            ),
+            (
+                "--mine-range-max",
+                Box::new(|c| c.mining.mine_range_max = c.mining.mine_range_min),
+            ),
+            (
+                "--mine-margin",
+                Box::new(|c| c.mining.mine_margin = Some(1.5)),
+            ),
         ];
         for (flag, edit) in cases {
             let mut c = TrainConfig::default();

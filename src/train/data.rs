@@ -98,6 +98,17 @@ fn pick(seed: u64, epoch: usize, batch: usize, slot: usize, n: usize) -> usize {
         % n as u64) as usize
 }
 
+/// The mining label of record `r`'s image, as [`plan_batch`] gives it (its class, its caption,
+/// or the record itself), without a batch's choice among several prompts.
+pub fn mining_label(ds: &Dataset, mode: TextMode, r: usize) -> usize {
+    let rec = &ds.records[r];
+    match mode {
+        TextMode::Labels => rec.label.expect("label datasets label every record"),
+        TextMode::SingleCaption => rec.texts[0],
+        TextMode::MultiCaption => r,
+    }
+}
+
 /// Builds the texts and labels of one batch of records.
 pub fn plan_batch(
     ds: &Dataset,

@@ -90,29 +90,7 @@ impl Inputs {
         device: &Device,
     ) -> Result<RetrievalReport, TrainError> {
         let dim = model.image_head_dim();
-        let mut img = Vec::with_capacity(plan.records.len() * dim);
-        const B: usize = 64;
-        if self.images_cached() {
-            for chunk in plan.records.chunks(B) {
-                let input = self
-                    .cached_images(chunk, device)
-                    .expect("images are cached");
-                img.extend(to_vec(model.embed_images(input)));
-            }
-        } else {
-            let (ds, pre) = (&self.ds, &self.pre);
-            for_each_pixel_batch(
-                ds,
-                pre,
-                &plan.records,
-                self.threads,
-                device,
-                "validation",
-                |px| {
-                    img.extend(to_vec(model.embed_images(ImageInput::Pixels(px))));
-                },
-            )?;
-        }
+        let img = self.embed_images(model, &plan.records, device, "validation")?;
         let mut txt = Vec::with_capacity(plan.texts.len() * dim);
         for chunk in plan.texts.chunks(256) {
             txt.extend(to_vec(model.embed_texts(self.text_input(chunk, device)?)));
@@ -126,6 +104,36 @@ impl Inputs {
             (None, None) => unreachable!("an eval plan has keys or owners"),
         };
         Ok(retrieval_report(&img, &txt, dim, positives)?)
+    }
+}
+
+impl Inputs {
+    /// The joint embeddings of the images of `records` (`n x dim`, row-major, unit rows) by
+    /// `model` (no autodiff), from the caches when images are cached, else from their pixels
+    /// (unaugmented). `what` names the job in errors.
+    pub(super) fn embed_images(
+        &self,
+        model: &TwinTowers,
+        records: &[usize],
+        device: &Device,
+        what: &str,
+    ) -> Result<Vec<f32>, TrainError> {
+        let mut img = Vec::with_capacity(records.len() * model.image_head_dim());
+        const B: usize = 64;
+        if self.images_cached() {
+            for chunk in records.chunks(B) {
+                let input = self
+                    .cached_images(chunk, device)
+                    .expect("images are cached");
+                img.extend(to_vec(model.embed_images(input)));
+            }
+        } else {
+            let (ds, pre) = (&self.ds, &self.pre);
+            for_each_pixel_batch(ds, pre, records, self.threads, device, what, |px| {
+                img.extend(to_vec(model.embed_images(ImageInput::Pixels(px))));
+            })?;
+        }
+        Ok(img)
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`optim`], [`schedule`]: AdamW with a no-decay group, global-norm clipping, warm-up + cosine;
 //! - [`memory`]: glibc's allocator thresholds raised, so a step reuses the last step's buffers;
 //! - [`checkpoint`], [`metrics`]: resumable checkpoints and the per-step JSONL log;
+//! - [`mining`]: hard negatives mined from the HNSW index of the training images;
 //! - [`cache`]: locked towers' features and `last:N` towers' frozen-prefix hidden states on
 //!   disk, memory-mapped;
 //! - [`config`]: [`TrainConfig`], whose sections are `siam train`'s flags;
@@ -22,6 +23,7 @@ pub mod fused_adamw;
 pub mod inputs;
 pub mod memory;
 pub mod metrics;
+pub mod mining;
 pub mod objective;
 pub mod optim;
 pub mod report;
@@ -93,6 +95,9 @@ pub enum TrainError {
     /// The freeze policy does not fit the model.
     #[error(transparent)]
     Freeze(#[from] crate::model::twin::TwinError),
+    /// Mining hard negatives from the index failed.
+    #[error("--mine-index: {0}")]
+    Mining(#[from] crate::index::IndexError),
     /// Validation metrics or plots failed.
     #[error(transparent)]
     Eval(#[from] crate::eval::EvalError),

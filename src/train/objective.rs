@@ -9,7 +9,10 @@
 //! - with `--xbm SIZE` every direction has its own [`CrossBatchMemory`] of the last SIZE
 //!   references (texts for image anchors, images for text anchors), appended to the batch's
 //!   own after `--xbm-start` steps and filled after each loss; the contrastive loss then runs
-//!   one-directionally in each direction (the same loss as the symmetric one without memory);
+//!   one-directionally in each direction (the same loss as the symmetric one without memory).
+//!   With `--accum`, every micro-step reads the memories as they were at the step's start and
+//!   the step's whole batch is enqueued once; checkpoints save the memories (`xbm.bin`), so a
+//!   resumed run continues with them;
 //! - with `--weight-by confidence` every direction weighs its anchors (`siam_losses::Weights`):
 //!   images by their confidence, texts by the mean confidence of the batch's images they were
 //!   drawn for ([`BatchWeights`]); the symmetric losses weigh their image rows (and the
@@ -81,6 +84,7 @@ impl MetricObjective {
         (i2t_w, t2i_w): (Weights<'_>, Weights<'_>),
         logits: LogitParams,
         epoch: usize,
+        commit: bool,
     ) -> Result<Scored, ScoreError> {
         let miner = self.miners.miner_for_epoch(epoch);
         let loss = match self.loss {
@@ -95,7 +99,7 @@ impl MetricObjective {
         })?;
         let [to_texts, to_images] = &mut *mem;
         let a = to_texts
-            .forward_weighted(
+            .score(
                 &loss,
                 img.clone(),
                 img_labels,
@@ -107,10 +111,23 @@ impl MetricObjective {
             )
             .map_err(|e| ScoreError(format!("image anchors: {e}")))?;
         let b = to_images
-            .forward_weighted(
-                &loss, txt, txt_labels, img, img_labels, miner, logits, t2i_w,
+            .score(
+                &loss,
+                txt.clone(),
+                txt_labels,
+                img.clone(),
+                img_labels,
+                miner,
+                logits,
+                t2i_w,
             )
             .map_err(|e| ScoreError(format!("text anchors: {e}")))?;
+        // After both losses (PML issue #24: enqueueing first lets a batch meet itself).
+        if commit {
+            let fail = |e: siam_losses::LossError| ScoreError(format!("cross-batch memory: {e}"));
+            to_texts.commit(txt, txt_labels).map_err(fail)?;
+            to_images.commit(img, img_labels).map_err(fail)?;
+        }
         let (i2t, t2i) = (value(&a.loss), value(&b.loss));
         Ok(Scored {
             loss: (a.loss + b.loss).mul_scalar(0.5),
@@ -140,6 +157,53 @@ impl Objective for MetricObjective {
         logits: LogitParams,
         epoch: usize,
     ) -> Result<Scored, ScoreError> {
+        self.score_micro(
+            img, img_labels, txt, txt_labels, weights, logits, epoch, true,
+        )
+    }
+
+    fn state(&self) -> Option<Vec<siam_losses::XbmSnapshot>> {
+        let mem = self.memory.as_ref()?.lock().ok()?;
+        Some(mem.iter().map(CrossBatchMemory::snapshot).collect())
+    }
+
+    fn restore_state(
+        &self,
+        state: &[siam_losses::XbmSnapshot],
+        device: &burn::tensor::Device,
+    ) -> Result<(), ScoreError> {
+        let Some(memory) = &self.memory else {
+            return Ok(());
+        };
+        let mut mem = memory.lock().map_err(|_| {
+            ScoreError("the cross-batch memory was poisoned by an earlier failure".to_string())
+        })?;
+        if state.len() != mem.len() {
+            return Err(ScoreError(format!(
+                "{} cross-batch memories saved, {} expected",
+                state.len(),
+                mem.len()
+            )));
+        }
+        for (m, s) in mem.iter_mut().zip(state) {
+            m.restore(s, device)
+                .map_err(|e| ScoreError(format!("cross-batch memory: {e}")))?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn score_micro(
+        &self,
+        img: Tensor<2>,
+        img_labels: &[usize],
+        txt: Tensor<2>,
+        txt_labels: &[usize],
+        weights: Option<&BatchWeights>,
+        logits: LogitParams,
+        epoch: usize,
+        commit: bool,
+    ) -> Result<Scored, ScoreError> {
         let miner = self.miners.miner_for_epoch(epoch);
         let logits = if self.uses_logit_scale() {
             logits
@@ -161,6 +225,7 @@ impl Objective for MetricObjective {
                 (i2t_w, t2i_w),
                 logits,
                 epoch,
+                commit,
             );
         }
         if self.symmetric() {

@@ -242,13 +242,17 @@ pub(super) fn fingerprint(cfg: &TrainConfig, card: &ModelCard, ds: &Dataset) -> 
     let mut v = serde_json::json!({
         "clip": card.clip, "image_head": card.image_head, "text_head": card.text_head,
         "initial": card.initial_weights,
-        "freeze": [cfg.towers.freeze_image, cfg.towers.freeze_text],
+        "freeze": [cfg.towers.image_policy(), cfg.towers.text_policy()],
         "loss": cfg.loss.fingerprint_value(), "data": ds.name, "records": ds.len(),
         "batch": [b.classes_per_batch, b.per_class, b.batch_size, b.accum_steps],
         "seed": cfg.seed,
     });
     if let Some(s) = cfg.data.split_seed {
         v["split_seed"] = s.into();
+    }
+    // Only when on, so checkpoints of runs without mining keep their fingerprints.
+    if cfg.mining.mine_index.is_some() {
+        v["mining"] = serde_json::to_value(&cfg.mining).unwrap_or_default();
     }
     crate::fingerprint::hex(&Sha256::digest(v.to_string().as_bytes()))
 }

@@ -18,6 +18,9 @@
 //! negatives of the whole accumulated batch. Summing the micro-steps' gradients gives exactly
 //! the full batch's gradient, since each row's contribution `dL/de_i * de_i/dtheta` is
 //! back-propagated once, in its own micro-step (and the shared logit scale's once, in the first).
+//! A cross-batch memory is read by every micro-step as it was at the start of the step and
+//! takes the whole batch once, after the last ([`Objective::score_micro`]), so accumulation
+//! with `--xbm` is the full batch's step with its memory too.
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
@@ -59,6 +62,41 @@ pub trait Objective {
         logits: LogitParams,
         epoch: usize,
     ) -> Result<Scored, ScoreError>;
+
+    /// [`Self::score`] for one micro-step of an accumulated optimiser step: with `commit`
+    /// false, an objective with state (a cross-batch memory) scores against its state and
+    /// leaves it unchanged; the last micro-step commits. Stateless objectives just score.
+    #[allow(clippy::too_many_arguments)]
+    fn score_micro(
+        &self,
+        img: Tensor<2>,
+        img_labels: &[usize],
+        txt: Tensor<2>,
+        txt_labels: &[usize],
+        weights: Option<&BatchWeights>,
+        logits: LogitParams,
+        epoch: usize,
+        commit: bool,
+    ) -> Result<Scored, ScoreError> {
+        let _ = commit;
+        self.score(img, img_labels, txt, txt_labels, weights, logits, epoch)
+    }
+
+    /// The state a checkpoint must keep besides the model (the cross-batch memories); `None`
+    /// for a stateless objective.
+    fn state(&self) -> Option<Vec<siam_losses::XbmSnapshot>> {
+        None
+    }
+
+    /// Puts back what [`Self::state`] gave (on `device`).
+    fn restore_state(
+        &self,
+        state: &[siam_losses::XbmSnapshot],
+        device: &burn::tensor::Device,
+    ) -> Result<(), ScoreError> {
+        let _ = (state, device);
+        Ok(())
+    }
 
     /// Whether the loss uses the logit scale (so the scale should train).
     fn uses_logit_scale(&self) -> bool;
@@ -301,6 +339,7 @@ impl Stepper {
         // Pass 2: each micro-batch live, the others fixed.
         let mut acc = GradientsAccumulator::<TwinTowers>::new();
         let mut first: Option<(f64, f64, f64)> = None;
+        let last = micro.len() - 1;
         for (j, b) in micro.into_iter().enumerate() {
             let live_img = model.embed_images(b.images);
             let live_txt = model.embed_texts(b.texts);
@@ -320,7 +359,9 @@ impl Stepper {
                     bias: live.bias.map(|t| t.detach()),
                 }
             };
-            let scored = objective.score(
+            // Every micro-step meets the same cross-batch memory; the last one enqueues
+            // the whole batch once.
+            let scored = objective.score_micro(
                 Tensor::cat(imgs, 0),
                 &img_labels,
                 Tensor::cat(txts, 0),
@@ -328,6 +369,7 @@ impl Stepper {
                 weights.as_ref(),
                 logits,
                 self.epoch,
+                j == last,
             );
             let s = match finite_score(scored, n) {
                 Ok(s) => s,

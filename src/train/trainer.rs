@@ -28,7 +28,9 @@ use siam_data::preprocess::Preprocessor;
 use super::cache::{FeatureCache, Prefix};
 use super::checkpoint::{self, EpochRecord, TrainState, STATE_FORMAT};
 use super::config::{TowerDtype, TrainConfig, WeightBy};
-use super::data::{eval_plan, plan_batch, sampler, BatchPlan, BatchSampler, EvalPlan, TextMode};
+use super::data::{
+    eval_plan, mining_label, plan_batch, sampler, BatchPlan, BatchSampler, EvalPlan, TextMode,
+};
 use super::inputs::{describe_skipped, Inputs};
 use super::metrics::{MetricsLog, StepMetrics};
 use super::objective::build_objective;
@@ -172,26 +174,42 @@ impl<'a> Trainer<'a> {
             Some((log_scale, bias)) => model.with_sigmoid_logits(log_scale, bias, &device),
             None => model,
         };
+        // Adapters before the checkpoint, which holds them unmerged.
+        let (image_policy, text_policy) = (cfg.towers.image_policy(), cfg.towers.text_policy());
+        let model = model.with_lora(image_policy, text_policy, cfg.seed, &device)?;
         let (model, resumed) = resume(cfg, &ck_dir, &fp, model, obs)?;
         let model = model.with_freeze(
-            cfg.towers.freeze_image,
-            cfg.towers.freeze_text,
+            cfg.towers.image_policy(),
+            cfg.towers.text_policy(),
             objective.uses_logit_scale(),
         )?;
         let params = split_params(&model);
+        let total = params.trainable_values + params.frozen_values;
         obs.event(&Event::Info(format!(
-            "training {} parameters ({} frozen); image tower {}, text tower {}, {} heads into {} dims; loss {}",
+            "training {} of {} parameters ({:.2}%, {} frozen); image tower {}, text tower {}, {} heads into {} dims; loss {}",
             params.trainable_values,
+            total,
+            100.0 * params.trainable_values as f64 / total.max(1) as f64,
             params.frozen_values,
-            cfg.towers.freeze_image,
-            cfg.towers.freeze_text,
+            cfg.towers.image_policy(),
+            cfg.towers.text_policy(),
             cfg.towers.head,
             card.joint_dim,
             objective.describe()
         )));
         let optim = build_adamw(&cfg.optim.adamw, &params);
         let (optim, st) = match resumed {
-            Some((dir, st)) => (checkpoint::load_optimizer(&dir, optim)?, st),
+            Some((dir, st)) => {
+                if let Some(memories) = checkpoint::load_xbm(&dir)? {
+                    objective.restore_state(&memories, &device).map_err(|e| {
+                        checkpoint::CheckpointError::Mismatch {
+                            path: dir.join(checkpoint::XBM_FILE),
+                            why: e.0,
+                        }
+                    })?;
+                }
+                (checkpoint::load_optimizer(&dir, optim)?, st)
+            }
             None => (optim, fresh_state(cfg, fp, steps_per_epoch, epochs)),
         };
         let stepper = Stepper {
@@ -286,14 +304,14 @@ impl<'a> Trainer<'a> {
                     p.display()
                 )));
             };
-        if cfg.towers.freeze_image == FreezePolicy::Locked && !cfg.augment {
+        if cfg.towers.image_policy() == FreezePolicy::Locked && !cfg.augment {
             let pre = &self.inputs.pre;
             let (src, hit) =
                 cache.image_features(model, ds, &all, pre, cfg.threads, &self.device)?;
             say(obs, "image", "image", src.len(), hit, src.path());
             self.inputs.images = Some(src);
         }
-        if cfg.towers.freeze_text == FreezePolicy::Locked {
+        if cfg.towers.text_policy() == FreezePolicy::Locked {
             let (tok, ctx) = (&self.inputs.tokenizer, self.inputs.context);
             let (src, hit) = cache.text_features(model, ds, tok, ctx, &self.device)?;
             say(obs, "text", "text", src.len(), hit, src.path());
@@ -311,7 +329,7 @@ impl<'a> Trainer<'a> {
         let (cfg, ds) = (self.cfg, &self.ds);
         let max_bytes = (cfg.cache.prefix_cache_max_gb * 1e9) as u64;
         if let (FreezePolicy::LastBlocks(n), false, true) = (
-            cfg.towers.freeze_image,
+            cfg.towers.image_policy(),
             cfg.augment,
             max_bytes > 0 && model.clip.visual.as_vit().is_some(),
         ) {
@@ -330,7 +348,7 @@ impl<'a> Trainer<'a> {
             obs.event(&Event::Info(describe_prefix(
                 cfg,
                 "image",
-                cfg.towers.freeze_image,
+                cfg.towers.image_policy(),
                 "images",
                 &p,
             )));
@@ -338,14 +356,14 @@ impl<'a> Trainer<'a> {
                 self.inputs.image_prefix = Some(source);
             }
         }
-        if let (FreezePolicy::LastBlocks(n), true) = (cfg.towers.freeze_text, max_bytes > 0) {
+        if let (FreezePolicy::LastBlocks(n), true) = (cfg.towers.text_policy(), max_bytes > 0) {
             let from = model.text_blocks() - n;
             let (tok, ctx) = (&self.inputs.tokenizer, self.inputs.context);
             let p = cache.text_prefix(model, from, ds, tok, ctx, max_bytes, &self.device)?;
             obs.event(&Event::Info(describe_prefix(
                 cfg,
                 "text",
-                cfg.towers.freeze_text,
+                cfg.towers.text_policy(),
                 "texts",
                 &p,
             )));
@@ -406,6 +424,11 @@ impl<'a> Trainer<'a> {
         let epoch = self.st.epoch;
         self.stepper.epoch = epoch;
         let first = self.st.batch_in_epoch;
+        if self.cfg.mining.mines_at(epoch)
+            && self.st.mined.as_ref().is_none_or(|m| m.epoch != epoch)
+        {
+            self.mine(&model, epoch, obs)?;
+        }
         let (plans, mut loader) = self.epoch_plans(epoch, first);
         let (usable, micro) = (plans.len(), self.cfg.batch.accum_steps);
         let (mut loss_sum, mut loss_n) = (0.0, 0usize);
@@ -442,6 +465,46 @@ impl<'a> Trainer<'a> {
         Ok((model, false))
     }
 
+    /// Mines hard negatives for the training images with the current model (see
+    /// [`super::mining`]) into the run's state, which checkpoints keep.
+    fn mine(
+        &mut self,
+        model: &TwinTowers,
+        epoch: usize,
+        obs: &mut dyn Observer,
+    ) -> Result<(), TrainError> {
+        let t0 = Instant::now();
+        let inner = model.valid();
+        let emb = self.inputs.embed_images(
+            &inner,
+            &self.train_idx,
+            &self.device,
+            "hard-negative mining",
+        )?;
+        let labels: Vec<usize> = self
+            .train_idx
+            .iter()
+            .map(|&r| mining_label(&self.ds, self.mode, r))
+            .collect();
+        let embed_s = t0.elapsed().as_secs_f64();
+        let dim = inner.image_head_dim();
+        let negs = super::mining::mine_negatives(&emb, dim, &labels, &self.cfg.mining.options())?;
+        let mut by_record = vec![Vec::new(); self.ds.len()];
+        for (row, n) in negs.into_iter().enumerate() {
+            by_record[self.train_idx[row]] = n.into_iter().map(|c| self.train_idx[c]).collect();
+        }
+        let mined = super::mining::MinedNegatives { epoch, by_record };
+        let (anchors, total) = mined.counts();
+        obs.event(&Event::Info(format!(
+            "hard negatives (--mine-index) for epoch {}: {total} for {anchors} of {} training images, from an HNSW index of their embeddings (embedding {embed_s:.1} s, index and search {:.1} s)",
+            epoch + 1,
+            self.train_idx.len(),
+            t0.elapsed().as_secs_f64() - embed_s
+        )));
+        self.st.mined = Some(mined);
+        Ok(())
+    }
+
     /// The micro-batch plans of `epoch` (all of them, so batch numbers and the loader's
     /// augmentation seeds stay those of an uninterrupted run) and, when images are not
     /// cached, a loader of their pixels (micro-batches before `first` left empty).
@@ -452,7 +515,10 @@ impl<'a> Trainer<'a> {
             .iter()
             .enumerate()
             .map(|(b, pos)| {
-                let recs: Vec<usize> = pos.iter().map(|&p| self.train_idx[p]).collect();
+                let mut recs: Vec<usize> = pos.iter().map(|&p| self.train_idx[p]).collect();
+                if let Some(mined) = &self.st.mined {
+                    mined.extend_batch(&mut recs);
+                }
                 plan_batch(&self.ds, self.mode, recs, cfg.seed, epoch, b)
             })
             .collect();
@@ -584,7 +650,14 @@ impl<'a> Trainer<'a> {
         obs: &mut dyn Observer,
     ) -> Result<(), TrainError> {
         self.st.elapsed_s = self.elapsed_before + self.session_start.elapsed().as_secs_f64();
-        checkpoint::save(&self.ck_dir, model, &self.stepper.optim, &self.st)?;
+        let xbm = self.objective.state();
+        checkpoint::save(
+            &self.ck_dir,
+            model,
+            &self.stepper.optim,
+            &self.st,
+            xbm.as_deref(),
+        )?;
         obs.event(&Event::Checkpoint(self.ck_dir.clone()));
         Ok(())
     }
@@ -616,7 +689,7 @@ impl<'a> Trainer<'a> {
                 let best = cfg.out.join("best");
                 folder::save(
                     &best,
-                    &model.valid(),
+                    &model.valid().merge_lora(),
                     &self.card,
                     self.tokenizer_src.as_deref(),
                 )?;
@@ -663,7 +736,7 @@ impl<'a> Trainer<'a> {
             Some((_, e)) if best_dir.join(folder::CARD_FILE).is_file() => {
                 (e, folder::load(&best_dir, &device)?.0)
             }
-            _ => (self.st.epoch, model.valid()),
+            _ => (self.st.epoch, model.valid().merge_lora()),
         };
         let finished = !self.interrupted;
         let mut after = None;
@@ -822,6 +895,7 @@ fn fresh_state(
         pairs_seen: 0,
         images_seen: 0,
         config: serde_json::to_value(cfg).unwrap_or_default(),
+        mined: None,
     }
 }
 
