@@ -44,7 +44,7 @@ run_siam() { # NAME FLAGS...
   local ep=(--epochs "$epochs")
   [[ " $* " == *" --epochs "* ]] && ep=()
   RAYON_NUM_THREADS="$threads" "$SIAM_BIN" train --threads "$threads" --data "$data" --arch "$here/tiny_open_clip.json" "${ep[@]}" \
-    --out "$dir" --report "$dir.train.json" ${SIAM_LEARN_EXTRA:-} "$@" 2>&1 | tee "$dir.log" | grep -v '^\s*$' | tail -n 40
+    --no-index --out "$dir" --report "$dir.train.json" ${SIAM_LEARN_EXTRA:-} "$@" 2>&1 | tee "$dir.log" | grep -v '^\s*$' | tail -n 40
   RAYON_NUM_THREADS="$threads" "$SIAM_BIN" eval --threads "$threads" --model "$dir" --data "$data" --no-linear-probe --json "$dir.eval.json" >/dev/null
   local t1; t1=$(date +%s.%N)
   "$python" "$here/table.py" --siam "$name" "$dir.train.json" "$dir.eval.json" \

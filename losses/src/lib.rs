@@ -15,7 +15,8 @@
 //! Layout: `loss/` holds one file per loss (its config, defaults and maths) and
 //! [`LossConfig`], the typed, parsed form of `--loss`; `miner/` one file per miner and the
 //! [`HardnessSchedule`] (`--miner`); `distance.rs`, `reducer.rs`, `matrix.rs` and `error.rs`
-//! are shared; `xbm.rs` is the cross-batch memory ([`CrossBatchMemory`]). With the `serde` feature, [`LossConfig`] and [`HardnessSchedule`] serialise
+//! are shared; `spread.rs` measures how far apart embeddings are ([`embedding_spread`],
+//! the collapse diagnostic beside [`LossStats`]); `xbm.rs` is the cross-batch memory ([`CrossBatchMemory`]). With the `serde` feature, [`LossConfig`] and [`HardnessSchedule`] serialise
 //! as their text forms.
 //!
 //! ```no_run
@@ -46,6 +47,7 @@ pub mod loss;
 pub mod matrix;
 pub mod miner;
 pub mod reducer;
+pub mod spread;
 pub mod xbm;
 
 pub use distance::Distance;
@@ -57,6 +59,7 @@ pub use loss::{
 pub use matrix::PairMatrix;
 pub use miner::{HardnessSchedule, Miner, MinerKind, TripletKind, Tuples};
 pub use reducer::Reducer;
+pub use spread::embedding_spread;
 pub use xbm::{CrossBatchMemory, XbmConfig};
 
 use burn::tensor::Device;

@@ -16,9 +16,12 @@ use std::sync::Mutex;
 use burn::tensor::Tensor;
 
 use super::config::LossSettings;
+use super::health::LearningStats;
 use super::step::{Objective, ScoreError, Scored};
 use super::TrainError;
-use siam_losses::{CrossBatchMemory, HardnessSchedule, LogitParams, Loss, XbmConfig};
+use siam_losses::{
+    embedding_spread, CrossBatchMemory, HardnessSchedule, LogitParams, Loss, LossStats, XbmConfig,
+};
 
 /// A loss with its miner schedule.
 #[derive(Debug)]
@@ -36,6 +39,13 @@ pub struct MetricObjective {
 /// The miner a loss uses when `--miner` is not given (siam-losses' [`siam_losses::LossKind::default_miner`]).
 pub fn default_miner(loss: &Loss) -> String {
     loss.kind().default_miner().to_string()
+}
+
+/// The miner a loss named `loss` uses when `--miner` is not given (`all` for an unknown name,
+/// which [`build_objective`] refuses anyway).
+pub fn default_miner_of(loss: &str) -> String {
+    loss.parse::<Loss>()
+        .map_or_else(|_| "all".to_string(), |l| default_miner(&l))
 }
 
 /// Builds the objective from the settings, checking every value.
@@ -116,6 +126,7 @@ impl MetricObjective {
         (txt, txt_labels): (Tensor<2>, &[usize]),
         logits: LogitParams,
         epoch: usize,
+        spread: Option<f32>,
     ) -> Result<Scored, ScoreError> {
         let miner = self.miners.miner_for_epoch(epoch);
         let loss = match self.loss {
@@ -148,7 +159,7 @@ impl MetricObjective {
             loss: (a.loss + b.loss).mul_scalar(0.5),
             i2t,
             t2i,
-            active: 0.5 * (a.stats.active_fraction + b.stats.active_fraction) as f64,
+            stats: LearningStats::of(&LossStats::mean_of(&a.stats, &b.stats), spread),
         })
     }
 
@@ -172,6 +183,8 @@ impl Objective for MetricObjective {
         epoch: usize,
     ) -> Result<Scored, ScoreError> {
         let miner = self.miners.miner_for_epoch(epoch);
+        // Read before the loss takes the embeddings: one [B, d] read-back, no graph.
+        let spread = embedding_spread(&img);
         let logits = if self.uses_logit_scale() {
             logits
         } else {
@@ -184,6 +197,7 @@ impl Objective for MetricObjective {
                 (txt, txt_labels),
                 logits,
                 epoch,
+                spread,
             );
         }
         if self.symmetric() {
@@ -196,7 +210,7 @@ impl Objective for MetricObjective {
                 loss: out.loss,
                 i2t: v,
                 t2i: v,
-                active: out.stats.active_fraction as f64,
+                stats: LearningStats::of(&out.stats, spread),
             });
         }
         let a = self
@@ -219,7 +233,7 @@ impl Objective for MetricObjective {
             loss: (a.loss + b.loss).mul_scalar(0.5),
             i2t,
             t2i,
-            active: 0.5 * (a.stats.active_fraction + b.stats.active_fraction) as f64,
+            stats: LearningStats::of(&LossStats::mean_of(&a.stats, &b.stats), spread),
         })
     }
 

@@ -28,6 +28,7 @@ use siam_data::preprocess::Preprocessor;
 use super::cache::{FeatureCache, Prefix};
 use super::checkpoint::{self, EpochRecord, TrainState, STATE_FORMAT};
 use super::config::{TowerDtype, TrainConfig};
+use super::health::{collapse_warning, RunShape, StatsMean};
 use super::data::{eval_plan, plan_batch, sampler, BatchPlan, BatchSampler, EvalPlan, TextMode};
 use super::inputs::{describe_skipped, Inputs};
 use super::metrics::{MetricsLog, StepMetrics};
@@ -131,6 +132,10 @@ struct Trainer<'a> {
     steps_this_run: usize,
     /// Mean loss of the epoch that just ran (`None`: no step in it).
     epoch_loss: Option<f64>,
+    /// Mean learning statistics of the epoch that is running.
+    epoch_stats: StatsMean,
+    /// Collapse warnings raised so far.
+    warnings: Vec<String>,
     early_stopped: bool,
     interrupted: bool,
 }
@@ -231,6 +236,8 @@ impl<'a> Trainer<'a> {
             session_start: Instant::now(),
             steps_this_run: 0,
             epoch_loss: None,
+            epoch_stats: StatsMean::default(),
+            warnings: Vec::new(),
             early_stopped: false,
             interrupted: false,
         };
@@ -378,6 +385,7 @@ impl<'a> Trainer<'a> {
                 step: 0,
                 train_loss: None,
                 metrics: metric_map(&r),
+                train_stats: None,
             };
             obs.event(&Event::Epoch(rec.clone()));
             self.st.history.push(rec);
@@ -548,7 +556,7 @@ impl<'a> Trainer<'a> {
             loss: out.loss,
             loss_i2t: out.loss_i2t,
             loss_t2i: out.loss_t2i,
-            active_fraction: out.active_fraction,
+            stats: out.stats,
             lr: out.lr,
             grad_norm: out.grad_norm,
             pairs_per_s: out.pairs as f64 / dt,
@@ -557,6 +565,7 @@ impl<'a> Trainer<'a> {
         if let Some(log) = self.log.as_mut() {
             log.push(&m)?;
         }
+        self.epoch_stats.push(&out.stats);
         obs.event(&Event::Step(m));
         self.steps_this_run += 1;
         let stop_now = cfg.max_steps.is_some_and(|s| self.steps_this_run >= s);
@@ -618,8 +627,10 @@ impl<'a> Trainer<'a> {
             step: self.st.step,
             train_loss: self.epoch_loss.take(),
             metrics,
+            train_stats: std::mem::take(&mut self.epoch_stats).mean(),
         };
         obs.event(&Event::Epoch(rec.clone()));
+        self.warn_on_collapse(&rec, obs);
         self.st.history.push(rec);
         self.save_checkpoint(model, obs)?;
         let more = self.st.epoch < self.epochs;
@@ -638,6 +649,30 @@ impl<'a> Trainer<'a> {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// The collapse warning of an epoch ([`super::health::collapse_warning`]), shown and kept
+    /// for the report.
+    fn warn_on_collapse(&mut self, rec: &EpochRecord, obs: &mut dyn Observer) {
+        let Some(stats) = &rec.train_stats else {
+            return;
+        };
+        let cfg = self.cfg;
+        let miner = cfg
+            .loss
+            .miner
+            .clone()
+            .unwrap_or_else(|| super::objective::default_miner_of(cfg.loss.name()));
+        let shape = RunShape {
+            loss: cfg.loss.name(),
+            miner: &miner,
+            margin: (cfg.loss.name() == "triplet").then_some(cfg.loss.margin),
+            lr: cfg.optim.lr,
+        };
+        if let Some(w) = collapse_warning(rec.epoch, stats, rec.train_loss, shape) {
+            obs.event(&Event::Warning(w.clone()));
+            self.warnings.push(w);
+        }
     }
 
     /// Phase 6: the model folder (the best epoch's weights if validated, else the last), its
@@ -690,6 +725,7 @@ impl<'a> Trainer<'a> {
             history: st.history.clone(),
             trainable_parameters: self.params.trainable_values,
             frozen_parameters: self.params.frozen_values,
+            warnings: self.warnings,
         })
     }
 }
