@@ -128,7 +128,7 @@ fn main() {
     let head_steps = 200;
     let device = siam::device::from_env().autodiff();
     let obj = build_objective(&LossSettings {
-        miner: Some("hard".into()),
+        miner: Some("hard".parse().unwrap()),
         ..LossSettings::default()
     })
     .unwrap();

@@ -94,8 +94,8 @@ fn values(m: &TwinTowers) -> Vec<f32> {
 fn check(loss: &str, miner: Option<&str>) {
     let device = siam::device::from_env().autodiff();
     let objective = build_objective(&LossSettings {
-        loss: Some(loss.into()),
-        miner: miner.map(String::from),
+        loss: Some(loss.parse().unwrap()),
+        miner: miner.map(|m| m.parse().unwrap()),
         ..LossSettings::default()
     })
     .unwrap();

@@ -99,7 +99,7 @@ fn bf16_training_step_matches_f32_loss_and_keeps_f32_parameters() {
     let device = siam::device::from_env().autodiff();
     let cfg = ClipConfig::tiny();
     let objective = build_objective(&LossSettings {
-        loss: Some("contrastive".into()),
+        loss: Some("contrastive".parse().unwrap()),
         ..LossSettings::default()
     })
     .unwrap();

@@ -136,9 +136,9 @@ fn first_20_losses_match_pytorch() {
     };
 
     let objective = build_objective(&LossSettings {
-        loss: Some("triplet".into()),
-        miner: Some("hard".into()),
-        margin: settings["margin"].as_f64().unwrap(),
+        loss: Some("triplet".parse().unwrap()),
+        miner: Some("hard".parse().unwrap()),
+        margin: Some(settings["margin"].as_f64().unwrap()),
         ..LossSettings::default()
     })
     .unwrap();

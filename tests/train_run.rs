@@ -38,7 +38,10 @@ fn check_learning_stats(out: &Path, report: &siam::train::TrainReport, log: &Log
     }
     let line = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     for key in ["active_fraction", "pos_sim", "neg_sim", "gap", "spread"] {
-        assert!(line.contains(&format!("\"{key}\":")), "metrics.jsonl lacks {key}");
+        assert!(
+            line.contains(&format!("\"{key}\":")),
+            "metrics.jsonl lacks {key}"
+        );
     }
     let epochs: Vec<_> = report.history.iter().filter(|r| r.epoch > 0).collect();
     assert!(epochs.iter().all(|r| r.train_stats.is_some()));
@@ -51,7 +54,11 @@ fn check_learning_stats(out: &Path, report: &siam::train::TrainReport, log: &Log
     let json = serde_json::to_value(report).unwrap();
     assert!(json["history"][1]["train_stats"]["spread"].is_number());
     assert_eq!(json["warnings"], serde_json::json!([]));
-    assert!(log.1.is_empty(), "collapse warning on a learning run: {:?}", log.1);
+    assert!(
+        log.1.is_empty(),
+        "collapse warning on a learning run: {:?}",
+        log.1
+    );
 }
 
 fn demo() -> Dataset {
@@ -257,10 +264,10 @@ fn bad_input_is_a_clear_error() {
 
     let mut c = cfg(&dir.path().join("w"));
     c.loss = LossSettings {
-        loss: Some("quadruplet".into()),
+        margin: Some(f64::NAN),
         ..LossSettings::default()
     };
-    assert!(run(&c, demo()).contains("quadruplet"));
+    assert!(run(&c, demo()).contains("--margin"));
 }
 
 #[test]

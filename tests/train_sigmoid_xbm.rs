@@ -29,7 +29,7 @@ fn cfg(out: &Path, loss: &str, xbm: usize) -> TrainConfig {
         arch: Some("tiny".into()),
         out: out.to_path_buf(),
         loss: LossSettings {
-            loss: Some(loss.into()),
+            loss: Some(loss.parse().unwrap()),
             xbm,
             ..LossSettings::default()
         },

@@ -124,7 +124,10 @@ mod tests {
 
     #[test]
     fn one_row_has_no_spread() {
-        let t = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0], [1, 2]), &crate::test_device());
+        let t = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, 2.0], [1, 2]),
+            &crate::test_device(),
+        );
         assert_eq!(embedding_spread(&t), None);
     }
 }

@@ -98,7 +98,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         },
         position,
         ds.labels.len(),
-        c.loss.loss.as_deref().unwrap_or("CoOp cross-entropy")
+        c.loss
+            .loss
+            .map_or_else(|| "CoOp cross-entropy".into(), |l| l.to_string())
     ));
     let pb = if args.quiet {
         indicatif::ProgressBar::hidden()

@@ -5,7 +5,7 @@
 //! | section | flags |
 //! |---|---|
 //! | [`DataConfig`] (shared with `eval` and `index`) | `--data --templates --split-seed --on-bad-image` |
-//! | [`LossSettings`] | `--loss --miner --margin --pos-margin --neg-margin --temperature --ms-*` |
+//! | [`LossSettings`] (siam-losses' typed configs) | `--loss --miner --margin --pos-margin --neg-margin --temperature --ms-* --xbm*` |
 //! | [`BatchConfig`] | `--classes-per-batch --per-class --batch-size --accum` |
 //! | [`OptimConfig`] | `--epochs --lr --min-lr --warmup --clip-grad`, AdamW's `--weight-decay --beta1 --beta2 --adam-eps` |
 //! | [`TowerConfig`] | `--head --joint-dim --adapter-ratio --adapter-reduction --freeze-image --freeze-text --dtype` |
@@ -21,6 +21,7 @@ pub use super::optim::AdamWSettings;
 use crate::dataset::DataConfig;
 use crate::model::heads::HeadKind;
 use crate::model::twin::FreezePolicy;
+use siam_losses::{HardnessSchedule, Loss, LossConfig, LossKind};
 
 /// Images per label of the synthetic demo set `siam train` uses without `--data`.
 pub const DEMO_PER_CLASS: usize = 40;
@@ -71,40 +72,48 @@ impl std::str::FromStr for TowerDtype {
     }
 }
 
-/// Loss and miner settings (names as `siam_losses` parses them).
+/// Loss and miner settings. clap parses `--loss` and `--miner` once, into siam-losses'
+/// [`LossConfig`] and [`HardnessSchedule`]; every default (the loss, its miner, margins,
+/// temperature, multi-similarity's parameters) is siam-losses' own, so an unset flag here is
+/// `None`, never a number. A parameter flag applies to the loss that takes it (`--margin` to
+/// the triplet loss, ...) and is ignored by the others.
+///
+/// Stored (checkpoint fingerprint, `siam.json`'s `training`, the report) with `loss` and `miner`
+/// in their text forms, as siam always wrote them; see [`LossSettings::fingerprint_value`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct LossSettings {
     /// Loss: contrastive, pairwise, triplet, multi-similarity or sigmoid (SigLIP: learnable
-    /// logit scale from ln 10 and bias from -10, saved in checkpoints); default triplet; with
+    /// logit scale from ln 10 and bias from -10, saved in checkpoints), optionally with its
+    /// parameters (`triplet:margin=0.3`, `pairwise:distance=euclidean`); default triplet; with
     /// --prompt, CoOp's cross-entropy over the class prompts.
-    #[arg(long)]
-    pub loss: Option<String>,
+    #[arg(long, value_name = "LOSS[:KEY=VALUE,..]")]
+    pub loss: Option<LossConfig>,
     /// Miner: all, hard, semihard, max-violation, distance-weighted, multi-similarity, none, or
     /// a schedule such as semihard:2,hard (default: the loss's usual miner).
     #[arg(long)]
-    pub miner: Option<String>,
-    /// Triplet margin (cosine similarity units).
-    #[arg(long, default_value_t = 0.2)]
-    pub margin: f64,
+    pub miner: Option<HardnessSchedule>,
+    /// Triplet margin (cosine similarity units; default: the triplet loss's own).
+    #[arg(long, help = param_help("Triplet margin (cosine similarity units)", "margin"))]
+    pub margin: Option<f64>,
     /// Pairwise loss: positives should be more similar than this.
-    #[arg(long, default_value_t = 0.8)]
-    pub pos_margin: f64,
+    #[arg(long, help = param_help("Pairwise loss: positives should be more similar than this", "pos-margin"))]
+    pub pos_margin: Option<f64>,
     /// Pairwise loss: negatives should be less similar than this.
-    #[arg(long, default_value_t = 0.3)]
-    pub neg_margin: f64,
+    #[arg(long, help = param_help("Pairwise loss: negatives should be less similar than this", "neg-margin"))]
+    pub neg_margin: Option<f64>,
     /// Contrastive (InfoNCE) initial temperature, > 0: the logit scale starts at `ln(1/t)`
     /// (random-init models; checkpoints keep theirs).
-    #[arg(long)]
+    #[arg(long, help = param_help("Contrastive (InfoNCE) initial temperature, > 0: the logit scale starts at ln(1/t) (random-init models; checkpoints keep theirs)", "temperature"))]
     pub temperature: Option<f64>,
-    /// Multi-similarity `alpha` (Wang et al. 2019: 2).
-    #[arg(long, default_value_t = 2.0)]
-    pub ms_alpha: f64,
-    /// Multi-similarity `beta` (Wang et al. 2019: 50).
-    #[arg(long, default_value_t = 50.0)]
-    pub ms_beta: f64,
-    /// Multi-similarity `base`, lambda (Wang et al. 2019: 0.5).
-    #[arg(long, default_value_t = 0.5)]
-    pub ms_base: f64,
+    /// Multi-similarity `alpha` (Wang et al. 2019).
+    #[arg(long, help = param_help("Multi-similarity alpha (Wang et al. 2019)", "alpha"))]
+    pub ms_alpha: Option<f64>,
+    /// Multi-similarity `beta` (Wang et al. 2019).
+    #[arg(long, help = param_help("Multi-similarity beta (Wang et al. 2019)", "beta"))]
+    pub ms_beta: Option<f64>,
+    /// Multi-similarity `base`, lambda (Wang et al. 2019).
+    #[arg(long, help = param_help("Multi-similarity base, lambda (Wang et al. 2019)", "base"))]
+    pub ms_base: Option<f64>,
     /// Cross-batch memory: keep the last SIZE reference embeddings per direction (texts for
     /// image anchors, images for text anchors) as extra references (0: off).
     #[arg(long, default_value_t = 0, value_name = "SIZE")]
@@ -122,10 +131,133 @@ impl Default for LossSettings {
     }
 }
 
+/// The loss whose default `param` (a [`LossConfig`] parameter name) is; `None` for names no
+/// loss takes.
+fn loss_taking(param: &str) -> Option<Loss> {
+    let kind = LossKind::ALL
+        .into_iter()
+        .find(|k| k.parameters().contains(&param))?;
+    LossConfig::new(kind).init().ok()
+}
+
+/// siam-losses' default of a loss parameter (cosine similarity), as the shortest decimal that
+/// reads back as the f32 (`0.2`, not `0.20000000298`).
+fn default_param(param: &str) -> Option<f64> {
+    let v = match (loss_taking(param)?, param) {
+        (Loss::Triplet(t), "margin") => t.margin,
+        (Loss::Pairwise(p), "pos-margin") => p.pos_margin,
+        (Loss::Pairwise(p), "neg-margin") => p.neg_margin,
+        (Loss::Contrastive(c), "temperature") => c.temperature,
+        (Loss::MultiSimilarity(m), "alpha") => m.alpha,
+        (Loss::MultiSimilarity(m), "beta") => m.beta,
+        (Loss::MultiSimilarity(m), "base") => m.base,
+        _ => return None,
+    };
+    v.to_string().parse().ok()
+}
+
+/// `--help` of a loss-parameter flag: `what`, then siam-losses' default of `param`.
+fn param_help(what: &str, param: &str) -> String {
+    match default_param(param) {
+        Some(d) => format!("{what} [default: {d}, the loss's own]"),
+        None => what.to_string(),
+    }
+}
+
 impl LossSettings {
-    /// The loss's name: `--loss`, else `triplet`.
-    pub fn name(&self) -> &str {
-        self.loss.as_deref().unwrap_or("triplet")
+    /// The parameter flags as `(flag, LossConfig parameter, value)`.
+    fn parameter_flags(&self) -> [(&'static str, &'static str, Option<f64>); 7] {
+        [
+            ("--margin", "margin", self.margin),
+            ("--pos-margin", "pos-margin", self.pos_margin),
+            ("--neg-margin", "neg-margin", self.neg_margin),
+            ("--temperature", "temperature", self.temperature),
+            ("--ms-alpha", "alpha", self.ms_alpha),
+            ("--ms-beta", "beta", self.ms_beta),
+            ("--ms-base", "base", self.ms_base),
+        ]
+    }
+
+    /// The loss configuration: `--loss` (else siam-losses' default, triplet) with the
+    /// parameter flags that apply to it set on top. A flag that is not finite, or that sets a
+    /// parameter `--loss` already sets, is an error naming it.
+    pub fn loss_config(&self) -> Result<LossConfig, super::TrainError> {
+        let mut config = self.loss.unwrap_or_default();
+        for (flag, param, value) in self.parameter_flags() {
+            let Some(v) = value else { continue };
+            if !config.kind.parameters().contains(&param) {
+                continue;
+            }
+            if !v.is_finite() {
+                return Err(super::TrainError::Config(format!(
+                    "{flag} must be a finite number, got {v}"
+                )));
+            }
+            let slot = match param {
+                "margin" => &mut config.margin,
+                "pos-margin" => &mut config.pos_margin,
+                "neg-margin" => &mut config.neg_margin,
+                "temperature" => &mut config.temperature,
+                "alpha" => &mut config.alpha,
+                "beta" => &mut config.beta,
+                _ => &mut config.base,
+            };
+            if slot.is_some() {
+                return Err(super::TrainError::Config(format!(
+                    "{flag}: --loss {} already sets {param}; give it once",
+                    self.loss.unwrap_or_default()
+                )));
+            }
+            *slot = Some(v as f32);
+        }
+        Ok(config)
+    }
+
+    /// The loss with every default filled in and every value checked.
+    pub fn loss(&self) -> Result<Loss, super::TrainError> {
+        let config = self.loss_config()?;
+        config
+            .init()
+            .map_err(|e| super::TrainError::Config(format!("--loss {config}: {e}")))
+    }
+
+    /// The miner schedule: `--miner`, else the loss's usual one (siam-losses'
+    /// [`LossKind::default_miner`]).
+    pub fn miners(&self) -> HardnessSchedule {
+        self.miner
+            .clone()
+            .unwrap_or_else(|| self.loss.unwrap_or_default().default_miner())
+    }
+
+    /// The loss's name (`triplet` when `--loss` is not given).
+    pub fn name(&self) -> &'static str {
+        self.loss.unwrap_or_default().kind.name()
+    }
+
+    /// The initial temperature of a random-init model's logit scale: `--temperature`, else a
+    /// temperature `--loss` names (`contrastive:temperature=0.05`).
+    pub fn initial_temperature(&self) -> Option<f64> {
+        self.temperature.or_else(|| {
+            self.loss
+                .and_then(|l| l.temperature)
+                .and_then(|t| t.to_string().parse().ok())
+        })
+    }
+
+    /// These settings as checkpoint fingerprints record them. siam wrote the parameter flags
+    /// with their defaults filled in (`"margin": 0.2`, ...); an unset flag is written so here
+    /// too, with siam-losses' default, so a checkpoint written before the flags became optional
+    /// still resumes (tested by `fingerprints_of_older_checkpoints_still_match`).
+    pub fn fingerprint_value(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        for (flag, param, value) in self.parameter_flags() {
+            // The temperature had no default and was written as null.
+            if value.is_none() && param != "temperature" {
+                let key = flag.trim_start_matches("--").replace('-', "_");
+                v[key] = default_param(param).into();
+            }
+        }
+        v
     }
 }
 
@@ -427,7 +559,7 @@ impl TrainConfig {
             return bad("--prefix-cache-max-gb", format!("must be >= 0, got {gb}"));
         }
         self.data.path()?;
-        if let Some(t) = self.loss.temperature {
+        if let Some(t) = self.loss.initial_temperature() {
             if !(t.is_finite() && t > 0.0) {
                 return bad(
                     "--temperature",
@@ -457,7 +589,7 @@ mod tests {
     fn defaults_are_the_command_lines() {
         let c = TrainConfig::default();
         assert_eq!(c.loss.name(), "triplet");
-        assert_eq!(c.loss.margin, 0.2);
+        assert!(matches!(c.loss.loss().unwrap(), Loss::Triplet(t) if t.margin == 0.2));
         assert_eq!(c.batch.classes_per_batch, 6);
         assert_eq!(c.optim.adamw, AdamWSettings::default());
         assert_eq!(c.optim.max_grad_norm(), Some(1.0));
@@ -483,9 +615,10 @@ mod tests {
                 "--select-metric",
                 Box::new(|c| c.select_metric = "r@1".into()),
             ),
+            ("--margin", Box::new(|c| c.loss.margin = Some(f64::NAN))),
             (
                 "--loss",
-                Box::new(|c| c.loss.loss = Some("quadruplet".into())),
+                Box::new(|c| c.loss.loss = Some("triplet:margin=-1".parse().unwrap())),
             ),
             ("--clip-grad", Box::new(|c| c.optim.clip_grad = -1.0)),
         ];
@@ -495,5 +628,63 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(flag), "{flag}: {e}");
         }
+    }
+
+    /// `siam train`'s flags, parsed as clap parses them.
+    fn parse(args: &[&str]) -> Result<TrainConfig, clap::Error> {
+        use clap::{Args, FromArgMatches};
+        let cmd = TrainConfig::augment_args(clap::Command::new("train").no_binary_name(true));
+        TrainConfig::from_arg_matches(&cmd.try_get_matches_from(args)?)
+    }
+
+    #[test]
+    fn loss_and_miner_are_parsed_once_by_clap() {
+        let c = parse(&["--loss", "pairwise", "--miner", "semihard:2,hard"]).unwrap();
+        assert_eq!(c.loss.loss, Some(LossConfig::new(LossKind::Pairwise)));
+        assert_eq!(c.loss.miners().to_string(), "semihard:2,hard");
+        let e = parse(&["--loss", "quadruplet"]).unwrap_err().to_string();
+        assert!(e.contains("--loss") && e.contains("quadruplet"), "{e}");
+        let e = parse(&["--miner", "hardest-ever"]).unwrap_err().to_string();
+        assert!(e.contains("--miner") && e.contains("hardest-ever"), "{e}");
+        // A parameter flag sets the loss that takes it; others ignore it.
+        let c = parse(&["--loss", "triplet", "--margin", "0.35", "--ms-beta", "9"]).unwrap();
+        assert_eq!(c.loss.loss_config().unwrap().margin, Some(0.35));
+        assert_eq!(c.loss.loss_config().unwrap().beta, None);
+        let c = parse(&["--loss", "triplet:margin=0.3", "--margin", "0.35"]).unwrap();
+        let e = c.loss.loss_config().unwrap_err().to_string();
+        assert!(e.contains("--margin") && e.contains("already sets"), "{e}");
+        // No loss named: the default miner is the triplet loss's.
+        assert_eq!(LossSettings::default().miners().to_string(), "all");
+    }
+
+    #[test]
+    fn stored_settings_read_and_fingerprint_as_before() {
+        // The loss section as siam wrote it before `--loss`/`--miner` were typed and the
+        // parameter flags optional: checkpoint fingerprints hash exactly this.
+        let old = serde_json::json!({
+            "loss": null, "miner": null, "margin": 0.2, "pos_margin": 0.8, "neg_margin": 0.3,
+            "temperature": null, "ms_alpha": 2.0, "ms_beta": 50.0, "ms_base": 0.5,
+            "xbm": 0, "xbm_start": 0
+        });
+        let d = LossSettings::default();
+        assert_eq!(d.fingerprint_value().to_string(), old.to_string());
+        let mut set = old.clone();
+        set["loss"] = "contrastive".into();
+        set["miner"] = "semihard:2,hard".into();
+        set["temperature"] = 0.05.into();
+        let read: LossSettings = serde_json::from_value(set.clone()).unwrap();
+        assert_eq!(read.name(), "contrastive");
+        assert_eq!(read.miners().to_string(), "semihard:2,hard");
+        assert_eq!(read.fingerprint_value().to_string(), set.to_string());
+        let given = parse(&[
+            "--loss",
+            "contrastive",
+            "--miner",
+            "semihard:2,hard",
+            "--temperature",
+            "0.05",
+        ])
+        .unwrap();
+        assert_eq!(given.loss.fingerprint_value(), set);
     }
 }

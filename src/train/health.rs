@@ -191,7 +191,14 @@ mod tests {
         let spread = embedding_spread(&img);
         let il = [0, 0, 1, 1, 2, 2, 3, 3];
         let out = loss
-            .forward(img, &il, txt, &[0, 1, 2, 3], miners.miner_for_epoch(0), None)
+            .forward(
+                img,
+                &il,
+                txt,
+                &[0, 1, 2, 3],
+                miners.miner_for_epoch(0),
+                None,
+            )
             .unwrap();
         let v = out.loss.into_data().try_into_vec_as::<f64>().unwrap()[0];
         (LearningStats::of(&out.stats, spread), v)
@@ -202,10 +209,22 @@ mod tests {
         let (s, loss) = collapsed_step("hard");
         assert!(s.spread.abs() < 1e-6 && s.active_fraction == 1.0 && s.gap.abs() < 1e-6);
         let w = collapse_warning(3, &s, Some(loss), TRIPLET).expect("collapse is reported");
-        assert!(w.starts_with("epoch 3: the image embeddings collapsed"), "{w}");
+        assert!(
+            w.starts_with("epoch 3: the image embeddings collapsed"),
+            "{w}"
+        );
         assert!(w.contains("--miner semihard"), "{w}");
         // The same with the learning rate to blame when the miner is not the hardest.
-        let w = collapse_warning(3, &s, Some(loss), RunShape { miner: "all", ..TRIPLET }).unwrap();
+        let w = collapse_warning(
+            3,
+            &s,
+            Some(loss),
+            RunShape {
+                miner: "all",
+                ..TRIPLET
+            },
+        )
+        .unwrap();
         assert!(w.contains("--lr 0.001"), "{w}");
     }
 

@@ -30,60 +30,14 @@ pub struct MetricObjective {
     pub loss: Loss,
     /// The miner per epoch.
     pub miners: HardnessSchedule,
-    /// The miner schedule as given (for the log).
-    pub miner_text: String,
     /// Cross-batch memories `[texts for image anchors, images for text anchors]`.
     pub memory: Option<Mutex<[CrossBatchMemory; 2]>>,
 }
 
-/// The miner a loss uses when `--miner` is not given (siam-losses' [`siam_losses::LossKind::default_miner`]).
-pub fn default_miner(loss: &Loss) -> String {
-    loss.kind().default_miner().to_string()
-}
-
-/// The miner a loss named `loss` uses when `--miner` is not given (`all` for an unknown name,
-/// which [`build_objective`] refuses anyway).
-pub fn default_miner_of(loss: &str) -> String {
-    loss.parse::<Loss>()
-        .map_or_else(|_| "all".to_string(), |l| default_miner(&l))
-}
-
 /// Builds the objective from the settings, checking every value.
 pub fn build_objective(s: &LossSettings) -> Result<Box<dyn Objective>, TrainError> {
-    let cfg = |e: siam_losses::LossError| TrainError::Config(format!("--loss {}: {e}", s.name()));
-    let mut loss: Loss = s.name().parse().map_err(cfg)?;
-    let finite = |what: &str, v: f64| {
-        if v.is_finite() {
-            Ok(v as f32)
-        } else {
-            Err(TrainError::Config(format!(
-                "{what} must be a finite number, got {v}"
-            )))
-        }
-    };
-    match &mut loss {
-        Loss::Triplet(t) => t.margin = finite("--margin", s.margin)?,
-        Loss::Pairwise(p) => {
-            p.pos_margin = finite("--pos-margin", s.pos_margin)?;
-            p.neg_margin = finite("--neg-margin", s.neg_margin)?;
-        }
-        Loss::Contrastive(c) => {
-            if let Some(t) = s.temperature {
-                c.temperature = finite("--temperature", t)?;
-            }
-        }
-        Loss::MultiSimilarity(m) => {
-            m.alpha = finite("--ms-alpha", s.ms_alpha)?;
-            m.beta = finite("--ms-beta", s.ms_beta)?;
-            m.base = finite("--ms-base", s.ms_base)?;
-        }
-        // t' and b start at SigLIP's values and train (see `initial_logits`).
-        Loss::Sigmoid(_) => {}
-    }
-    let miner_text = s.miner.clone().unwrap_or_else(|| default_miner(&loss));
-    let miners: HardnessSchedule = miner_text
-        .parse()
-        .map_err(|e| TrainError::Config(format!("--miner {miner_text}: {e}")))?;
+    let loss = s.loss()?;
+    let miners = s.miners();
     let memory = match s.xbm {
         0 => None,
         size => {
@@ -98,7 +52,6 @@ pub fn build_objective(s: &LossSettings) -> Result<Box<dyn Objective>, TrainErro
     Ok(Box::new(MetricObjective {
         loss,
         miners,
-        miner_text,
         memory,
     }))
 }
@@ -275,7 +228,7 @@ impl Objective for MetricObjective {
         format!(
             "{} ({params}), miner {}{memory}",
             self.loss.name(),
-            self.miner_text
+            self.miners
         )
     }
 }

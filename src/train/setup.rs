@@ -151,7 +151,7 @@ fn load_start(
                 cfg.seed
             )));
             let mut clip = Clip::new(&clip_cfg, device);
-            if let Some(t) = cfg.loss.temperature {
+            if let Some(t) = cfg.loss.initial_temperature() {
                 clip.logit_scale = burn::module::Param::from_tensor(Tensor::from_data(
                     TensorData::new(vec![(1.0 / t).ln() as f32], [1]),
                     device,
@@ -243,7 +243,7 @@ pub(super) fn fingerprint(cfg: &TrainConfig, card: &ModelCard, ds: &Dataset) -> 
         "clip": card.clip, "image_head": card.image_head, "text_head": card.text_head,
         "initial": card.initial_weights,
         "freeze": [cfg.towers.freeze_image, cfg.towers.freeze_text],
-        "loss": cfg.loss, "data": ds.name, "records": ds.len(),
+        "loss": cfg.loss.fingerprint_value(), "data": ds.name, "records": ds.len(),
         "batch": [b.classes_per_batch, b.per_class, b.batch_size, b.accum_steps],
         "seed": cfg.seed,
     });

@@ -28,8 +28,8 @@ use siam_data::preprocess::Preprocessor;
 use super::cache::{FeatureCache, Prefix};
 use super::checkpoint::{self, EpochRecord, TrainState, STATE_FORMAT};
 use super::config::{TowerDtype, TrainConfig};
-use super::health::{collapse_warning, RunShape, StatsMean};
 use super::data::{eval_plan, plan_batch, sampler, BatchPlan, BatchSampler, EvalPlan, TextMode};
+use super::health::{collapse_warning, RunShape, StatsMean};
 use super::inputs::{describe_skipped, Inputs};
 use super::metrics::{MetricsLog, StepMetrics};
 use super::objective::build_objective;
@@ -658,15 +658,15 @@ impl<'a> Trainer<'a> {
             return;
         };
         let cfg = self.cfg;
-        let miner = cfg
-            .loss
-            .miner
-            .clone()
-            .unwrap_or_else(|| super::objective::default_miner_of(cfg.loss.name()));
+        let miner = cfg.loss.miners().to_string();
+        let margin = match cfg.loss.loss() {
+            Ok(siam_losses::Loss::Triplet(t)) => Some(t.margin as f64),
+            _ => None,
+        };
         let shape = RunShape {
             loss: cfg.loss.name(),
             miner: &miner,
-            margin: (cfg.loss.name() == "triplet").then_some(cfg.loss.margin),
+            margin,
             lr: cfg.optim.lr,
         };
         if let Some(w) = collapse_warning(rec.epoch, stats, rec.train_loss, shape) {

@@ -72,6 +72,13 @@ impl LossKind {
     }
 }
 
+impl Default for LossKind {
+    /// The triplet loss: what `siam train` trains with when no loss is named.
+    fn default() -> Self {
+        LossKind::Triplet
+    }
+}
+
 impl FromStr for LossKind {
     type Err = LossError;
     fn from_str(s: &str) -> Result<Self> {
@@ -280,6 +287,13 @@ impl Loss {
             Loss::MultiSimilarity(l) => l.validate(),
             Loss::Sigmoid(l) => l.validate(&crate::miner::Miner::none()),
         }
+    }
+}
+
+impl Default for LossConfig {
+    /// The default loss ([`LossKind::default`], triplet) with every default.
+    fn default() -> Self {
+        Self::new(LossKind::default())
     }
 }
 

@@ -618,8 +618,20 @@ mod stats_tests {
 
     #[test]
     fn two_directions_average() {
-        let a = LossStats { active_fraction: 1.0, mean_positive: 0.5, mean_negative: 0.1, gap: 0.4, mined: 3 };
-        let b = LossStats { active_fraction: 0.5, mean_positive: 0.3, mean_negative: 0.3, gap: 0.0, mined: 5 };
+        let a = LossStats {
+            active_fraction: 1.0,
+            mean_positive: 0.5,
+            mean_negative: 0.1,
+            gap: 0.4,
+            mined: 3,
+        };
+        let b = LossStats {
+            active_fraction: 0.5,
+            mean_positive: 0.3,
+            mean_negative: 0.3,
+            gap: 0.0,
+            mined: 5,
+        };
         let m = LossStats::mean_of(&a, &b);
         assert_eq!((m.active_fraction, m.gap, m.mined), (0.75, 0.2, 8));
     }
