@@ -204,16 +204,14 @@ pub fn open(spec: DeviceSpec, backend: Option<Backend>) -> Result<Device, Device
     })
 }
 
-/// The device for tests and benches: `SIAM_TEST_DEVICE` (`flex`, `tch`, `tch-cuda`, `cuda`),
-/// default flex. One suite, backend chosen by environment, as pytorch-metric-learning does.
+/// The device for tests and benches: `SIAM_TEST_DEVICE` (`flex`, `tch`, `tch-cuda`, `cuda`;
+/// unset or empty: flex), as siam-losses defines it ([`siam_losses::TestDevice`]), so both
+/// crates' suites accept the same values with the same errors.
+///
+/// # Panics
+/// When the variable names an unknown device or a backend this build lacks.
 pub fn from_env() -> Device {
-    let (spec, backend) = match std::env::var("SIAM_TEST_DEVICE").as_deref() {
-        Ok("tch") => (DeviceSpec::Cpu, Some(Backend::Tch)),
-        Ok("tch-cuda") => (DeviceSpec::Cuda(0), Some(Backend::Tch)),
-        Ok("cuda") => (DeviceSpec::Cuda(0), Some(Backend::Cuda)),
-        _ => (DeviceSpec::Cpu, Some(Backend::Flex)),
-    };
-    open(spec, backend).unwrap_or_else(|e| panic!("SIAM_TEST_DEVICE: {e}"))
+    siam_losses::test_device()
 }
 
 /// CUDA needs the driver library; without it burn would panic deep inside the runtime, so we

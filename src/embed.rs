@@ -1,6 +1,7 @@
 //! Embedding many images or texts with an [`Encoder`], in batches, with decoding running ahead
 //! of the model on worker threads. The callers (`siam embed`, `classify`, `index`, `eval`) get
-//! L2-normalised rows and the list of images that could not be read.
+//! L2-normalised rows and the list of images that could not be read. [`ZeroShotClasses`] reads
+//! zero-shot candidate labels and prompt templates (`siam classify`, `siam pseudo-label`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -222,6 +223,98 @@ pub fn ensemble(enc: &Encoder, prompts: &[&str]) -> Result<Vec<f32>, EmbedError>
     }
     normalize(&mut mean);
     Ok(mean)
+}
+
+/// CLIP's prompt template, used when none is given.
+pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
+
+/// Errors reading zero-shot candidate labels and templates.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassesError {
+    /// A labels file could not be read.
+    #[error("{path}: {cause}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        cause: std::io::Error,
+    },
+    /// A labels file without a non-blank line.
+    #[error("{0}: no text lines")]
+    EmptyFile(PathBuf),
+    /// No label was given at all.
+    #[error("no labels: give --labels a,b,c or --labels-file FILE")]
+    NoLabels,
+    /// A template without the `{}` the label goes into.
+    #[error("template {0:?} has no {{}} for the label")]
+    Template(String),
+}
+
+/// The trimmed, non-blank lines of a text file; a file without any is an error.
+pub fn read_lines(path: &Path) -> Result<Vec<String>, ClassesError> {
+    let text = std::fs::read_to_string(path).map_err(|cause| ClassesError::Read {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
+        return Err(ClassesError::EmptyFile(path.to_path_buf()));
+    }
+    Ok(lines)
+}
+
+/// Candidate labels and their prompt templates for zero-shot classification (`siam classify`,
+/// `siam pseudo-label`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZeroShotClasses {
+    /// The labels, in order.
+    pub labels: Vec<String>,
+    /// The templates (`{}` is the label), ensembled per label.
+    pub templates: Vec<String>,
+}
+
+impl ZeroShotClasses {
+    /// `labels` (trimmed, blank ones dropped) followed by the lines of `labels_file`, with
+    /// `templates` (each must hold `{}`; none: [`DEFAULT_TEMPLATE`]).
+    pub fn new(
+        labels: &[String],
+        labels_file: Option<&Path>,
+        templates: &[String],
+    ) -> Result<Self, ClassesError> {
+        let mut all: Vec<String> = labels
+            .iter()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        if let Some(f) = labels_file {
+            all.extend(read_lines(f)?);
+        }
+        if all.is_empty() {
+            return Err(ClassesError::NoLabels);
+        }
+        if let Some(t) = templates.iter().find(|t| !t.contains("{}")) {
+            return Err(ClassesError::Template(t.clone()));
+        }
+        let templates = if templates.is_empty() {
+            vec![DEFAULT_TEMPLATE.to_string()]
+        } else {
+            templates.to_vec()
+        };
+        Ok(Self {
+            labels: all,
+            templates,
+        })
+    }
+
+    /// One embedding per label, row-major `labels x dim` ([`class_embeddings`]: the model's
+    /// learned prompts when it has them for every label, else the templates ensembled).
+    pub fn embed(&self, enc: &Encoder) -> Result<Vec<f32>, EmbedError> {
+        class_embeddings(enc, &self.labels, &self.templates)
+    }
 }
 
 /// Zero-shot class embeddings: each label through every template (`{}` is the label; no

@@ -203,12 +203,12 @@ pub enum HubError {
         found: String,
     },
     /// Reading or writing the cache failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file or folder.
         path: PathBuf,
-        /// What the OS said.
-        source: io::Error,
+        /// What the OS said (printed, not chained).
+        cause: io::Error,
     },
 }
 
@@ -216,9 +216,9 @@ pub enum HubError {
 pub type Result<T> = std::result::Result<T, HubError>;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HubError + '_ {
-    move |source| HubError::Io {
+    move |cause| HubError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -543,7 +543,7 @@ fn write_ref(repo_dir: &Path, revision: &str, commit: &str) -> Result<()> {
     // huggingface_hub writes the bare commit, no newline.
     crate::io::atomic_write_bytes(&p, commit.as_bytes()).map_err(|e| HubError::Io {
         path: p.clone(),
-        source: io::Error::other(e.to_string()),
+        cause: io::Error::other(e.to_string()),
     })
 }
 

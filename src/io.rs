@@ -225,13 +225,25 @@ pub struct NpyLayout {
     pub cols: usize,
 }
 
+/// Why a `.npy` header was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NpyHeaderError(pub String);
+
 /// Largest header this reader accepts (NumPy writes a few hundred bytes; version 2 allows 4 GiB).
 const MAX_NPY_HEADER: usize = 1 << 16;
 
 /// Parses the header at the start of `head` (the first bytes of a `.npy` file; 64 KiB suffice)
 /// of a file `file_len` bytes long, checking that the data the shape promises is exactly what
 /// the file holds, in checked arithmetic, before anyone allocates or slices by it.
-pub fn parse_npy_header(head: &[u8], file_len: u64) -> std::result::Result<NpyLayout, String> {
+pub fn parse_npy_header(
+    head: &[u8],
+    file_len: u64,
+) -> std::result::Result<NpyLayout, NpyHeaderError> {
+    parse_npy_layout(head, file_len).map_err(NpyHeaderError)
+}
+
+fn parse_npy_layout(head: &[u8], file_len: u64) -> std::result::Result<NpyLayout, String> {
     if head.len() < 10 || &head[..6] != b"\x93NUMPY" {
         return Err("missing the \\x93NUMPY magic".into());
     }
@@ -296,9 +308,9 @@ fn npy_layout(path: &Path) -> Result<(fs::File, NpyLayout)> {
         .take(MAX_NPY_HEADER as u64 + 12)
         .read_to_end(&mut head)
         .map_err(os(path))?;
-    let layout = parse_npy_header(&head, len).map_err(|why| IoError::BadNpy {
+    let layout = parse_npy_header(&head, len).map_err(|e| IoError::BadNpy {
         path: path.to_path_buf(),
-        why,
+        why: e.0,
     })?;
     Ok((file, layout))
 }

@@ -9,12 +9,14 @@
 //! - [`dataset`]: the data section every command shares and the split a model records;
 //! - [`model`]: [`model::twin::TwinTowers`] (towers + projection heads), the model folder
 //!   `siam train` writes, and [`model::Encoder`], inference on any model siam loads;
-//! - [`embed`]: batches of images and texts through an `Encoder`;
+//! - [`embed`]: batches of images and texts through an `Encoder`, zero-shot labels and
+//!   templates;
 //! - [`index`]: the HNSW index, exact ranking, and indexing a dataset with a model;
 //! - [`eval`]: retrieval, zero-shot, MAP@R and linear-probe metrics, plots;
 //! - [`train`]: the training configuration and the `Trainer`'s phases;
 //! - [`prompt`], [`pseudo_label`], [`merge`], [`export`]: prompt learning (CoOp),
-//!   pseudo-labels, weight-space merging (WiSE-FT), export to transformers/open_clip folders.
+//!   pseudo-labels, weight-space merging (WiSE-FT) and its accuracy curve, export to
+//!   transformers/open_clip folders; [`serve`]: the HTTP search service over an index.
 //!
 //! The `siam` binary (`src/main.rs` and `src/cli/`, not part of this library) parses
 //! arguments into these modules' configurations and calls them.

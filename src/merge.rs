@@ -9,7 +9,9 @@
 //! of the model: both towers, the logit scale, the projection heads and any normalisation
 //! buffers (as the reference `wise_ft.py` interpolates every key of the state dict). `alpha = 0`
 //! gives the zero-shot weights and `alpha = 1` the fine-tuned weights bit for bit (the endpoints
-//! are copied, not computed, so `-0.0` and rounding never change them).
+//! are copied, not computed, so `-0.0` and rounding never change them). [`alpha_curve`]
+//! measures the paper's curve: zero-shot accuracy of the blends along alpha (`siam eval
+//! --alphas`).
 
 use std::path::{Path, PathBuf};
 
@@ -26,13 +28,13 @@ pub enum MergeError {
     /// `alpha` is not a finite number in `[0, 1]`.
     #[error("--alpha {0}: expected a number from 0 (zero-shot) to 1 (fine-tuned)")]
     Alpha(f32),
-    /// A model could not be loaded.
-    #[error("{path}: {source}")]
+    /// A model could not be loaded (the cause is printed, not chained).
+    #[error("{path}: {cause}")]
     Load {
         /// The model given.
         path: PathBuf,
         /// The cause (boxed: import errors are large).
-        source: Box<EncoderError>,
+        cause: Box<EncoderError>,
     },
     /// The two models' cards differ in an architecture field.
     #[error("the models differ in {field}: zero-shot {zero_shot}, fine-tuned {fine_tuned}")]
@@ -57,6 +59,18 @@ pub enum MergeError {
     /// The merged folder could not be written.
     #[error(transparent)]
     Folder(#[from] FolderError),
+    /// A dataset of the WiSE-FT curve has images without labels.
+    #[error("{0}: the WiSE-FT curve measures zero-shot accuracy and needs a dataset with labels")]
+    NoLabels(String),
+    /// Embedding a dataset's images failed.
+    #[error(transparent)]
+    Embed(#[from] crate::embed::EmbedError),
+    /// Embedding a dataset's class texts failed.
+    #[error(transparent)]
+    Texts(#[from] crate::index::dataset::DatasetIndexError),
+    /// Scoring the zero-shot classification failed.
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
     /// The tokenizer of the fine-tuned model could not be copied.
     #[error("{path}: {why}")]
     Write {
@@ -243,9 +257,9 @@ pub fn load(path: &Path, arch: Option<&str>, device: &burn::tensor::Device) -> R
     } else {
         arch
     };
-    Encoder::load(path, arch, device).map_err(|source| MergeError::Load {
+    Encoder::load(path, arch, device).map_err(|cause| MergeError::Load {
         path: path.to_path_buf(),
-        source: Box::new(source),
+        cause: Box::new(cause),
     })
 }
 
@@ -299,6 +313,123 @@ pub fn merge_into_folder(
         why: e.to_string(),
     })?;
     Ok(card)
+}
+
+/// One dataset a WiSE-FT curve is measured on: labelled images, classified zero-shot.
+#[derive(Debug, Clone)]
+pub struct CurveSet {
+    /// The dataset as the user named it (for the report).
+    pub name: String,
+    /// The dataset.
+    pub dataset: std::sync::Arc<siam_data::dataset::Dataset>,
+    /// The records evaluated (one split).
+    pub records: Vec<usize>,
+}
+
+/// How a curve's images are embedded.
+#[derive(Debug, Clone, Copy)]
+pub struct CurveOptions {
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Decoding threads.
+    pub threads: usize,
+    /// What an unreadable image does.
+    pub on_bad_image: siam_data::dataset::OnBadImage,
+}
+
+/// One dataset's accuracies along the curve.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CurveData {
+    /// The dataset path.
+    pub data: String,
+    /// `in-domain` (the first dataset) or `other`.
+    pub role: &'static str,
+    /// Images evaluated.
+    pub images: usize,
+    /// Zero-shot top-1 accuracy per alpha.
+    pub top1: Vec<f64>,
+    /// Zero-shot top-5 accuracy per alpha.
+    pub top5: Vec<f64>,
+}
+
+/// The WiSE-FT curve (Wortsman et al. 2022, fig. 1): zero-shot accuracy of the blends
+/// `(1 - alpha) * zero-shot + alpha * fine-tuned`, in-domain and on other datasets.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AlphaCurve {
+    /// The zero-shot model.
+    pub zero_shot: String,
+    /// The fine-tuned model.
+    pub fine_tuned: String,
+    /// The split evaluated.
+    pub split: String,
+    /// The blend weights of the fine-tuned model.
+    pub alphas: Vec<f32>,
+    /// Accuracy per dataset, the in-domain one first.
+    pub datasets: Vec<CurveData>,
+}
+
+/// Measures the WiSE-FT curve: for every alpha, the blend of `zero_shot` and `fine_tuned`
+/// ([`blend_encoders`]) classifies each set's images zero-shot against its class texts
+/// (prompt-ensembled templates, as `siam eval`). `progress` sees each embedding pass;
+/// `skipped` is told the unreadable images of each.
+#[allow(clippy::too_many_arguments)]
+pub fn alpha_curve(
+    zero_shot: &Encoder,
+    fine_tuned: &Encoder,
+    alphas: &[f32],
+    split: &str,
+    sets: &[CurveSet],
+    options: CurveOptions,
+    progress: &dyn crate::progress::Progress,
+    skipped: &mut dyn FnMut(&siam_data::pipeline::BadImageSummary),
+) -> Result<AlphaCurve> {
+    check_cards(&zero_shot.card, &fine_tuned.card)?;
+    let mut datasets: Vec<CurveData> = sets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| CurveData {
+            data: s.name.clone(),
+            role: if i == 0 { "in-domain" } else { "other" },
+            images: 0,
+            top1: Vec::new(),
+            top5: Vec::new(),
+        })
+        .collect();
+    for &alpha in alphas {
+        let enc = blend_encoders(zero_shot, fine_tuned, alpha)?;
+        for (set, data) in sets.iter().zip(&mut datasets) {
+            let ds = &set.dataset;
+            let img = crate::index::dataset::embed_dataset_images(
+                &enc,
+                ds,
+                &set.records,
+                options.batch_size,
+                options.threads,
+                options.on_bad_image,
+                &format!("a={alpha}"),
+                progress,
+            )?;
+            skipped(&img.skipped);
+            let kept: Vec<usize> = img.kept.iter().map(|&k| set.records[k]).collect();
+            let labels: Vec<usize> = kept
+                .iter()
+                .map(|&r| ds.records[r].label)
+                .collect::<Option<_>>()
+                .ok_or_else(|| MergeError::NoLabels(set.name.clone()))?;
+            let (texts, _) = crate::index::dataset::dataset_texts(&enc, ds, &kept, progress)?;
+            let z = crate::eval::classification::zero_shot(&img.data, &texts, enc.dim(), &labels)?;
+            data.images = kept.len();
+            data.top1.push(z.top1);
+            data.top5.push(z.top5);
+        }
+    }
+    Ok(AlphaCurve {
+        zero_shot: zero_shot.source.display().to_string(),
+        fine_tuned: fine_tuned.source.display().to_string(),
+        split: split.to_string(),
+        alphas: alphas.to_vec(),
+        datasets,
+    })
 }
 
 #[cfg(test)]

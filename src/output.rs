@@ -4,7 +4,7 @@
 //! `eval --json`, `demo-data --out`, ...) goes through [`check_replaceable`] before anything is
 //! written: a path that does not exist, or an empty folder, is free; an existing path is
 //! replaced only when it is an output of the same [`OutputKind`] that siam wrote, recognised by
-//! its manifest (a model folder's `siam.json`, an index's `model.json` and `hnsw/manifest.json`,
+//! its manifest (a model folder's `siam.json`, an index's `manifest.json`,
 //! a PNG's `Software: siam` text chunk, ...). Anything else is refused with one line naming the
 //! path: a user's file or folder is never renamed aside or removed. Folders siam replaces
 //! wholesale must also hold nothing but the entries siam writes there.
@@ -42,12 +42,12 @@ pub enum OutputError {
         holder: String,
     },
     /// The operating system refused a read or write.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file involved.
         path: PathBuf,
-        /// What the OS said.
-        source: io::Error,
+        /// What the OS said (printed, not chained).
+        cause: io::Error,
     },
 }
 
@@ -60,16 +60,13 @@ pub enum OutputKind {
     /// A `siam train` output folder: `siam.json` with `"format": "siam-model"`, or a
     /// `checkpoint/state.json`. Files are written into it; the folder itself is never replaced.
     TrainRun,
-    /// A `siam index` folder: `model.json` and `hnsw/manifest.json`.
-    IndexFolder,
-    /// A joint index folder (the `hnsw/` of an index): `manifest.json` with `format_version`.
+    /// An index folder (`siam index`, a `siam train` run's `index/`): `manifest.json` with
+    /// `format_version`.
     JointIndex,
     /// One graph of a joint index: `hnsw.json`.
     VectorIndex,
     /// A training checkpoint folder: `state.json`.
     Checkpoint,
-    /// A siam CLIP folder written by `save_model`: `siam.json` and `model.safetensors`.
-    ClipFolder,
     /// A siam model folder replaced as a whole (`siam merge --out`): `siam.json` with
     /// `"format": "siam-model"`, its weights, tokenizer and learned prompts.
     ModelFolder,
@@ -97,11 +94,9 @@ impl OutputKind {
     pub fn describe(self) -> &'static str {
         match self {
             OutputKind::TrainRun => "a training output folder",
-            OutputKind::IndexFolder => "an index folder",
             OutputKind::JointIndex => "an index folder",
             OutputKind::VectorIndex => "an index graph folder",
             OutputKind::Checkpoint => "a checkpoint folder",
-            OutputKind::ClipFolder => "a model folder",
             OutputKind::ModelFolder => "a model folder",
             OutputKind::Embeddings => "an embeddings .npy file",
             OutputKind::EmbeddingIds => "an embeddings ids file",
@@ -128,7 +123,6 @@ impl OutputKind {
     /// folders siam writes into without replacing.
     fn known_entries(self) -> Option<&'static [&'static str]> {
         match self {
-            OutputKind::IndexFolder => Some(&["model.json", "hnsw"]),
             OutputKind::JointIndex => Some(&[
                 "manifest.json",
                 "images.json",
@@ -143,7 +137,6 @@ impl OutputKind {
                 "graph.hnsw.data",
             ]),
             OutputKind::Checkpoint => Some(&["model.bpk", "optimizer.bpk", "state.json"]),
-            OutputKind::ClipFolder => Some(&["siam.json", "model.safetensors", "tokenizer.json"]),
             OutputKind::ModelFolder => Some(&[
                 "siam.json",
                 "model.safetensors",
@@ -182,11 +175,6 @@ impl OutputKind {
                     .is_some_and(|v| v.get("format").and_then(|f| f.as_str()) == Some("siam-model"))
                     || json(&path.join("checkpoint").join("state.json")).is_some()
             }
-            OutputKind::IndexFolder => {
-                json(&path.join("model.json")).is_some_and(|v| has_key(&v, "fingerprint"))
-                    && json(&path.join("hnsw").join("manifest.json"))
-                        .is_some_and(|v| has_key(&v, "format_version"))
-            }
             OutputKind::JointIndex => {
                 json(&path.join("manifest.json")).is_some_and(|v| has_key(&v, "format_version"))
             }
@@ -194,7 +182,6 @@ impl OutputKind {
                 json(&path.join("hnsw.json")).is_some_and(|v| has_key(&v, "params"))
             }
             OutputKind::Checkpoint => json(&path.join("state.json")).is_some(),
-            OutputKind::ClipFolder => json(&path.join("siam.json")).is_some(),
             OutputKind::DemoData => json(&path.join(DEMO_MARKER))
                 .is_some_and(|v| v.get("format").and_then(|f| f.as_str()) == Some("siam-demo")),
             OutputKind::Export => {
@@ -330,10 +317,13 @@ pub fn write_file(path: &Path, kind: OutputKind, bytes: &[u8]) -> Result<()> {
         std::borrow::Cow::Borrowed(bytes)
     };
     crate::io::atomic_write_bytes(path, &bytes).map_err(|e| match e {
-        crate::io::IoError::Os { path, source } => OutputError::Io { path, source },
+        crate::io::IoError::Os { path, source } => OutputError::Io {
+            path,
+            cause: source,
+        },
         other => OutputError::Io {
             path: path.to_path_buf(),
-            source: io::Error::other(other.to_string()),
+            cause: io::Error::other(other.to_string()),
         },
     })
 }
@@ -452,9 +442,9 @@ impl OutputLock {
     /// stale lock; refuses with [`OutputError::Locked`] while a live process holds it.
     pub fn acquire(out: &Path, command: &str) -> Result<Self> {
         let path = lock_path(out);
-        let io_err = |source| OutputError::Io {
+        let io_err = |cause| OutputError::Io {
             path: path.clone(),
-            source,
+            cause,
         };
         let mut created = Vec::new();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -463,9 +453,9 @@ impl OutputLock {
                 created.push(d.to_path_buf());
                 missing = d.parent();
             }
-            fs::create_dir_all(dir).map_err(|source| OutputError::Io {
+            fs::create_dir_all(dir).map_err(|cause| OutputError::Io {
                 path: dir.to_path_buf(),
-                source,
+                cause,
             })?;
         }
         let body = serde_json::to_vec(&LockHolder::me(command)).expect("plain data serialises");
@@ -549,13 +539,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let notes = dir.path().join("notes.txt");
         fs::write(&notes, b"mine").unwrap();
-        let e = check_replaceable(&notes, OutputKind::IndexFolder).unwrap_err();
+        let e = check_replaceable(&notes, OutputKind::JointIndex).unwrap_err();
         assert!(e.to_string().contains("notes.txt"), "{e}");
         let user = dir.path().join("userdir");
         fs::create_dir(&user).unwrap();
         fs::write(user.join("precious.txt"), b"x").unwrap();
         for kind in [
-            OutputKind::IndexFolder,
+            OutputKind::JointIndex,
             OutputKind::TrainRun,
             OutputKind::DemoData,
         ] {
@@ -569,7 +559,7 @@ mod tests {
             assert!(check_replaceable(&notes, kind).is_err());
         }
         // Free: missing paths and empty folders.
-        check_replaceable(&dir.path().join("new"), OutputKind::IndexFolder).unwrap();
+        check_replaceable(&dir.path().join("new"), OutputKind::JointIndex).unwrap();
         let empty = dir.path().join("empty");
         fs::create_dir(&empty).unwrap();
         check_replaceable(&empty, OutputKind::TrainRun).unwrap();
@@ -579,13 +569,12 @@ mod tests {
     fn siam_outputs_are_recognised_but_not_with_foreign_entries() {
         let dir = tempfile::tempdir().unwrap();
         let idx = dir.path().join("idx");
-        fs::create_dir_all(idx.join("hnsw")).unwrap();
-        fs::write(idx.join("model.json"), br#"{"fingerprint": "x"}"#).unwrap();
-        fs::write(idx.join("hnsw/manifest.json"), br#"{"format_version": 1}"#).unwrap();
-        check_replaceable(&idx, OutputKind::IndexFolder).unwrap();
+        fs::create_dir_all(idx.join("images")).unwrap();
+        fs::write(idx.join("manifest.json"), br#"{"format_version": 1}"#).unwrap();
+        check_replaceable(&idx, OutputKind::JointIndex).unwrap();
         assert!(check_replaceable(&idx, OutputKind::TrainRun).is_err());
         fs::write(idx.join("precious.txt"), b"x").unwrap();
-        let e = check_replaceable(&idx, OutputKind::IndexFolder).unwrap_err();
+        let e = check_replaceable(&idx, OutputKind::JointIndex).unwrap_err();
         assert!(e.to_string().contains("precious.txt"), "{e}");
     }
 

@@ -45,12 +45,12 @@ pub enum PseudoLabelError {
         why: String,
     },
     /// A table could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Read {
         /// The table.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (printed, not chained).
+        cause: std::io::Error,
     },
 }
 
@@ -312,9 +312,9 @@ fn split_csv_line(line: &str) -> Option<Vec<String>> {
 /// The `confidence` column of a table with `image` and `confidence` columns, keyed by the image
 /// file resolved against the table's folder: the weights of `siam train --weight-by confidence`.
 pub fn read_confidences(path: &Path) -> Result<HashMap<PathBuf, f32>> {
-    let text = std::fs::read_to_string(path).map_err(|source| PseudoLabelError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| PseudoLabelError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let bad = |line: usize, why: String| PseudoLabelError::Table {
         path: path.to_path_buf(),

@@ -1,12 +1,12 @@
 //! Weight import: what is reported, and the errors bad input gets (a BERT checkpoint, a
 //! TorchScript archive, an architecture that does not fit, a truncated file, a folder without a
-//! model). Fixtures from `tests/fixtures/make_clip_fixtures.py` and `make_resnet_fixtures.py`.
+//! model, a siam model folder round trip). Fixtures from `tests/fixtures/make_clip_fixtures.py` and `make_resnet_fixtures.py`.
 
 mod support;
 
 use burn::tensor::{Distribution, Int, Tensor, TensorData, Tolerance};
 use siam::clip::config::ClipConfig;
-use siam::clip::import::{load_model, save_model, ImportError, Layout};
+use siam::clip::import::{load_model, ImportError, Layout};
 use siam::clip::model::Clip;
 use std::path::{Path, PathBuf};
 
@@ -232,32 +232,39 @@ fn bad_files_and_folders() {
     assert!(e.to_string().contains("/nonexistent/arch.json"), "{e}");
 }
 
-/// A model loaded from open_clip's layout, saved in siam's, loads back identically (ResNet
-/// image tower: the enum variant must not leak into the keys).
+/// A model loaded from open_clip's layout, saved as a siam model folder (the one format siam
+/// writes), loads back identically (ResNet image tower: the enum variant must not leak into the
+/// keys, and the BatchNorm statistics travel too).
 #[test]
 fn siam_folder_round_trip_of_an_imported_resnet() {
+    use siam::model::encoder::clip_card;
+    use siam::model::folder::{self, InitialWeights};
     let device = siam::device::from_env();
     let dir = fixtures().join("clip_rn");
+    let weights = dir.join("model.safetensors");
     let arch = dir.join("open_clip_config.json");
-    let m = load_model(
-        &dir.join("model.safetensors"),
-        Some(arch.to_str().unwrap()),
-        &device,
-    )
-    .unwrap();
+    let m = load_model(&weights, Some(arch.to_str().unwrap()), &device).unwrap();
+    assert_eq!(m.report.layout, Layout::OpenClip);
+    let card = clip_card(
+        &m.config,
+        InitialWeights::Checkpoint {
+            path: weights.display().to_string(),
+        },
+        None,
+    );
+    let mut model = card.init(&device);
+    model.clip = m.clip;
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("saved");
-    save_model(&m.clip, &m.config, &out).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    folder::save(&out, &model, &card, None).unwrap();
     assert!(out.join("siam.json").is_file() && out.join("model.safetensors").is_file());
-    let back = load_model(&out, None, &device).unwrap();
-    assert_eq!(back.report.layout, Layout::Siam);
-    assert_eq!(back.config, m.config);
-    // BatchNorm statistics travel too: applied = every parameter and running statistic.
-    assert_eq!(back.report.applied, m.report.applied);
+    let (back, back_card) = folder::load(&out, &device).unwrap();
+    assert_eq!(back_card.clip, m.config);
     let px = Tensor::<4>::random([2, 3, 64, 64], Distribution::Normal(0.0, 1.0), &device);
     let ids =
         Tensor::<2, Int>::from_data(TensorData::new(vec![49406i64, 320, 49407], [1, 3]), &device);
-    let (a, _) = m.clip.forward(px.clone(), ids.clone(), &[3]);
+    let (a, _) = model.clip.forward(px.clone(), ids.clone(), &[3]);
     let (b, _) = back.clip.forward(px, ids, &[3]);
     a.into_data()
         .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-6));

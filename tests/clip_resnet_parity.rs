@@ -1,4 +1,5 @@
-//! Parity of siam's ModifiedResNet image tower with open_clip.
+//! Parity of siam's ModifiedResNet image tower with open_clip, loaded through siam's one
+//! importer (`siam::clip::import::load_model`, the path every command takes).
 //!
 //! The fixtures in tests/fixtures/clip_rn/ come from tests/fixtures/make_resnet_fixtures.py: a tiny
 //! open_clip RN CLIP (random weights, randomised BatchNorm statistics, eval mode), its state dict
@@ -12,81 +13,62 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData};
-use siam::clip::resnet::{load_open_clip_resnet, ModifiedResNetConfig, ResnetImportError};
+use siam::clip::import::{load_model, ImportError, LoadedModel};
 
 fn fixtures() -> PathBuf {
     support::fixtures("clip_rn")
 }
 
-/// A float32 `.npy` file as (shape, values).
-fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let a = support::read_npy(path);
-    (a.shape.clone(), a.f32())
-}
-
-/// The tower of tests/fixtures/clip_rn/open_clip_config.json: embed_dim 16, vision layers
-/// [2,2,1,1], width 4, image 64, heads = 4 * 32 / head_width 32.
-fn tiny_config() -> ModifiedResNetConfig {
-    let json: serde_json::Value = serde_json::from_str(
+/// tests/fixtures/clip_rn/open_clip_config.json with `vision_cfg.<key>` set to `value`, written
+/// into `dir`.
+fn config_with(dir: &Path, key: &str, value: serde_json::Value) -> PathBuf {
+    let mut json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixtures().join("open_clip_config.json")).unwrap(),
     )
     .unwrap();
-    let v = &json["vision_cfg"];
-    let layers: Vec<usize> = v["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect();
-    let width = v["width"].as_u64().unwrap() as usize;
-    ModifiedResNetConfig::new(
-        [layers[0], layers[1], layers[2], layers[3]],
-        width,
-        json["embed_dim"].as_u64().unwrap() as usize,
-        width * 32 / v["head_width"].as_u64().unwrap() as usize,
-        v["image_size"].as_u64().unwrap() as usize,
+    json["vision_cfg"][key] = value;
+    let p = dir.join(format!("rn_{key}.json"));
+    std::fs::write(&p, json.to_string()).unwrap();
+    p
+}
+
+fn load(file: &str, arch: &Path) -> Result<LoadedModel, ImportError> {
+    let device = siam::device::from_env();
+    load_model(
+        &fixtures().join(file),
+        Some(arch.to_str().unwrap()),
+        &device,
     )
 }
 
 fn check_parity(file: &str) {
     let device = siam::device::from_env();
-    let model = tiny_config().init(&device);
-    let (model, report) = load_open_clip_resnet(model, &fixtures().join(file), "visual.")
-        .unwrap_or_else(|e| panic!("{e}"));
-    // The BatchNorms' num_batches_tracked counters are the only leftovers.
-    assert!(
-        report
-            .unused
-            .iter()
-            .all(|k| k.ends_with("num_batches_tracked")),
-        "{:?}",
-        report.unused
-    );
-    assert!(report.missing.is_empty());
-
-    let (shape, pixels) = read_npy_f32(&fixtures().join("pixel_values.npy"));
+    let m = load(file, &fixtures().join("open_clip_config.json")).unwrap_or_else(|e| panic!("{e}"));
+    let pixels = support::read_npy(&fixtures().join("pixel_values.npy"));
+    let s = &pixels.shape;
     let images = Tensor::<4>::from_data(
-        TensorData::new(pixels, [shape[0], shape[1], shape[2], shape[3]]),
+        TensorData::new(pixels.f32(), [s[0], s[1], s[2], s[3]]),
         &device,
     );
-    let (eshape, expected) = read_npy_f32(&fixtures().join("image_embeds.npy"));
-    let out = model.forward(images);
-    assert_eq!(out.dims(), [eshape[0], eshape[1]]);
+    let expected = support::read_npy(&fixtures().join("image_embeds.npy"));
+    let out = m.clip.encode_image(images);
+    assert_eq!(out.dims(), [expected.shape[0], expected.shape[1]]);
     let got = out
         .into_data()
         .convert::<f32>()
         .try_to_vec::<f32>()
         .unwrap();
+    let want = expected.f32();
     let max_diff = got
         .iter()
-        .zip(&expected)
+        .zip(&want)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(
         max_diff <= 1e-4,
         "{file}: max |burn - open_clip| = {max_diff:e}\n got {:?}\nwant {:?}",
         &got[..8],
-        &expected[..8]
+        &want[..8]
     );
 }
 
@@ -102,68 +84,76 @@ fn image_embeds_match_open_clip_from_pytorch_pickle() {
 
 #[test]
 fn every_tower_tensor_is_loaded() {
-    let device = siam::device::from_env();
-    let model = tiny_config().init(&device);
-    let (_, report) =
-        load_open_clip_resnet(model, &fixtures().join("model.safetensors"), "visual.").unwrap();
+    let m = load(
+        "model.safetensors",
+        &fixtures().join("open_clip_config.json"),
+    )
+    .unwrap();
     // Per BatchNorm 4 tensors are loaded (gamma, beta, running mean and variance) and one
     // counter is left unused. [2,2,1,1] has 6 blocks, 4 of them with a projection shortcut
     // (layer1.0 changes channels, layer2..4.0 stride 2): BNs = 3 stem + 3*6 + 4 = 25.
-    // Convs = 3 + 3*6 + 4 = 25. Attention pool: positional embedding + 4 Linear (w, b) = 9.
     let bns = 25;
-    assert_eq!(
-        report.applied.len(),
-        4 * bns + 25 + 9,
-        "{:?}",
-        report.applied
-    );
-    assert_eq!(report.unused.len(), bns);
+    assert_eq!(m.report.ignored.len(), bns, "{:?}", m.report.ignored);
+    assert!(m
+        .report
+        .ignored
+        .iter()
+        .all(|k| k.starts_with("visual.") && k.ends_with("num_batches_tracked")));
+    assert_eq!(m.report.applied + bns, m.report.file_tensors);
 }
 
 #[test]
 fn a_wrong_config_is_an_error_naming_the_file() {
-    let device = siam::device::from_env();
-    let mut cfg = tiny_config();
-    cfg.width = 8;
-    let err = load_open_clip_resnet(
-        cfg.init(&device),
-        &fixtures().join("model.safetensors"),
-        "visual.",
-    )
-    .unwrap_err();
-    assert!(matches!(err, ResnetImportError::Mismatch { .. }), "{err}");
-    assert!(err.to_string().contains("model.safetensors"), "{err}");
-
-    let mut cfg = tiny_config();
-    cfg.layers = [2, 2, 2, 1];
-    let err = load_open_clip_resnet(cfg.init(&device), &fixtures().join("model.pt"), "visual.")
-        .unwrap_err();
-    assert!(matches!(err, ResnetImportError::Missing { .. }), "{err}");
-
-    let mut cfg = tiny_config();
-    cfg.layers = [2, 1, 1, 1];
-    let err = load_open_clip_resnet(cfg.init(&device), &fixtures().join("model.pt"), "visual.")
-        .unwrap_err();
-    assert!(matches!(err, ResnetImportError::Unused { .. }), "{err}");
-
-    let err = load_open_clip_resnet(
-        tiny_config().init(&device),
-        &fixtures().join("model.pt"),
-        "vision.",
-    )
-    .unwrap_err();
-    assert!(
-        matches!(err, ResnetImportError::NoTensorsUnderPrefix { .. }),
-        "{err}"
+    let tmp = tempfile::tempdir().unwrap();
+    let mismatch = |file: &str, arch: PathBuf| -> (Vec<String>, Vec<String>, Vec<String>) {
+        match load(file, &arch) {
+            Err(e @ ImportError::KeyMismatch { .. }) => {
+                assert!(e.to_string().contains(file), "{e}");
+                let ImportError::KeyMismatch {
+                    missing,
+                    unexpected,
+                    mis_shaped,
+                    ..
+                } = e
+                else {
+                    unreachable!()
+                };
+                (missing, unexpected, mis_shaped)
+            }
+            Err(e) => panic!("{file}: {e}"),
+            Ok(_) => panic!("{file} loaded under {}", arch.display()),
+        }
+    };
+    // Twice the width: every visual tensor has the wrong shape.
+    let (_, _, mis_shaped) = mismatch(
+        "model.safetensors",
+        config_with(tmp.path(), "width", 8.into()),
     );
-    let err = load_open_clip_resnet(
-        tiny_config().init(&device),
+    assert!(!mis_shaped.is_empty());
+    // A block more in layer3: its tensors are missing.
+    let more = config_with(tmp.path(), "layers", serde_json::json!([2, 2, 2, 1]));
+    let (missing, unexpected, _) = mismatch("model.pt", more);
+    assert!(!missing.is_empty() && unexpected.is_empty(), "{missing:?}");
+    assert!(
+        missing.iter().all(|k| k.contains("layer3.1.")),
+        "{missing:?}"
+    );
+    // A block fewer in layer2: the file's are unexpected.
+    let fewer = config_with(tmp.path(), "layers", serde_json::json!([2, 1, 1, 1]));
+    let (missing, unexpected, _) = mismatch("model.pt", fewer);
+    assert!(
+        missing.is_empty() && !unexpected.is_empty(),
+        "{unexpected:?}"
+    );
+    assert!(
+        unexpected.iter().all(|k| k.contains("layer2.1.")),
+        "{unexpected:?}"
+    );
+    // A file that is not a checkpoint.
+    let e = load(
+        "open_clip_config.json",
         &fixtures().join("open_clip_config.json"),
-        "visual.",
     )
     .unwrap_err();
-    assert!(
-        matches!(err, ResnetImportError::UnknownFormat { .. }),
-        "{err}"
-    );
+    assert!(matches!(e, ImportError::UnknownFormat { .. }), "{e}");
 }

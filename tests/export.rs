@@ -10,6 +10,8 @@
 //! `SIAM_PYTHON`) rewrites those outputs. Siam's own importer must also read every export back
 //! to the same embeddings.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -24,7 +26,7 @@ use siam::model::heads::{HeadConfig, HeadKind, ProjectionHead};
 const TOL: f64 = 1e-4;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    support::fixtures("")
 }
 
 /// A trained model to export: a fixture CLIP plus linear heads into `joint` dimensions.
@@ -132,38 +134,10 @@ fn trained_folder(case: &Case, image_kind: HeadKind, dir: &Path) -> PathBuf {
     out
 }
 
-/// A little-endian `.npy` array of f32 or i32 (any rank): `(values as f64, shape)`.
+/// A `.npy` array (support's reader): `(values as f64, shape)`.
 fn npy(path: &Path) -> (Vec<f64>, Vec<usize>) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}", path.display());
-    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
-    let shape_src = header
-        .split("'shape': (")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap();
-    let shape: Vec<usize> = shape_src
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let data = &bytes[10 + hlen..];
-    let values = if header.contains("'<f4'") {
-        data.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect()
-    } else if header.contains("'<i4'") {
-        data.chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect()
-    } else {
-        panic!("{}: unsupported dtype in {header}", path.display())
-    };
-    (values, shape)
+    let a = support::read_npy(path);
+    (a.values, a.shape)
 }
 
 /// Normalised image and text embeddings of a model on the base fixture's inputs.

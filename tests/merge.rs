@@ -3,8 +3,9 @@
 //! shape are refused with a one-line error naming the tensor or field, and the curve's alpha-0
 //! point is the zero-shot model's own zero-shot accuracy.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use burn::tensor::Device;
 use siam::clip::config::ClipConfig;
@@ -14,23 +15,7 @@ use siam::model::encoder::{clip_card, Encoder};
 use siam::model::folder::{self, InitialWeights};
 use siam::model::heads::HeadConfig;
 use siam::model::twin::TwinTowers;
-
-fn siam(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_siam"))
-        .args(args)
-        .output()
-        .expect("running siam")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = siam(args);
-    assert!(
-        out.status.success(),
-        "siam {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use support::{ok, siam};
 
 /// A random tiny model folder with linear heads into `joint` dimensions.
 fn save_model(dir: &Path, seed: u64, joint: usize) {

@@ -3,31 +3,17 @@
 //! report and plots appear when the images have true labels, the table goes back into
 //! `siam train` (weights and prompts), and learned prompts change what `classify` and `eval` say.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
+
+use std::path::Path;
+
+use support::{ok, siam};
 
 const LABELS: &str = "blue circle,blue square,blue triangle,green circle,green square,\
 green triangle,red circle,red square,red triangle,yellow circle,yellow square,yellow triangle";
 
-fn siam(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_siam"))
-        .args(args)
-        .output()
-        .expect("running siam")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = siam(args);
-    assert!(
-        out.status.success(),
-        "siam {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn fixture() -> (String, String) {
-    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip/open_clip_vit");
+    let d = support::fixtures("clip/open_clip_vit");
     (
         d.join("model.safetensors").display().to_string(),
         d.join("open_clip_config.json").display().to_string(),

@@ -9,21 +9,9 @@ use std::path::Path;
 use siam::model::twin::FreezePolicy;
 use siam::model::Encoder;
 use siam::train::config::LossSettings;
-use siam::train::{train, Event, Observer, TrainConfig, TrainError};
+use siam::train::{train, TrainConfig, TrainError};
 use siam_data::dataset::Dataset;
-
-#[derive(Default)]
-struct Log(Vec<String>, Vec<String>);
-
-impl Observer for Log {
-    fn event(&mut self, e: &Event) {
-        match e {
-            Event::Info(s) => self.0.push(s.clone()),
-            Event::Warning(w) => self.1.push(w.clone()),
-            _ => {}
-        }
-    }
-}
+use support::{demo, Log};
 
 /// The learning statistics of every step and epoch are in range, a learning run widens the
 /// gap between positives and negatives, and raises no collapse warning.
@@ -59,10 +47,6 @@ fn check_learning_stats(out: &Path, report: &siam::train::TrainReport, log: &Log
         "collapse warning on a learning run: {:?}",
         log.1
     );
-}
-
-fn demo() -> Dataset {
-    siam_data::synthetic::demo(16, 64, 0)
 }
 
 fn cfg(out: &Path) -> TrainConfig {

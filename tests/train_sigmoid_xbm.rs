@@ -2,27 +2,14 @@
 //! learn (recall@1 rises), the sigmoid loss's bias is a trained parameter saved in the
 //! checkpoint, and both run on locked towers' cached features.
 
+mod support;
+
 use std::path::Path;
 
 use siam::model::twin::FreezePolicy;
 use siam::train::config::LossSettings;
-use siam::train::{train, Event, Observer, TrainConfig};
-use siam_data::dataset::Dataset;
-
-#[derive(Default)]
-struct Log(Vec<String>);
-
-impl Observer for Log {
-    fn event(&mut self, e: &Event) {
-        if let Event::Info(s) = e {
-            self.0.push(s.clone());
-        }
-    }
-}
-
-fn demo() -> Dataset {
-    siam_data::synthetic::demo(16, 64, 0)
-}
+use siam::train::{train, TrainConfig};
+use support::{demo, Log};
 
 fn cfg(out: &Path, loss: &str, xbm: usize) -> TrainConfig {
     let mut c = TrainConfig {

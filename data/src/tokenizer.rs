@@ -148,7 +148,7 @@ impl ClipTokenizer {
         let inner = crate::quiet::catch_quietly(|| Tokenizer::from_bytes(&bytes))
             .map_err(|panic| TokenizerError::Invalid {
                 file: file.clone(),
-                reason: one_line(&panic),
+                reason: one_line(&panic.0),
             })?
             .map_err(|e| TokenizerError::Invalid {
                 file: file.clone(),
@@ -157,7 +157,7 @@ impl ClipTokenizer {
         crate::quiet::catch_quietly(|| Self::validated(inner, &file)).unwrap_or_else(|panic| {
             Err(TokenizerError::Invalid {
                 file: file.clone(),
-                reason: one_line(&panic),
+                reason: one_line(&panic.0),
             })
         })
     }

@@ -94,3 +94,28 @@ pub enum LossError {
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, LossError>;
+
+impl LossError {
+    /// [`LossError::LabelCount`] unless `rows` embeddings of `side` have as many `labels`.
+    pub(crate) fn check_labels(side: &'static str, rows: usize, labels: usize) -> Result<()> {
+        if rows == labels {
+            return Ok(());
+        }
+        Err(LossError::LabelCount {
+            side,
+            embeddings: rows,
+            labels,
+        })
+    }
+
+    /// [`LossError::DimensionMismatch`] unless anchors and references are equally wide.
+    pub(crate) fn check_widths(anchors: usize, references: usize) -> Result<()> {
+        if anchors == references {
+            return Ok(());
+        }
+        Err(LossError::DimensionMismatch {
+            anchors,
+            references,
+        })
+    }
+}

@@ -15,9 +15,11 @@
 //! Layout: `loss/` holds one file per loss (its config, defaults and maths) and
 //! [`LossConfig`], the typed, parsed form of `--loss`; `miner/` one file per miner and the
 //! [`HardnessSchedule`] (`--miner`); `distance.rs`, `reducer.rs`, `matrix.rs` and `error.rs`
-//! are shared; `spread.rs` measures how far apart embeddings are ([`embedding_spread`],
-//! the collapse diagnostic beside [`LossStats`]); `xbm.rs` is the cross-batch memory ([`CrossBatchMemory`]). With the `serde` feature, [`LossConfig`] and [`HardnessSchedule`] serialise
-//! as their text forms.
+//! are shared; `spread.rs` measures how far apart embeddings are ([`embedding_spread`], the
+//! collapse diagnostic beside [`LossStats`]); `xbm.rs` is the cross-batch memory
+//! ([`CrossBatchMemory`]); `test_device.rs` the device tests run on (`SIAM_TEST_DEVICE`, one
+//! definition for the whole workspace). With the `serde` feature, [`LossConfig`] and
+//! [`HardnessSchedule`] serialise as their text forms.
 //!
 //! ```no_run
 //! use burn::tensor::{Device, Distribution, Tensor};
@@ -41,6 +43,32 @@
 //! let grads = (i2t.loss + t2i.loss + out.loss).backward();
 //! ```
 
+/// `Serialize` / `Deserialize` of a type as its text form (`Display` / `FromStr`), with the
+/// `serde` feature: what `--loss` and `--miner` read is what a config file stores.
+macro_rules! serde_as_text {
+    ($t:ty) => {
+        #[cfg(feature = "serde")]
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> ::std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        #[cfg(feature = "serde")]
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> ::std::result::Result<Self, D::Error> {
+                let text = <String as serde::Deserialize>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 pub mod distance;
 pub mod error;
 pub mod loss;
@@ -48,6 +76,7 @@ pub mod matrix;
 pub mod miner;
 pub mod reducer;
 pub mod spread;
+pub mod test_device;
 pub mod xbm;
 
 pub use distance::Distance;
@@ -60,19 +89,5 @@ pub use matrix::PairMatrix;
 pub use miner::{HardnessSchedule, Miner, MinerKind, TripletKind, Tuples};
 pub use reducer::Reducer;
 pub use spread::embedding_spread;
+pub use test_device::{test_device, TestDevice, TestDeviceError};
 pub use xbm::{CrossBatchMemory, XbmConfig};
-
-use burn::tensor::Device;
-
-/// The device tests run on: `SIAM_TEST_DEVICE=tch` selects libtorch's CPU device when
-/// this crate is built with its `tch` feature, anything else the pure-Rust flex backend.
-pub fn test_device() -> Device {
-    #[allow(unused_variables)]
-    let want = std::env::var("SIAM_TEST_DEVICE").unwrap_or_default();
-    #[cfg(feature = "tch")]
-    if want == "tch" {
-        #[allow(deprecated)]
-        return Device::libtorch();
-    }
-    Device::flex()
-}

@@ -126,23 +126,14 @@ impl CrossBatchMemory {
     /// of a batch larger than the memory only its last `size` rows are kept.
     pub fn enqueue(&mut self, refs: Tensor<2>, labels: &[usize]) -> Result<()> {
         let [r, d] = refs.dims();
-        if r != labels.len() {
-            return Err(LossError::LabelCount {
-                side: "references",
-                embeddings: r,
-                labels: labels.len(),
-            });
-        }
+        LossError::check_labels("references", r, labels.len())?;
         let size = self.config.size;
         let memory = match self.memory.take() {
             Some(m) => {
                 let [_, have] = m.dims();
-                if have != d {
+                if let Err(e) = LossError::check_widths(have, d) {
                     self.memory = Some(m);
-                    return Err(LossError::DimensionMismatch {
-                        anchors: have,
-                        references: d,
-                    });
+                    return Err(e);
                 }
                 m
             }
@@ -282,21 +273,9 @@ impl CrossBatchMemory {
 /// Rows against labels and width against the memory's, before both are concatenated.
 fn check_against(t: &Tensor<2>, labels: &[usize], memory: &Tensor<2>) -> Result<()> {
     let [n, d] = t.dims();
-    if n != labels.len() {
-        return Err(LossError::LabelCount {
-            side: "references",
-            embeddings: n,
-            labels: labels.len(),
-        });
-    }
+    LossError::check_labels("references", n, labels.len())?;
     let [_, have] = memory.dims();
-    if d != have {
-        return Err(LossError::DimensionMismatch {
-            anchors: d,
-            references: have,
-        });
-    }
-    Ok(())
+    LossError::check_widths(d, have)
 }
 
 #[cfg(test)]

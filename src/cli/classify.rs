@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use siam_data::dataset::OnBadImage;
 
-use super::common::{read_lines, ModelArgs};
+use super::common::{LabelArgs, ModelArgs};
 use siam::device::DeviceConfig;
-use siam::embed::{class_embeddings, class_probabilities, embed_image_files, expand_image_args};
+use siam::embed::{class_probabilities, embed_image_files, expand_image_args};
 
 /// Classify images against label texts (zero-shot).
 #[derive(clap::Args, Debug)]
@@ -20,15 +20,8 @@ pub struct ClassifyArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub device: DeviceConfig,
-    /// Comma-separated labels, e.g. "cataract,pterygium,normal eye".
-    #[arg(long, value_delimiter = ',')]
-    pub labels: Vec<String>,
-    /// A file with one label per line.
-    #[arg(long)]
-    pub labels_file: Option<PathBuf>,
-    /// Prompt template with {} for the label; repeat to ensemble several. Default: "a photo of a {}."
-    #[arg(long = "template")]
-    pub templates: Vec<String>,
+    #[command(flatten)]
+    pub labels: LabelArgs,
     /// How many labels to print per image.
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
@@ -42,32 +35,13 @@ pub struct ClassifyArgs {
 
 /// Runs `siam classify`.
 pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
-    let mut labels: Vec<String> = args
-        .labels
-        .iter()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
-    if let Some(f) = &args.labels_file {
-        labels.extend(read_lines(f)?);
-    }
-    anyhow::ensure!(
-        !labels.is_empty(),
-        "no labels: give --labels a,b,c or --labels-file FILE"
-    );
+    let zero_shot = args.labels.classes()?;
     anyhow::ensure!(args.top_k > 0, "--top-k must be at least 1");
-    for t in &args.templates {
-        anyhow::ensure!(t.contains("{}"), "template {t:?} has no {{}} for the label");
-    }
-    let templates = if args.templates.is_empty() {
-        vec!["a photo of a {}.".to_string()]
-    } else {
-        args.templates.clone()
-    };
+    let labels = &zero_shot.labels;
     let images = expand_image_args(&args.images)?;
     let device = args.device.open()?;
     let enc = args.model.load(&device)?;
-    let classes = class_embeddings(&enc, &labels, &templates)?;
+    let classes = zero_shot.embed(&enc)?;
     let emb = embed_image_files(
         &enc,
         &images,

@@ -1,13 +1,13 @@
-//! Arguments and helpers shared by the subcommands: model selection, progress bars, the
-//! bad-image summary. (The device and data sections are the library's:
+//! Arguments and helpers shared by the subcommands: model selection, zero-shot labels and
+//! templates, progress bars, the bad-image summary. (The device and data sections are the library's:
 //! [`siam::device::DeviceConfig`], [`siam::dataset::DataConfig`].)
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use siam::embed::ZeroShotClasses;
 use siam::model::encoder::Encoder;
 use siam::progress::Progress;
 
@@ -63,16 +63,29 @@ pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
     pb
 }
 
-/// Reads one text per line (blank lines skipped), naming the file on error.
-pub fn read_lines(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let s = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let v: Vec<String> = s
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
-    anyhow::ensure!(!v.is_empty(), "{}: no text lines", path.display());
-    Ok(v)
+/// `--labels`, `--labels-file`, `--template`: zero-shot candidate labels and their prompts.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LabelArgs {
+    /// Comma-separated candidate labels, e.g. "cataract,pterygium,normal eye".
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// A file with one candidate label per line.
+    #[arg(long)]
+    pub labels_file: Option<PathBuf>,
+    /// Prompt template with {} for the label; repeat to ensemble several. Default: "a photo of a {}."
+    #[arg(long = "template")]
+    pub templates: Vec<String>,
+}
+
+impl LabelArgs {
+    /// The labels and templates, checked ([`ZeroShotClasses::new`]).
+    pub fn classes(&self) -> anyhow::Result<ZeroShotClasses> {
+        Ok(ZeroShotClasses::new(
+            &self.labels,
+            self.labels_file.as_deref(),
+            &self.templates,
+        )?)
+    }
 }
 
 /// Says which files a dataset names that do not exist, if any.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use siam_data::dataset::OnBadImage;
 
-use super::common::{progress_bar, read_lines, report_skipped, ModelArgs};
+use super::common::{progress_bar, report_skipped, ModelArgs};
 use siam::device::DeviceConfig;
 use siam::embed::{embed_image_files, embed_texts, expand_image_args};
 use siam::io::write_npy;
@@ -56,7 +56,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         expand_image_args(&args.images)?
     };
     let texts: Vec<String> = match &args.texts_file {
-        Some(f) => read_lines(f)?,
+        Some(f) => siam::embed::read_lines(f)?,
         None => args.texts.clone(),
     };
     let device = args.device.open()?;

@@ -2,7 +2,8 @@
 //! datasets zero-shot accuracy, precision@1 / R-precision / MAP@R (pytorch-metric-learning's
 //! AccuracyCalculator) and linear-probe accuracy (the CLIP paper's logistic regression on frozen
 //! image features). `--compare M1 M2` puts two models side by side; a PNG of the recall@k curves
-//! comes with the JSON.
+//! comes with the JSON. `--alphas` measures the WiSE-FT curve of two models instead
+//! ([`siam::merge::alpha_curve`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -121,7 +122,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         args.probe_c
     );
     if !args.alphas.is_empty() {
-        return super::merge::alpha_curve(&args);
+        return alpha_curve(&args);
     }
     // Refuse to replace a user's file before any work starts.
     if let Some(json) = &args.json {
@@ -476,5 +477,115 @@ fn print_reports(reports: &[EvalReport]) {
     }
     for (name, vals) in rows {
         siam::console::out_line(format_args!("{name:<26} {}", vals.join("  ")));
+    }
+}
+
+/// Runs `siam eval --alphas`: the WiSE-FT curve of `--model ZERO_SHOT --model FINE_TUNED`.
+fn alpha_curve(args: &EvalArgs) -> anyhow::Result<()> {
+    use siam::merge::{load, CurveOptions, CurveSet};
+    anyhow::ensure!(
+        args.model.len() == 2,
+        "--alphas needs --model twice: the zero-shot model, then the fine-tuned one (got {})",
+        args.model.len()
+    );
+    for &a in &args.alphas {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&a),
+            "--alphas: {a} is outside 0 (zero-shot) ..= 1 (fine-tuned)"
+        );
+    }
+    let device = args.device.open()?;
+    let zs = load(&args.model[0], args.arch.as_deref(), &device)?;
+    let ft = load(&args.model[1], args.arch.as_deref(), &device)?;
+    siam::merge::check_cards(&zs.card, &ft.card)?;
+    let mut sets = Vec::new();
+    for path in &args.data.data {
+        let ds = Arc::new(args.data.open_path(path)?);
+        report_missing(&ds);
+        anyhow::ensure!(
+            ds.kind == DatasetKind::Labels,
+            "{}: --alphas measures zero-shot accuracy and needs a dataset with labels",
+            path.display()
+        );
+        let records = args.split.records(&ds)?;
+        sets.push(CurveSet {
+            name: path.display().to_string(),
+            dataset: ds,
+            records,
+        });
+    }
+    let options = CurveOptions {
+        batch_size: args.batch_size,
+        threads: args.threads,
+        on_bad_image: args.data.on_bad_image,
+    };
+    let curve = siam::merge::alpha_curve(
+        &zs,
+        &ft,
+        &args.alphas,
+        &args.split.to_string(),
+        &sets,
+        options,
+        &Bars::default(),
+        &mut super::common::report_skipped,
+    )?;
+    print_curve(&curve);
+    if let Some(json) = &args.json {
+        siam::io::atomic_write_bytes(json, &serde_json::to_vec_pretty(&curve)?)?;
+        let png = json.with_extension("png");
+        let series: Vec<(String, Vec<(f32, f32)>)> = curve
+            .datasets
+            .iter()
+            .map(|c| {
+                (
+                    format!("{} ({})", c.data, c.role),
+                    curve
+                        .alphas
+                        .iter()
+                        .zip(&c.top1)
+                        .map(|(&a, &v)| (a, v as f32))
+                        .collect(),
+                )
+            })
+            .collect();
+        siam::eval::plot::line_chart(
+            &series,
+            "WiSE-FT: zero-shot accuracy of (1 - alpha) * zero-shot + alpha * fine-tuned",
+            "alpha",
+            "top-1 accuracy",
+            &png,
+        )?;
+        siam::console::err_line(format_args!(
+            "wrote {} and {}",
+            json.display(),
+            png.display()
+        ));
+    }
+    Ok(())
+}
+
+fn print_curve(c: &siam::merge::AlphaCurve) {
+    siam::console::out_line(format_args!(
+        "WiSE-FT curve, {} split: (1 - alpha) * {} + alpha * {}",
+        c.split, c.zero_shot, c.fine_tuned
+    ));
+    siam::console::out_line(format_args!("zero-shot top-1 accuracy (percent)"));
+    print!("{:>6}", "alpha");
+    for d in &c.datasets {
+        print!("  {:>12}", d.role);
+    }
+    siam::console::out_line(format_args!(""));
+    for (k, a) in c.alphas.iter().enumerate() {
+        print!("{a:>6.2}");
+        for d in &c.datasets {
+            print!("  {:>12.2}", 100.0 * d.top1[k]);
+        }
+        siam::console::out_line(format_args!(""));
+    }
+    for d in &c.datasets {
+        siam::console::out_line(format_args!(
+            "  {} = {} ({} images)",
+            d.role, d.data, d.images
+        ));
     }
 }

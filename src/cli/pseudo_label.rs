@@ -10,9 +10,9 @@ use anyhow::Context;
 use serde::Serialize;
 use siam_data::dataset::{Dataset, ImageSource};
 
-use super::common::{embed_records_with_progress, read_lines, ModelArgs};
+use super::common::{embed_records_with_progress, LabelArgs, ModelArgs};
 use siam::device::DeviceConfig;
-use siam::embed::{class_embeddings, class_probabilities, expand_image_args, files_dataset};
+use siam::embed::{class_probabilities, expand_image_args, files_dataset};
 use siam::eval::plot::line_chart;
 use siam::pseudo_label::{
     coverage_curve, reliability, select, write_table, CoveragePoint, PseudoLabel, PseudoRow,
@@ -33,15 +33,8 @@ pub struct PseudoLabelArgs {
     /// Which records of a dataset with splits: all, train, val or test.
     #[arg(long, default_value = "all")]
     pub split: String,
-    /// Comma-separated candidate labels.
-    #[arg(long, value_delimiter = ',')]
-    pub labels: Vec<String>,
-    /// A file with one candidate label per line.
-    #[arg(long)]
-    pub labels_file: Option<PathBuf>,
-    /// Prompt template with {} for the label; repeat to ensemble. Default: "a photo of a {}."
-    #[arg(long = "template")]
-    pub templates: Vec<String>,
+    #[command(flatten)]
+    pub labels: LabelArgs,
     /// The table to write (image, label, confidence, top_k). Images must lie in its folder or
     /// below; images that are not files (CIFAR) are written as PNGs into `<out stem>-images/`.
     #[arg(long, short = 'o')]
@@ -111,19 +104,8 @@ fn open_images(path: &Path, split: &str) -> anyhow::Result<(Arc<Dataset>, Vec<us
 
 /// Runs `siam pseudo-label`.
 pub fn run(args: PseudoLabelArgs) -> anyhow::Result<()> {
-    let mut labels: Vec<String> = args
-        .labels
-        .iter()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
-    if let Some(f) = &args.labels_file {
-        labels.extend(read_lines(f)?);
-    }
-    anyhow::ensure!(
-        !labels.is_empty(),
-        "no labels: give --labels a,b,c or --labels-file FILE"
-    );
+    let zero_shot = args.labels.classes()?;
+    let labels = &zero_shot.labels;
     anyhow::ensure!(args.top_k > 0, "--top-k must be at least 1");
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.min_confidence),
@@ -131,14 +113,6 @@ pub fn run(args: PseudoLabelArgs) -> anyhow::Result<()> {
         args.min_confidence
     );
     anyhow::ensure!(args.per_class != Some(0), "--per-class must be at least 1");
-    for t in &args.templates {
-        anyhow::ensure!(t.contains("{}"), "template {t:?} has no {{}} for the label");
-    }
-    let templates = if args.templates.is_empty() {
-        vec!["a photo of a {}.".to_string()]
-    } else {
-        args.templates.clone()
-    };
     let stem = args.out.with_extension("");
     for png in ["coverage", "reliability"] {
         let p = PathBuf::from(format!("{}.{png}.png", stem.display()));
@@ -147,7 +121,7 @@ pub fn run(args: PseudoLabelArgs) -> anyhow::Result<()> {
     let (ds, records) = open_images(&args.data, &args.split)?;
     let device = args.device.open()?;
     let enc = args.model.load(&device)?;
-    let classes = class_embeddings(&enc, &labels, &templates)?;
+    let classes = zero_shot.embed(&enc)?;
     let emb = embed_records_with_progress(
         &enc,
         &ds,
@@ -174,7 +148,7 @@ pub fn run(args: PseudoLabelArgs) -> anyhow::Result<()> {
             per_class: args.per_class,
         },
     );
-    let rows = table_rows(&args, &ds, &labels, &pseudo, &kept)?;
+    let rows = table_rows(&args, &ds, labels, &pseudo, &kept)?;
     write_table(&args.out, &rows)?;
     siam::console::err_line(format_args!(
         "kept {} of {} images; wrote {}",

@@ -1,4 +1,5 @@
-//! `siam train`: arguments, the progress display, and the call into [`siam::train::train`].
+//! `siam train`: arguments, the progress display, and the call into [`siam::train::train`];
+//! with `--prompt`, CoOp prompt learning ([`prompt`], this command's other half).
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -7,6 +8,8 @@ use std::time::Duration;
 
 use siam::device::DeviceConfig;
 use siam::train::{Event, Observer, TrainConfig, TrainReport};
+
+mod prompt;
 
 /// Fine-tune CLIP's towers with metric learning (or train a small CLIP from scratch).
 ///
@@ -30,7 +33,7 @@ pub struct TrainArgs {
     #[arg(long, short = 'q')]
     pub quiet: bool,
     #[command(flatten)]
-    pub prompt: super::prompt::PromptArgs,
+    pub prompt: prompt::PromptArgs,
 }
 
 /// Draws the progress bar and prints the run's messages to stderr.
@@ -119,7 +122,7 @@ impl Observer for Console {
 /// Runs `siam train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     if args.prompt.prompt.is_some() {
-        return super::prompt::run(&args);
+        return prompt::run(&args);
     }
     anyhow::ensure!(
         args.prompt.weight_by.is_none(),

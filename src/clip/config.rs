@@ -363,23 +363,6 @@ impl ClipConfig {
         self.text.context_length
     }
 
-    /// Reads a config saved by [`ClipConfig::to_json`] (siam's own `siam.json`).
-    pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = read(path)?;
-        let c: Self = serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            what: "siam model config",
-            why: e.to_string(),
-        })?;
-        c.validate(&path.display().to_string())?;
-        Ok(c)
-    }
-
-    /// This config as pretty JSON.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("a ClipConfig always serialises")
-    }
-
     /// Parses an open_clip model-config JSON (`embed_dim`, `quick_gelu`, `vision_cfg`,
     /// `text_cfg`), applying the defaults of open_clip's `CLIPVisionCfg`/`CLIPTextCfg`
     /// (`model.py`: head_width 64, mlp_ratio 4.0, patch_size 16, image_size 224, context 77,
@@ -930,7 +913,8 @@ mod tests {
         for name in PRESETS {
             let c = ClipConfig::from_preset(name).unwrap();
             c.validate(name).unwrap();
-            let back: ClipConfig = serde_json::from_str(&c.to_json()).unwrap();
+            let back: ClipConfig =
+                serde_json::from_str(&serde_json::to_string_pretty(&c).unwrap()).unwrap();
             assert_eq!(back, c);
         }
         assert_eq!(ClipConfig::rn50().image_size(), 224);

@@ -11,7 +11,9 @@
 //!   ModifiedResNet, from `.safetensors` or a pickled `state_dict` (`.pt`/`.bin`/`.pth`, read
 //!   in pure Rust), with the architecture from `--arch`. Training checkpoints that wrap the
 //!   state dict (`{"state_dict": {"module.visual...": ...}}`) are unwrapped.
-//! - **siam**'s own folders (`siam.json` + `model.safetensors`), written by [`save_model`].
+//!
+//! A siam model folder (`siam.json` + `model.safetensors`, written by `siam train`) is read by
+//! [`crate::model::folder`], the one siam model format.
 //!
 //! Every parameter of the model must be found with the right shape and every tensor of the
 //! file used (a few known buffers excepted, see [`ImportReport::ignored`]); otherwise the error
@@ -25,7 +27,7 @@ use super::config::{ClipConfig, ConfigError};
 use super::model::Clip;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::store::burn_pack::{Error as PackError, Tensor as PackTensor};
-use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::store::ModuleSnapshot;
 use burn::tensor::{Bytes, DType, Device, Tensor};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -34,9 +36,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Name of siam's own config file inside a model folder; its presence marks the siam layout.
-pub const SIAM_CONFIG: &str = "siam.json";
-/// Name of the weights file inside a model folder.
+/// Name of the weights file inside a Hugging Face model folder.
 pub const WEIGHTS: &str = "model.safetensors";
 /// The config of an open_clip folder (`{"model_cfg": ..., "preprocess_cfg": ...}`, as open_clip's
 /// `push_to_hf_hub` writes it).
@@ -131,7 +131,7 @@ pub enum ImportError {
         dtype: String,
     },
     /// A folder that is no model folder.
-    #[error("{path}: not a model folder: expected {SIAM_CONFIG} (siam) or config.json (Hugging Face) with model.safetensors or pytorch_model.bin, or open_clip_config.json with open_clip_model.safetensors or open_clip_pytorch_model.bin")]
+    #[error("{path}: not a model folder: expected siam.json (siam) or config.json (Hugging Face) with model.safetensors or pytorch_model.bin, or open_clip_config.json with open_clip_model.safetensors or open_clip_pytorch_model.bin")]
     NotAModelFolder {
         /// The folder.
         path: PathBuf,
@@ -168,8 +168,6 @@ pub enum Layout {
     HuggingFace,
     /// OpenAI / open_clip `CLIP` state dict.
     OpenClip,
-    /// siam's own (burn's native layouts, our module paths).
-    Siam,
 }
 
 /// The container format of the weights file.
@@ -433,7 +431,7 @@ fn open_pytorch(path: &Path) -> Result<Source> {
     // The pickle is parsed (burn-store's pure-Rust unpickler), never executed; a reader panic on
     // a malformed file is caught and reported, not a crash.
     let reader = siam_data::quiet::catch_quietly(|| PytorchReader::new(path))
-        .map_err(corrupt)?
+        .map_err(|p| corrupt(p.0))?
         .map_err(|e| corrupt(e.to_string()))?;
     // No tensor may claim more bytes than the file could hold (uncompressed zip members, or a
     // deflated one at deflate's largest ratio, about 1032:1).
@@ -883,6 +881,73 @@ fn list(items: &[String]) -> String {
     s
 }
 
+/// The error listing the keys the model needs that the file lacks, the file's keys the model
+/// has no place for, and the tensors of the wrong shape.
+fn key_mismatch(
+    path: &Path,
+    arch: &str,
+    missing: Vec<String>,
+    unexpected: Vec<String>,
+    mis_shaped: Vec<String>,
+) -> ImportError {
+    let parts: Vec<String> = [
+        ("missing", &missing),
+        ("unexpected", &unexpected),
+        ("mis-shaped", &mis_shaped),
+    ]
+    .into_iter()
+    .filter(|(_, keys)| !keys.is_empty())
+    .map(|(what, keys)| format!("{} {what}: {}", keys.len(), list(keys)))
+    .collect();
+    ImportError::KeyMismatch {
+        path: path.to_path_buf().into_boxed_path(),
+        arch: arch.into(),
+        details: parts.join("; ").into(),
+        missing,
+        unexpected,
+        mis_shaped,
+    }
+}
+
+/// Applies the planned `(model path, shape, recipe)` tensors to `clip`, each read from the
+/// file and converted to f32 only when burn-store asks for it; returns how many were applied.
+fn apply_plan(
+    clip: &mut Clip,
+    plan: Vec<(String, Vec<usize>, Recipe)>,
+    tensors: BTreeMap<String, SrcTensor>,
+    path: &Path,
+) -> Result<usize> {
+    let tensors_map = Arc::new(tensors);
+    let packs: Vec<PackTensor> = plan
+        .into_iter()
+        .map(|(name, shape, recipe)| {
+            let numel: usize = shape.iter().product();
+            let map = Arc::clone(&tensors_map);
+            PackTensor::deferred(name, DType::F32, shape, None, numel * 4, move || {
+                let v = recipe
+                    .produce(&map)
+                    .map_err(|e| PackError::IoError(e.to_string()))?;
+                Ok(Bytes::from_elems(v))
+            })
+        })
+        .collect();
+    let result = clip.apply(packs, None, None, true);
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        let mut errs: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
+        errs.extend(
+            result
+                .missing
+                .iter()
+                .map(|(p, _)| format!("{p} was not loaded")),
+        );
+        return Err(ImportError::Apply {
+            path: path.to_path_buf(),
+            errors: list(&errs),
+        });
+    }
+    Ok(result.applied.len())
+}
+
 /// Loads `src` into `clip` under `layout`, checking every key first.
 fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Result<ImportReport> {
     let expected = expected_params(clip);
@@ -903,7 +968,6 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
         let recipe = match layout {
             Layout::OpenClip => Some(open_clip_recipe(p, text_prefix)),
             Layout::HuggingFace => hf_recipe(p),
-            Layout::Siam => Some(Recipe::Copy(p.path.clone())),
         };
         let Some(mut recipe) = recipe else {
             missing.push(format!("{} (no Hugging Face counterpart)", p.path));
@@ -952,32 +1016,9 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
         }
     }
     if !missing.is_empty() || !unexpected.is_empty() || !mis_shaped.is_empty() {
-        let mut parts = Vec::new();
-        if !missing.is_empty() {
-            parts.push(format!("{} missing: {}", missing.len(), list(&missing)));
-        }
-        if !unexpected.is_empty() {
-            parts.push(format!(
-                "{} unexpected: {}",
-                unexpected.len(),
-                list(&unexpected)
-            ));
-        }
-        if !mis_shaped.is_empty() {
-            parts.push(format!(
-                "{} mis-shaped: {}",
-                mis_shaped.len(),
-                list(&mis_shaped)
-            ));
-        }
-        return Err(ImportError::KeyMismatch {
-            path: src.path.clone().into_boxed_path(),
-            arch: arch.into(),
-            details: parts.join("; ").into(),
-            missing,
-            unexpected,
-            mis_shaped,
-        });
+        return Err(key_mismatch(
+            &src.path, arch, missing, unexpected, mis_shaped,
+        ));
     }
 
     let mut converted: BTreeSet<String> = BTreeSet::new();
@@ -988,39 +1029,12 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
         }
     }
     let file_tensors = src.tensors.len() + src.non_float.len();
-    let tensors_map = Arc::new(src.tensors);
-    let packs: Vec<PackTensor> = plan
-        .into_iter()
-        .map(|(name, shape, recipe)| {
-            let numel: usize = shape.iter().product();
-            let map = Arc::clone(&tensors_map);
-            PackTensor::deferred(name, DType::F32, shape, None, numel * 4, move || {
-                let v = recipe
-                    .produce(&map)
-                    .map_err(|e| PackError::IoError(e.to_string()))?;
-                Ok(Bytes::from_elems(v))
-            })
-        })
-        .collect();
-    let result = clip.apply(packs, None, None, true);
-    if !result.errors.is_empty() || !result.missing.is_empty() {
-        let mut errs: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
-        errs.extend(
-            result
-                .missing
-                .iter()
-                .map(|(p, _)| format!("{p} was not loaded")),
-        );
-        return Err(ImportError::Apply {
-            path: src.path.clone(),
-            errors: list(&errs),
-        });
-    }
+    let applied = apply_plan(clip, plan, src.tensors, &src.path)?;
     Ok(ImportReport {
         weights: src.path,
         layout,
         format: src.format,
-        applied: result.applied.len(),
+        applied,
         file_tensors,
         ignored,
         converted_from: converted.into_iter().collect(),
@@ -1029,7 +1043,6 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
 }
 
 /// Loads a model from `path`:
-/// - a siam folder (`siam.json` + `model.safetensors`, see [`save_model`]);
 /// - a Hugging Face folder (`config.json` + `model.safetensors` or `pytorch_model.bin`);
 /// - an OpenAI/open_clip (or Hugging Face) state-dict file, `.safetensors` or pickled.
 ///
@@ -1037,9 +1050,8 @@ fn apply_source(clip: &mut Clip, src: Source, layout: Layout, arch: &str) -> Res
 /// and overrides the folder's config when given.
 pub fn load_model(path: &Path, arch: Option<&str>, device: &Device) -> Result<LoadedModel> {
     let path = &crate::hub::resolve_model(path).map_err(|e| ImportError::Hub(Box::new(e)))?;
-    let (weights, config, arch_name, tokenizer, siam_layout) = if path.is_dir() {
+    let (weights, config, arch_name, tokenizer) = if path.is_dir() {
         let tok = Some(path.join("tokenizer.json")).filter(|p| p.is_file());
-        let siam = path.join(SIAM_CONFIG);
         let hf = path.join("config.json");
         let oc = path.join(OPEN_CLIP_CONFIG);
         let in_folder = |names: &[&str]| names.iter().map(|w| path.join(w)).find(|p| p.is_file());
@@ -1049,32 +1061,25 @@ pub fn load_model(path: &Path, arch: Option<&str>, device: &Device) -> Result<Lo
         if let (None, Some(w), true) = (&weights, in_folder(&OPEN_CLIP_WEIGHTS), oc.is_file()) {
             let config = ClipConfig::from_arch(arch.unwrap_or(&oc.display().to_string()))?;
             let name = arch.map_or_else(|| oc.display().to_string(), str::to_string);
-            (w, Some(config), name, None, false)
+            (w, Some(config), name, None)
         } else {
             let Some(weights) = weights else {
                 return Err(ImportError::NotAModelFolder {
                     path: path.to_path_buf(),
                 });
             };
-            let (config, name, is_siam) = match arch {
-                Some(a) => (ClipConfig::from_arch(a)?, a.to_string(), siam.is_file()),
-                None if siam.is_file() => (
-                    ClipConfig::from_json_file(&siam)?,
-                    siam.display().to_string(),
-                    true,
-                ),
-                None if hf.is_file() => (
-                    ClipConfig::from_hf_config(&hf)?,
-                    hf.display().to_string(),
-                    false,
-                ),
+            let (config, name) = match arch {
+                Some(a) => (ClipConfig::from_arch(a)?, a.to_string()),
+                None if hf.is_file() => {
+                    (ClipConfig::from_hf_config(&hf)?, hf.display().to_string())
+                }
                 None => {
                     return Err(ImportError::NotAModelFolder {
                         path: path.to_path_buf(),
                     })
                 }
             };
-            (weights, Some(config), name, tok, is_siam)
+            (weights, Some(config), name, tok)
         }
     } else {
         let config = arch.map(ClipConfig::from_arch).transpose()?;
@@ -1083,20 +1088,11 @@ pub fn load_model(path: &Path, arch: Option<&str>, device: &Device) -> Result<Lo
             config,
             arch.unwrap_or_default().to_string(),
             None,
-            false,
         )
     };
     let mut src = open_source(&weights)?;
-    let layout = if siam_layout {
-        src.tensors = std::mem::take(&mut src.tensors)
-            .into_iter()
-            .map(|(k, v)| (k.replace(".Vit.", ".").replace(".ResNet.", "."), v))
-            .collect();
-        Layout::Siam
-    } else {
-        strip_wrappers(&mut src);
-        detect_layout(&src)?
-    };
+    strip_wrappers(&mut src);
+    let layout = detect_layout(&src)?;
     let Some(config) = config else {
         return Err(ImportError::NoArch { path: weights });
     };
@@ -1110,43 +1106,9 @@ pub fn load_model(path: &Path, arch: Option<&str>, device: &Device) -> Result<Lo
     })
 }
 
-/// Saves `clip` as a siam model folder: `siam.json` (the config) and `model.safetensors`
-/// (our module paths, burn's layouts, enum variants skipped), each written atomically.
-/// [`load_model`] reads it back exactly.
-pub fn save_model(clip: &Clip, config: &ClipConfig, dir: &Path) -> Result<()> {
-    crate::output::check_replaceable(dir, crate::output::OutputKind::ClipFolder).map_err(|e| {
-        ImportError::Save {
-            path: dir.to_path_buf(),
-            why: e.to_string(),
-        }
-    })?;
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let weights = dir.join(WEIGHTS);
-    let tmp = crate::io::temp_sibling(&weights);
-    let mut store = SafetensorsStore::from_file(&tmp)
-        .skip_enum_variants(true)
-        .metadata("format", "siam")
-        .metadata("siam_config", config.to_json());
-    clip.save_into(&mut store).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ImportError::Save {
-            path: weights.clone(),
-            why: e.to_string(),
-        }
-    })?;
-    std::fs::rename(&tmp, &weights).map_err(io_err(&weights))?;
-    crate::io::atomic_write_bytes(&dir.join(SIAM_CONFIG), config.to_json().as_bytes()).map_err(
-        |e| ImportError::Save {
-            path: dir.join(SIAM_CONFIG),
-            why: e.to_string(),
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, Int, TensorData, Tolerance};
 
     #[test]
     fn transpose_and_concat_by_hand() {
@@ -1187,26 +1149,5 @@ mod tests {
         assert_eq!(to_f32(&h, SrcDType::F16), vec![1.5, -2.0]);
         let b: Vec<u8> = burn::tensor::bf16::from_f32(0.25).to_le_bytes().to_vec();
         assert_eq!(to_f32(&b, SrcDType::BF16), vec![0.25]);
-    }
-
-    #[test]
-    fn siam_folder_round_trips() {
-        let d = Device::flex();
-        let cfg = ClipConfig::tiny();
-        let clip = Clip::new(&cfg, &d);
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("model");
-        save_model(&clip, &cfg, &out).unwrap();
-        let loaded = load_model(&out, None, &d).unwrap();
-        assert_eq!(loaded.config, cfg);
-        assert_eq!(loaded.report.layout, Layout::Siam);
-        assert_eq!(loaded.report.applied, expected_params(&clip).len());
-        let px = Tensor::<4>::random([1, 3, 64, 64], Distribution::Normal(0.0, 1.0), &d);
-        let ids =
-            Tensor::<2, Int>::from_data(TensorData::new(vec![49406i64, 320, 49407], [1, 3]), &d);
-        let (a, _) = clip.forward(px.clone(), ids.clone(), &[3]);
-        let (b, _) = loaded.clip.forward(px, ids, &[3]);
-        a.into_data()
-            .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-6));
     }
 }

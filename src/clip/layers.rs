@@ -63,7 +63,22 @@ impl MatmulDtype {
     }
 
     /// `layer.forward(x)` in this precision (bias added in it too, as autocast's `linear`).
+    ///
+    /// `x` `[..., d_in]` is multiplied as one `[rows, d_in]` matrix. burn's `linear`
+    /// (burn-backend `ops/modules/linear.rs`) folds the leading dims into the rows only when that
+    /// makes the product squarer, so for CLIP's `d -> d` projections (`out_proj`, and `c_proj`'s
+    /// `4d -> d`) it runs one small `[L, d_in] x [d_in, d]` product per sequence; for a batch of
+    /// short sequences (the tiny recipe's 65 tokens) one product over all rows is faster.
     pub fn linear<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+        let dims = x.dims();
+        if D > 2 {
+            let d_in = dims[D - 1];
+            let rows = x.shape().num_elements() / d_in.max(1);
+            let out = self.linear(layer, x.reshape([rows, d_in]));
+            let mut out_dims = dims;
+            out_dims[D - 1] = out.dims()[1];
+            return out.reshape(out_dims);
+        }
         if self == Self::F32 {
             return layer.forward(x);
         }

@@ -1,4 +1,5 @@
-//! CLIP's ModifiedResNet image tower (the RN50 / RN101 / RN50x4 ... family) and its weight import.
+//! CLIP's ModifiedResNet image tower (the RN50 / RN101 / RN50x4 ... family); its weights are
+//! imported by [`super::import`] like every other tower's.
 //!
 //! Mirrors `ModifiedResNet` in OpenAI CLIP `clip/model.py` and open_clip
 //! `src/open_clip/modified_resnet.py` (Radford et al. 2021, "Learning Transferable Visual Models
@@ -13,7 +14,7 @@
 //!   whose query is the mean of the final feature map.
 //!
 //! Field names follow the open_clip / OpenAI state-dict keys (`conv1`, `bn1`, `layer1.0.conv2`,
-//! `attnpool.q_proj`, ...), so import needs only the rules in [`open_clip_key_rules`]:
+//! `attnpool.q_proj`, ...), so import renames only the shortcut (see `super::import`):
 //! PyTorch names the shortcut `downsample.0` (conv) and `downsample.1` (BatchNorm) because its
 //! `AvgPool2d` sits at index `-1` of an `OrderedDict` `nn.Sequential`; burn field names cannot be
 //! numbers, so here they are `downsample.conv` and `downsample.bn`.
@@ -23,21 +24,14 @@
 //! does); on an autodiff device with training enabled it uses batch statistics, like PyTorch's
 //! `train()` mode.
 
-use std::path::{Path, PathBuf};
-
 use burn::config::Config;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
-use burn::store::burn_pack::Tensor as PackTensor;
-use burn::store::{
-    ApplyResult, FloatCastAdapter, KeyRemapper, ModuleAdapter, ModuleSnapshot, ModuleStore,
-    PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
-};
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{Device, Tensor};
 
 /// Channel multiplier of a [`Bottleneck`]: its output has `4 * planes` channels.
 pub const BOTTLENECK_EXPANSION: usize = 4;
@@ -417,199 +411,6 @@ impl AttentionPool2d {
     }
 }
 
-/// Errors from importing ModifiedResNet weights.
-#[derive(Debug, thiserror::Error)]
-pub enum ResnetImportError {
-    /// The file extension names no format this loader reads.
-    #[error("{path}: unknown weight format (expected .safetensors, .pt, .pth or .bin)")]
-    UnknownFormat {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The safetensors file could not be read.
-    #[error("{path}: cannot read safetensors: {cause}")]
-    Safetensors {
-        /// The file.
-        path: PathBuf,
-        /// What burn-store reported.
-        cause: burn::store::SafetensorsStoreError,
-    },
-    /// The PyTorch pickle could not be read.
-    #[error("{path}: cannot read PyTorch checkpoint: {cause}")]
-    Pytorch {
-        /// The file.
-        path: PathBuf,
-        /// What burn-store reported.
-        cause: burn::store::PytorchStoreError,
-    },
-    /// No tensor in the file starts with the prefix.
-    #[error("{path}: no tensor named {prefix:?}* (is this an open_clip ResNet state dict?)")]
-    NoTensorsUnderPrefix {
-        /// The file.
-        path: PathBuf,
-        /// The prefix asked for.
-        prefix: String,
-    },
-    /// Tensors the tower needs are absent from the file.
-    #[error("{path}: missing {} tensor(s) for the ResNet tower (prefix {prefix:?}), e.g. {}", missing.len(), missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "))]
-    Missing {
-        /// The file.
-        path: PathBuf,
-        /// The prefix used.
-        prefix: String,
-        /// burn module paths that got no tensor.
-        missing: Vec<String>,
-    },
-    /// Tensors under the prefix that match no parameter of the tower (a different architecture
-    /// or config); `num_batches_tracked` counters are expected and not reported.
-    #[error("{path}: {} tensor(s) under {prefix:?} fit no ResNet parameter (wrong config?), e.g. {}", unused.len(), unused.iter().take(5).cloned().collect::<Vec<_>>().join(", "))]
-    Unused {
-        /// The file.
-        path: PathBuf,
-        /// The prefix used.
-        prefix: String,
-        /// Remapped tensor names left over.
-        unused: Vec<String>,
-    },
-    /// Tensors were found but could not be applied (shape or dtype mismatch).
-    #[error("{path}: {} tensor(s) do not fit the ResNet tower: {}", errors.len(), errors.iter().take(5).cloned().collect::<Vec<_>>().join("; "))]
-    Mismatch {
-        /// The file.
-        path: PathBuf,
-        /// One line per failed tensor.
-        errors: Vec<String>,
-    },
-}
-
-/// Key-remapping rules from open_clip / OpenAI ModifiedResNet state-dict keys to this module's
-/// paths, as `(regex, replacement)` pairs for burn-store's `with_key_remapping` or
-/// [`KeyRemapper::from_patterns`]. They do not touch the `visual.` prefix, so they apply to a
-/// whole CLIP state dict as well as to a bare tower.
-///
-/// open_clip's shortcut `nn.Sequential(OrderedDict([("-1", AvgPool2d), ("0", Conv2d),
-/// ("1", BatchNorm2d)]))` gives keys `downsample.0.weight` and `downsample.1.{weight, bias,
-/// running_mean, running_var, num_batches_tracked}`. BatchNorm's `weight`/`bias` become burn's
-/// `gamma`/`beta` and Linear weights are transposed by [`PyTorchToBurnAdapter`], which must be
-/// used as well; `num_batches_tracked` has no counterpart and is left unused.
-pub fn open_clip_key_rules() -> Vec<(String, String)> {
-    vec![
-        (
-            r"(^|\.)downsample\.0\.".into(),
-            "${1}downsample.conv.".into(),
-        ),
-        (r"(^|\.)downsample\.1\.".into(), "${1}downsample.bn.".into()),
-    ]
-}
-
-/// Regex that matches `s` literally.
-fn regex_literal(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 2);
-    for ch in s.chars() {
-        if r"\.+*?()|[]{}^$#&-~".contains(ch) {
-            out.push('\\');
-        }
-        out.push(ch);
-    }
-    out
-}
-
-/// Loads an open_clip / OpenAI ModifiedResNet state dict into `model`.
-///
-/// `path` is a `.safetensors` file or a pickled `state_dict` (`.pt`, `.pth`, `.bin`; read in
-/// pure Rust, no torch needed). Only tensors whose key starts with `prefix` (`"visual."` for a
-/// full CLIP state dict, `""` for a bare tower) are considered; the prefix is stripped, the
-/// [`open_clip_key_rules`] applied, PyTorch layouts adapted ([`PyTorchToBurnAdapter`]) and
-/// fp16/bf16 tensors cast to f32. The tower's config must match the file: every parameter and
-/// running statistic must be found and every tensor under the prefix used (the
-/// `num_batches_tracked` counters excepted).
-///
-/// Returns the loaded model and burn-store's [`ApplyResult`] (`applied` lists the module paths
-/// loaded; `unused` the `num_batches_tracked` counters).
-pub fn load_open_clip_resnet(
-    mut model: ModifiedResNet,
-    path: &Path,
-    prefix: &str,
-) -> Result<(ModifiedResNet, ApplyResult), ResnetImportError> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
-    let all: Vec<PackTensor> = match ext.as_str() {
-        "safetensors" => {
-            let mut store = SafetensorsStore::from_file(path);
-            let map = store
-                .get_all_tensors()
-                .map_err(|cause| ResnetImportError::Safetensors {
-                    path: path.to_path_buf(),
-                    cause,
-                })?;
-            map.values().cloned().collect()
-        }
-        "pt" | "pth" | "bin" => {
-            let mut store = PytorchStore::from_file(path);
-            let map = store
-                .get_all_tensors()
-                .map_err(|cause| ResnetImportError::Pytorch {
-                    path: path.to_path_buf(),
-                    cause,
-                })?;
-            map.values().cloned().collect()
-        }
-        _ => {
-            return Err(ResnetImportError::UnknownFormat {
-                path: path.to_path_buf(),
-            })
-        }
-    };
-    let tensors: Vec<PackTensor> = all
-        .into_iter()
-        .filter(|t| t.name.starts_with(prefix))
-        .collect();
-    if tensors.is_empty() {
-        return Err(ResnetImportError::NoTensorsUnderPrefix {
-            path: path.to_path_buf(),
-            prefix: prefix.to_string(),
-        });
-    }
-    let mut rules = vec![(format!("^{}", regex_literal(prefix)), String::new())];
-    rules.extend(open_clip_key_rules());
-    let remapper =
-        KeyRemapper::from_patterns(rules).expect("the remapping rules are valid regexes");
-    let (tensors, _) = remapper.remap(tensors);
-
-    let adapter: Box<dyn ModuleAdapter> =
-        Box::new(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32)));
-    let result = model.apply(tensors, None, Some(adapter), true);
-    if !result.errors.is_empty() {
-        return Err(ResnetImportError::Mismatch {
-            path: path.to_path_buf(),
-            errors: result.errors.iter().map(|e| e.to_string()).collect(),
-        });
-    }
-    if !result.missing.is_empty() {
-        return Err(ResnetImportError::Missing {
-            path: path.to_path_buf(),
-            prefix: prefix.to_string(),
-            missing: result.missing.iter().map(|(p, _)| p.clone()).collect(),
-        });
-    }
-    let unused: Vec<String> = result
-        .unused
-        .iter()
-        .filter(|k| !k.ends_with("num_batches_tracked"))
-        .cloned()
-        .collect();
-    if !unused.is_empty() {
-        return Err(ResnetImportError::Unused {
-            path: path.to_path_buf(),
-            prefix: prefix.to_string(),
-            unused,
-        });
-    }
-    Ok((model, result))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,48 +522,6 @@ mod tests {
             model.layer4.len(),
         ];
         assert_eq!(depths, [3, 4, 6, 3]);
-    }
-
-    #[test]
-    fn key_rules_rename_the_shortcut_and_nothing_else() {
-        let remapper = KeyRemapper::from_patterns(open_clip_key_rules()).unwrap();
-        let apply = |key: &str| {
-            let mut s = key.to_string();
-            for (re, to) in remapper.to_regex_pairs() {
-                s = re.replace_all(&s, to.as_str()).into_owned();
-            }
-            s
-        };
-        assert_eq!(
-            apply("visual.layer2.0.downsample.0.weight"),
-            "visual.layer2.0.downsample.conv.weight"
-        );
-        assert_eq!(
-            apply("layer1.0.downsample.1.running_var"),
-            "layer1.0.downsample.bn.running_var"
-        );
-        assert_eq!(apply("downsample.1.bias"), "downsample.bn.bias");
-        for key in [
-            "visual.layer1.0.conv1.weight",
-            "visual.attnpool.q_proj.bias",
-            "transformer.resblocks.0.ln_1.weight",
-        ] {
-            assert_eq!(apply(key), key);
-        }
-    }
-
-    #[test]
-    fn regex_literal_escapes_the_prefix() {
-        let re = KeyRemapper::from_patterns(vec![(
-            format!("^{}", regex_literal("visual.")),
-            String::new(),
-        )])
-        .unwrap()
-        .to_regex_pairs()
-        .remove(0)
-        .0;
-        assert!(re.is_match("visual.conv1.weight"));
-        assert!(!re.is_match("visualXconv1.weight"));
     }
 
     /// After `freeze_batch_norm`, BatchNorm on an autodiff device normalises with the running

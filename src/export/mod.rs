@@ -137,13 +137,15 @@ pub enum ExportFormat {
 }
 
 impl FromStr for ExportFormat {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = crate::UnknownName;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
             "hf" | "huggingface" | "transformers" => Ok(Self::Hf),
             "open_clip" | "openclip" => Ok(Self::OpenClip),
-            _ => Err(format!(
-                "unknown export format {s:?}: expected hf or open_clip"
+            _ => Err(crate::UnknownName::new(
+                "export format",
+                s,
+                "hf or open_clip",
             )),
         }
     }

@@ -428,7 +428,7 @@ fn load_graph(dir: &Path, meta: &VectorMeta) -> Result<FlatGraph> {
             why,
         })
     })
-    .map_err(|p| hnsw_error(dir, p))?
+    .map_err(|p| hnsw_error(dir, p.0))?
 }
 
 /// Sorts `(id, score)` best first, lower id first among equal scores.

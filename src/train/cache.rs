@@ -83,7 +83,7 @@ impl FeatureSource {
         let map = unsafe { Mmap::map(&f) }.map_err(|e| bad(e.to_string()))?;
         // The one bounded `.npy` reader: the shape is checked against the mapped length
         // before any row is sliced.
-        let layout = crate::io::parse_npy_header(&map, map.len() as u64).map_err(bad)?;
+        let layout = crate::io::parse_npy_header(&map, map.len() as u64).map_err(|e| bad(e.0))?;
         let (offset, rows, dim) = (layout.offset, layout.rows, layout.cols);
         Ok(Self {
             map: Arc::new(map),

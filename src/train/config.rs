@@ -318,6 +318,47 @@ impl OptimConfig {
     pub fn max_grad_norm(&self) -> Option<f64> {
         (self.clip_grad != 0.0).then_some(self.clip_grad)
     }
+
+    /// Checks the optimiser's values, naming the flag of the first bad one.
+    pub fn validate(&self) -> Result<(), super::TrainError> {
+        let bad =
+            |flag: &str, why: String| Err(super::TrainError::Config(format!("{flag}: {why}")));
+        let o = self;
+        if !o.lr.is_finite() || o.lr <= 0.0 {
+            return bad(
+                "--lr",
+                format!("the learning rate must be a positive number, got {}", o.lr),
+            );
+        }
+        if !o.min_lr.is_finite() || o.min_lr < 0.0 || o.min_lr > o.lr {
+            return bad("--min-lr", format!("must be in [0, lr], got {}", o.min_lr));
+        }
+        if o.epochs == Some(0) {
+            return bad("--epochs", "must be at least 1".into());
+        }
+        if !(o.clip_grad.is_finite() && o.clip_grad >= 0.0) {
+            return bad(
+                "--clip-grad",
+                format!("must be positive (0: off), got {}", o.clip_grad),
+            );
+        }
+        let w = &o.adamw;
+        if !(w.weight_decay.is_finite() && w.weight_decay >= 0.0) {
+            return bad(
+                "--weight-decay",
+                format!("must be >= 0, got {}", w.weight_decay),
+            );
+        }
+        for (flag, b) in [("--beta1", w.beta_1), ("--beta2", w.beta_2)] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(flag, format!("must be in [0, 1), got {b}"));
+            }
+        }
+        if !(w.epsilon.is_finite() && w.epsilon > 0.0) {
+            return bad("--adam-eps", format!("must be positive, got {}", w.epsilon));
+        }
+        Ok(())
+    }
 }
 
 /// The heads, what of the towers trains, and the towers' number type.
@@ -479,40 +520,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), super::TrainError> {
         let bad =
             |flag: &str, why: String| Err(super::TrainError::Config(format!("{flag}: {why}")));
-        let o = &self.optim;
-        if !o.lr.is_finite() || o.lr <= 0.0 {
-            return bad(
-                "--lr",
-                format!("the learning rate must be a positive number, got {}", o.lr),
-            );
-        }
-        if !o.min_lr.is_finite() || o.min_lr < 0.0 || o.min_lr > o.lr {
-            return bad("--min-lr", format!("must be in [0, lr], got {}", o.min_lr));
-        }
-        if o.epochs == Some(0) {
-            return bad("--epochs", "must be at least 1".into());
-        }
-        if !(o.clip_grad.is_finite() && o.clip_grad >= 0.0) {
-            return bad(
-                "--clip-grad",
-                format!("must be positive (0: off), got {}", o.clip_grad),
-            );
-        }
-        let w = &o.adamw;
-        if !(w.weight_decay.is_finite() && w.weight_decay >= 0.0) {
-            return bad(
-                "--weight-decay",
-                format!("must be >= 0, got {}", w.weight_decay),
-            );
-        }
-        for (flag, b) in [("--beta1", w.beta_1), ("--beta2", w.beta_2)] {
-            if !(0.0..1.0).contains(&b) {
-                return bad(flag, format!("must be in [0, 1), got {b}"));
-            }
-        }
-        if !(w.epsilon.is_finite() && w.epsilon > 0.0) {
-            return bad("--adam-eps", format!("must be positive, got {}", w.epsilon));
-        }
+        self.optim.validate()?;
         let b = &self.batch;
         if b.classes_per_batch < 2 {
             return bad(

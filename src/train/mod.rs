@@ -4,6 +4,7 @@
 //!
 //! - [`step`]: one optimiser step, with open_clip-style gradient accumulation;
 //! - [`optim`], [`schedule`]: AdamW with a no-decay group, global-norm clipping, warm-up + cosine;
+//! - [`memory`]: glibc's allocator thresholds raised, so a step reuses the last step's buffers;
 //! - [`checkpoint`], [`metrics`]: resumable checkpoints and the per-step JSONL log;
 //! - [`cache`]: locked towers' features and `last:N` towers' frozen-prefix hidden states on
 //!   disk, memory-mapped;
@@ -20,6 +21,7 @@ pub mod data;
 pub mod fused_adamw;
 pub mod health;
 pub mod inputs;
+pub mod memory;
 pub mod metrics;
 pub mod objective;
 pub mod optim;

@@ -19,7 +19,8 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::fused_adamw::FusedAdamW;
+use super::fused_adamw::{FusedAdamW, PAR_CHUNK};
+use rayon::prelude::*;
 
 /// AdamW hyper-parameters (PyTorch's names and defaults, except the weight decay).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -167,8 +168,18 @@ impl ModuleVisitor for NormVisitor<'_> {
     }
 }
 
-/// `sum_i x_i^2`, with sixteen f32 partial sums (which the compiler vectorises) added in f64.
+/// `sum_i x_i^2`: [`chunk_sum_of_squares`] per chunk of [`PAR_CHUNK`] elements on rayon's
+/// threads, the chunks' sums added in order (the same value whatever the number of threads).
 fn sum_of_squares(x: &[f32]) -> f64 {
+    if x.len() < 2 * PAR_CHUNK {
+        return chunk_sum_of_squares(x);
+    }
+    let parts: Vec<f64> = x.par_chunks(PAR_CHUNK).map(chunk_sum_of_squares).collect();
+    parts.iter().sum()
+}
+
+/// `sum_i x_i^2`, with sixteen f32 partial sums (which the compiler vectorises) added in f64.
+fn chunk_sum_of_squares(x: &[f32]) -> f64 {
     let mut acc = [0f32; 16];
     let mut chunks = x.chunks_exact(16);
     for c in &mut chunks {
@@ -187,9 +198,22 @@ struct ScaleVisitor<'a> {
 
 impl ModuleVisitor for ScaleVisitor<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads.register(param.id, g.mul_scalar(self.coef));
+        let Some(g) = self.grads.remove::<D>(param.id) else {
+            return;
+        };
+        if g.device().without_autodiff() == Device::flex() && g.dtype() == DType::F32 {
+            // In place on the host buffer, both cores sharing a large tensor.
+            let device = g.device();
+            let mut data = g.into_data();
+            let coef = self.coef as f32;
+            let x = data.as_mut_slice::<f32>().expect("f32 gradient");
+            x.par_chunks_mut(PAR_CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|v| *v *= coef));
+            self.grads
+                .register(param.id, Tensor::<D>::from_data(data, &device));
+            return;
         }
+        self.grads.register(param.id, g.mul_scalar(self.coef));
     }
 }
 
@@ -302,6 +326,35 @@ mod tests {
         let before = grad_norm(&mut grads, &m);
         clip_grad_norm(&mut grads, &m, 5.0);
         assert!((grad_norm(&mut grads, &m) - before).abs() < 1e-7);
+    }
+
+    /// A gradient large enough for the parallel passes (300 x 300 = 5.5 chunks): its norm by
+    /// hand, and clipping scales every element, in every chunk, by the same factor.
+    #[test]
+    fn parallel_norm_and_clipping_by_hand() {
+        let device = Device::flex().autodiff();
+        let lin = LinearConfig::new(300, 300).with_bias(false).init(&device);
+        let n = 300 * 300;
+        assert!(n > 5 * PAR_CHUNK);
+        // loss = sum(W * c) with c_i = 1 + (i mod 2): grad = c, |grad|^2 = n/2 * (1 + 4).
+        let c: Vec<f32> = (0..n).map(|i| 1.0 + (i % 2) as f32).collect();
+        let c = Tensor::<2>::from_data(TensorData::new(c, [300, 300]), &device);
+        let loss = (lin.weight.val() * c).sum();
+        let mut grads = GradientsParams::from_grads(loss.backward(), &lin);
+        let expect = (2.5 * n as f64).sqrt();
+        let total = clip_grad_norm(&mut grads, &lin, 1.0);
+        assert!(
+            (total - expect).abs() < 1e-9 * expect,
+            "{total} vs {expect}"
+        );
+        assert!((grad_norm(&mut grads, &lin) - 1.0).abs() < 1e-5);
+        let coef = (1.0 / (expect + 1e-6)) as f32;
+        let g = grads.get::<2>(lin.weight.id).unwrap().into_data();
+        let g = g.as_slice::<f32>().unwrap();
+        assert!(g
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == (1.0 + (i % 2) as f32) * coef));
     }
 
     #[test]

@@ -198,35 +198,18 @@ impl Stepper {
         let n = self.step + 1;
         let img = model.embed_images(batch.images);
         let txt = model.embed_texts(batch.texts);
-        let s = match objective.score(
+        let scored = objective.score(
             img,
             &batch.image_labels,
             txt,
             &batch.text_labels,
             model.logit_params(),
             self.epoch,
-        ) {
+        );
+        let s = match finite_score(scored, n) {
             Ok(s) => s,
-            Err(why) => {
-                return Err((
-                    model,
-                    StepError::Loss {
-                        step: n,
-                        why: why.0,
-                    },
-                ))
-            }
+            Err(e) => return Err((model, e)),
         };
-        let total = 0.5 * (s.i2t + s.t2i);
-        if !total.is_finite() {
-            return Err((
-                model,
-                StepError::NonFinite {
-                    step: n,
-                    value: total,
-                },
-            ));
-        }
         let grads = GradientsParams::from_grads(s.loss.backward(), &model);
         Ok(self.finish(model, grads, (s.i2t, s.t2i, s.stats), pairs))
     }
@@ -282,35 +265,18 @@ impl Stepper {
                     bias: live.bias.map(|t| t.detach()),
                 }
             };
-            let s = match objective.score(
+            let scored = objective.score(
                 Tensor::cat(imgs, 0),
                 &img_labels,
                 Tensor::cat(txts, 0),
                 &txt_labels,
                 logits,
                 self.epoch,
-            ) {
+            );
+            let s = match finite_score(scored, n) {
                 Ok(s) => s,
-                Err(why) => {
-                    return Err((
-                        model,
-                        StepError::Loss {
-                            step: n,
-                            why: why.0,
-                        },
-                    ))
-                }
+                Err(e) => return Err((model, e)),
             };
-            let total = 0.5 * (s.i2t + s.t2i);
-            if !total.is_finite() {
-                return Err((
-                    model,
-                    StepError::NonFinite {
-                        step: n,
-                        value: total,
-                    },
-                ));
-            }
             first.get_or_insert((s.i2t, s.t2i, s.stats));
             let grads = GradientsParams::from_grads(s.loss.backward(), &model);
             acc.accumulate(&model, grads);
@@ -323,4 +289,15 @@ impl Stepper {
             pairs,
         ))
     }
+}
+
+/// A batch's score as step `step` takes it: the objective's error, or a non-finite loss
+/// (`0.5 * (i2t + t2i)`), becomes the step's error.
+fn finite_score(scored: Result<Scored, ScoreError>, step: usize) -> Result<Scored, StepError> {
+    let s = scored.map_err(|why| StepError::Loss { step, why: why.0 })?;
+    let value = 0.5 * (s.i2t + s.t2i);
+    if !value.is_finite() {
+        return Err(StepError::NonFinite { step, value });
+    }
+    Ok(s)
 }

@@ -53,6 +53,7 @@ pub fn train(
     obs: &mut dyn Observer,
 ) -> Result<TrainReport, TrainError> {
     cfg.validate()?;
+    super::memory::keep_freed_memory();
     let created = first_missing(&cfg.out);
     let result = run(cfg, device, demo, obs);
     if let (Err(_), Some(created)) = (&result, created) {

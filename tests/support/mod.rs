@@ -1,6 +1,7 @@
 //! What every integration test of the `siam` crate shares (`mod support;` in each file): the
 //! fixtures folder, readers of the `.npy` and safetensors files the Python references wrote,
-//! the test device, and running the `siam` binary.
+//! the test device, the demo set and an observer for training runs, and running the `siam`
+//! binary.
 //!
 //! Each test file uses a part of it.
 #![allow(dead_code)]
@@ -20,6 +21,25 @@ pub fn fixtures(sub: &str) -> PathBuf {
 /// `siam::device::from_env`).
 pub fn device() -> burn::tensor::Device {
     siam::device::from_env()
+}
+
+/// A training observer that keeps the run's info lines (`.0`) and warnings (`.1`).
+#[derive(Default)]
+pub struct Log(pub Vec<String>, pub Vec<String>);
+
+impl siam::train::Observer for Log {
+    fn event(&mut self, e: &siam::train::Event) {
+        match e {
+            siam::train::Event::Info(s) => self.0.push(s.clone()),
+            siam::train::Event::Warning(w) => self.1.push(w.clone()),
+            _ => {}
+        }
+    }
+}
+
+/// The synthetic demo set training tests run on: 16 images per label, 64 px, seed 0.
+pub fn demo() -> siam_data::dataset::Dataset {
+    siam_data::synthetic::demo(16, 64, 0)
 }
 
 /// A little-endian, C-order `.npy` array (numpy format 1.0) of f32, i32 or i64.

@@ -353,24 +353,8 @@ impl fmt::Display for LossConfig {
     }
 }
 
-#[cfg(feature = "serde")]
-mod serde_text {
-    //! `LossConfig` is stored in its text form.
-    use super::LossConfig;
-
-    impl serde::Serialize for LossConfig {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_str(self)
-        }
-    }
-
-    impl<'de> serde::Deserialize<'de> for LossConfig {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            let text = String::deserialize(d)?;
-            text.parse().map_err(serde::de::Error::custom)
-        }
-    }
-}
+// Stored in its text form (`Display` / `FromStr`).
+serde_as_text!(LossConfig);
 
 #[cfg(test)]
 mod tests {

@@ -237,27 +237,10 @@ impl<'a> Checked<'a> {
         same_set: bool,
     ) -> Result<Self> {
         let [b, dim] = anchors.dims();
-        if b != labels.len() {
-            return Err(LossError::LabelCount {
-                side: "anchors",
-                embeddings: b,
-                labels: labels.len(),
-            });
-        }
+        LossError::check_labels("anchors", b, labels.len())?;
         let [r, dr] = refs.dims();
-        if r != ref_labels.len() {
-            return Err(LossError::LabelCount {
-                side: "references",
-                embeddings: r,
-                labels: ref_labels.len(),
-            });
-        }
-        if dr != dim {
-            return Err(LossError::DimensionMismatch {
-                anchors: dim,
-                references: dr,
-            });
-        }
+        LossError::check_labels("references", r, ref_labels.len())?;
+        LossError::check_widths(dim, dr)?;
         assert!(!same_set || r >= b, "the anchors are the first references");
         Ok(Self {
             anchors,

@@ -102,24 +102,8 @@ impl fmt::Display for HardnessSchedule {
     }
 }
 
-#[cfg(feature = "serde")]
-mod serde_text {
-    //! A schedule is stored in its text form.
-    use super::HardnessSchedule;
-
-    impl serde::Serialize for HardnessSchedule {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_str(self)
-        }
-    }
-
-    impl<'de> serde::Deserialize<'de> for HardnessSchedule {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            let text = String::deserialize(d)?;
-            text.parse().map_err(serde::de::Error::custom)
-        }
-    }
-}
+// Stored in its text form (`Display` / `FromStr`).
+serde_as_text!(HardnessSchedule);
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,4 @@
-//! `siam train --prompt coop:N[:csc]`: CoOp prompt learning with frozen towers (see
+//! `siam train --prompt coop:N[:csc]` (part of `siam train`'s front end): CoOp prompt learning with frozen towers (see
 //! [`siam::prompt`]); the output folder is a siam model folder with the learned prompts, which
 //! `classify`, `eval`, `index`, `query` and `pseudo-label` then use for its classes.
 
@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use burn::module::Module;
 
-use super::common::progress_bar;
-use super::train::TrainArgs;
+use super::TrainArgs;
+use crate::cli::common::progress_bar;
 use siam::model::encoder::Encoder;
 use siam::model::folder;
 use siam::prompt::learner::{ClassPosition, PromptSpec};
