@@ -13,6 +13,42 @@ use siam::train::{train, TrainConfig, TrainError};
 use siam_data::dataset::Dataset;
 use support::{demo, Log};
 
+/// The learning statistics of every step and epoch are in range, a learning run widens the
+/// gap between positives and negatives, and raises no collapse warning.
+fn check_learning_stats(out: &Path, report: &siam::train::TrainReport, log: &Log) {
+    let steps = siam::train::metrics::read(&out.join("metrics.jsonl")).unwrap();
+    for m in &steps {
+        let s = m.stats;
+        assert!((0.0..=1.0).contains(&s.active_fraction), "{s:?}");
+        assert!((-1.0..=1.0).contains(&s.pos_sim) && (-1.0..=1.0).contains(&s.neg_sim));
+        assert!((s.gap - (s.pos_sim - s.neg_sim)).abs() < 1e-4, "{s:?}");
+        assert!(s.spread > 0.0 && s.spread <= 1.0 + 1.0 / 15.0, "{s:?}");
+    }
+    let line = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    for key in ["active_fraction", "pos_sim", "neg_sim", "gap", "spread"] {
+        assert!(
+            line.contains(&format!("\"{key}\":")),
+            "metrics.jsonl lacks {key}"
+        );
+    }
+    let epochs: Vec<_> = report.history.iter().filter(|r| r.epoch > 0).collect();
+    assert!(epochs.iter().all(|r| r.train_stats.is_some()));
+    assert!(report.history[0].train_stats.is_none());
+    let gap = |r: &siam::train::checkpoint::EpochRecord| r.train_stats.unwrap().gap;
+    assert!(
+        gap(epochs[epochs.len() - 1]) > gap(epochs[0]),
+        "the gap should grow while the model learns"
+    );
+    let json = serde_json::to_value(report).unwrap();
+    assert!(json["history"][1]["train_stats"]["spread"].is_number());
+    assert_eq!(json["warnings"], serde_json::json!([]));
+    assert!(
+        log.1.is_empty(),
+        "collapse warning on a learning run: {:?}",
+        log.1
+    );
+}
+
 fn cfg(out: &Path) -> TrainConfig {
     let mut c = TrainConfig {
         arch: Some("tiny".into()),
@@ -61,6 +97,7 @@ fn demo_training_improves_recall_and_the_folder_loads() {
     assert!(steps
         .iter()
         .all(|m| m.loss.is_finite() && m.pairs_per_s > 0.0));
+    check_learning_stats(&out, &report, &log);
 
     // The folder is a model every command loads; its embeddings are unit vectors.
     let enc = Encoder::load(&out, None, &device).unwrap();

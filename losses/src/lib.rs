@@ -15,10 +15,11 @@
 //! Layout: `loss/` holds one file per loss (its config, defaults and maths) and
 //! [`LossConfig`], the typed, parsed form of `--loss`; `miner/` one file per miner and the
 //! [`HardnessSchedule`] (`--miner`); `distance.rs`, `reducer.rs`, `matrix.rs`, `weights.rs`
-//! (per-anchor loss weights, [`Weights`]) and `error.rs` are shared; `xbm.rs` is the
-//! cross-batch memory ([`CrossBatchMemory`]); `test_device.rs` the device tests run on
-//! (`SIAM_TEST_DEVICE`, one definition for the whole workspace). With the `serde` feature,
-//! [`LossConfig`] and [`HardnessSchedule`] serialise as their text forms.
+//! (per-anchor loss weights, [`Weights`]) and `error.rs` are shared; `spread.rs` measures how
+//! far apart embeddings are ([`embedding_spread`], the collapse diagnostic beside
+//! [`LossStats`]); `xbm.rs` is the cross-batch memory ([`CrossBatchMemory`]); `test_device.rs`
+//! the device tests run on (`SIAM_TEST_DEVICE`, one definition for the whole workspace). With
+//! the `serde` feature, [`LossConfig`] and [`HardnessSchedule`] serialise as their text forms.
 //!
 //! ```no_run
 //! use burn::tensor::{Device, Distribution, Tensor};
@@ -74,6 +75,7 @@ pub mod loss;
 pub mod matrix;
 pub mod miner;
 pub mod reducer;
+pub mod spread;
 pub mod test_device;
 pub mod weights;
 pub mod xbm;
@@ -87,6 +89,7 @@ pub use loss::{
 pub use matrix::PairMatrix;
 pub use miner::{HardnessSchedule, Miner, MinerKind, TripletKind, Tuples};
 pub use reducer::Reducer;
+pub use spread::embedding_spread;
 pub use test_device::{test_device, TestDevice, TestDeviceError};
 pub use weights::Weights;
 pub use xbm::{CrossBatchMemory, XbmConfig, XbmSnapshot};

@@ -89,8 +89,8 @@ impl Observer for Console {
                 if let Some(b) = &self.bar {
                     b.set_position(m.step as u64);
                     b.set_message(format!(
-                        "loss {:.4}  active {:.2}  {:.0} pairs/s",
-                        m.loss, m.active_fraction, m.pairs_per_s
+                        "loss {:.4}  active {:.2}  gap {:.3}  {:.0} pairs/s",
+                        m.loss, m.stats.active_fraction, m.stats.gap, m.pairs_per_s
                     ));
                 }
             }
@@ -98,8 +98,11 @@ impl Observer for Console {
                 let what = if r.epoch == 0 {
                     "before training".to_string()
                 } else {
+                    let stats = r
+                        .train_stats
+                        .map_or(String::new(), |s| format!("  {}", s.describe()));
                     format!(
-                        "epoch {} (loss {:.4})",
+                        "epoch {} (loss {:.4}{stats})",
                         r.epoch,
                         r.train_loss.unwrap_or(f64::NAN)
                     )
@@ -111,6 +114,7 @@ impl Observer for Console {
                 }
             }
             Event::Checkpoint(_) => {}
+            Event::Warning(w) => self.line(&format!("warning: {w}")),
         }
     }
 }

@@ -76,6 +76,9 @@ pub struct EpochRecord {
     pub train_loss: Option<f64>,
     /// Validation metrics by name (`i2t_r1`, `t2i_r5`, ...).
     pub metrics: std::collections::BTreeMap<String, f64>,
+    /// Mean learning statistics over the epoch's steps (`None` for epoch 0).
+    #[serde(default)]
+    pub train_stats: Option<super::health::LearningStats>,
 }
 
 /// Everything besides tensors that a resumed run needs.

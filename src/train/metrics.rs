@@ -6,6 +6,8 @@
 //! are not logged twice.
 
 use serde::{Deserialize, Serialize};
+
+use super::health::LearningStats;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -23,8 +25,10 @@ pub struct StepMetrics {
     pub loss_i2t: f64,
     /// Loss with text anchors and image references.
     pub loss_t2i: f64,
-    /// Fraction of mined tuples with a non-zero loss (mean over both directions).
-    pub active_fraction: f64,
+    /// Active fraction, mean positive and negative similarity, their gap, and the image
+    /// embeddings' spread (`active_fraction`, `pos_sim`, `neg_sim`, `gap`, `spread` in the JSON).
+    #[serde(flatten)]
+    pub stats: LearningStats,
     /// Learning rate used by this step.
     pub lr: f64,
     /// Global gradient norm before clipping.
@@ -130,7 +134,10 @@ mod tests {
             loss: step as f64,
             loss_i2t: 0.0,
             loss_t2i: 0.0,
-            active_fraction: 0.5,
+            stats: LearningStats {
+                active_fraction: 0.5,
+                ..Default::default()
+            },
             lr: 1e-3,
             grad_norm: 1.0,
             pairs_per_s: 10.0,

@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod fused_adamw;
+pub mod health;
 pub mod inputs;
 pub mod memory;
 pub mod metrics;

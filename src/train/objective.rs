@@ -23,9 +23,13 @@ use std::sync::Mutex;
 use burn::tensor::Tensor;
 
 use super::config::LossSettings;
+use super::health::LearningStats;
 use super::step::{BatchWeights, Objective, ScoreError, Scored};
 use super::TrainError;
-use siam_losses::{CrossBatchMemory, HardnessSchedule, LogitParams, Loss, Weights, XbmConfig};
+use siam_losses::{
+    embedding_spread, CrossBatchMemory, HardnessSchedule, LogitParams, Loss, LossStats, Weights,
+    XbmConfig,
+};
 
 /// A loss with its miner schedule.
 #[derive(Debug)]
@@ -85,6 +89,7 @@ impl MetricObjective {
         logits: LogitParams,
         epoch: usize,
         commit: bool,
+        spread: Option<f32>,
     ) -> Result<Scored, ScoreError> {
         let miner = self.miners.miner_for_epoch(epoch);
         let loss = match self.loss {
@@ -133,7 +138,7 @@ impl MetricObjective {
             loss: (a.loss + b.loss).mul_scalar(0.5),
             i2t,
             t2i,
-            active: 0.5 * (a.stats.active_fraction + b.stats.active_fraction) as f64,
+            stats: LearningStats::of(&LossStats::mean_of(&a.stats, &b.stats), spread),
         })
     }
 
@@ -205,6 +210,8 @@ impl Objective for MetricObjective {
         commit: bool,
     ) -> Result<Scored, ScoreError> {
         let miner = self.miners.miner_for_epoch(epoch);
+        // Read before the loss takes the embeddings: one [B, d] read-back, no graph.
+        let spread = embedding_spread(&img);
         let logits = if self.uses_logit_scale() {
             logits
         } else {
@@ -226,6 +233,7 @@ impl Objective for MetricObjective {
                 logits,
                 epoch,
                 commit,
+                spread,
             );
         }
         if self.symmetric() {
@@ -238,7 +246,7 @@ impl Objective for MetricObjective {
                 loss: out.loss,
                 i2t: v,
                 t2i: v,
-                active: out.stats.active_fraction as f64,
+                stats: LearningStats::of(&out.stats, spread),
             });
         }
         let a = self
@@ -262,7 +270,7 @@ impl Objective for MetricObjective {
             loss: (a.loss + b.loss).mul_scalar(0.5),
             i2t,
             t2i,
-            active: 0.5 * (a.stats.active_fraction + b.stats.active_fraction) as f64,
+            stats: LearningStats::of(&LossStats::mean_of(&a.stats, &b.stats), spread),
         })
     }
 

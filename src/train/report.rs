@@ -30,6 +30,8 @@ pub enum Event {
     Epoch(EpochRecord),
     /// A checkpoint was written.
     Checkpoint(PathBuf),
+    /// Something looks wrong with the run (the collapse warning of [`super::health`]).
+    Warning(String),
 }
 
 /// Receives [`Event`]s.
@@ -74,6 +76,9 @@ pub struct TrainReport {
     pub trainable_parameters: usize,
     /// Scalar values in frozen parameters.
     pub frozen_parameters: usize,
+    /// Warnings raised during the run (collapse), in order.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// Metric names of a report: `i2t_r1`, ..., `t2i_r10`, `mean_r1`, `mean_r5` (the names

@@ -27,6 +27,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use siam_losses::LogitParams;
 
+use super::health::LearningStats;
 use super::optim::clip_grad_norm;
 use super::schedule::CosineSchedule;
 use crate::model::twin::{ImageInput, TextInput, TwinTowers};
@@ -40,8 +41,8 @@ pub struct Scored {
     pub i2t: f64,
     /// Text-anchor loss value.
     pub t2i: f64,
-    /// Fraction of mined tuples with a non-zero loss.
-    pub active: f64,
+    /// The loss's tuple statistics (both directions) and the image embeddings' spread.
+    pub stats: LearningStats,
 }
 
 /// A metric-learning loss with its miner, applied with image anchors against text references
@@ -221,8 +222,8 @@ pub struct StepOutcome {
     pub loss_i2t: f64,
     /// Text-anchor loss.
     pub loss_t2i: f64,
-    /// Mean active fraction of both directions.
-    pub active_fraction: f64,
+    /// Active fraction, positive and negative similarity, gap and spread (both directions).
+    pub stats: LearningStats,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     /// Learning rate applied.
@@ -250,7 +251,7 @@ impl Stepper {
         &mut self,
         model: TwinTowers,
         mut grads: GradientsParams,
-        scored: (f64, f64, f64),
+        scored: (f64, f64, LearningStats),
         pairs: u64,
     ) -> (TwinTowers, StepOutcome) {
         let grad_norm = match self.max_grad_norm {
@@ -260,14 +261,14 @@ impl Stepper {
         let lr = self.schedule.lr(self.step);
         let model = self.optim.step(lr, model, grads);
         self.step += 1;
-        let (i2t, t2i, active) = scored;
+        let (i2t, t2i, stats) = scored;
         (
             model,
             StepOutcome {
                 loss: 0.5 * (i2t + t2i),
                 loss_i2t: i2t,
                 loss_t2i: t2i,
-                active_fraction: active,
+                stats,
                 grad_norm,
                 lr,
                 pairs,
@@ -303,7 +304,7 @@ impl Stepper {
             Err(e) => return Err((model, e)),
         };
         let grads = GradientsParams::from_grads(s.loss.backward(), &model);
-        Ok(self.finish(model, grads, (s.i2t, s.t2i, s.active), pairs))
+        Ok(self.finish(model, grads, (s.i2t, s.t2i, s.stats), pairs))
     }
 
     /// One step over several micro-batches that together form one batch, keeping the negatives
@@ -338,7 +339,7 @@ impl Stepper {
         drop(frozen);
         // Pass 2: each micro-batch live, the others fixed.
         let mut acc = GradientsAccumulator::<TwinTowers>::new();
-        let mut first: Option<(f64, f64, f64)> = None;
+        let mut first: Option<(f64, f64, LearningStats)> = None;
         let last = micro.len() - 1;
         for (j, b) in micro.into_iter().enumerate() {
             let live_img = model.embed_images(b.images);
@@ -375,7 +376,7 @@ impl Stepper {
                 Ok(s) => s,
                 Err(e) => return Err((model, e)),
             };
-            first.get_or_insert((s.i2t, s.t2i, s.active));
+            first.get_or_insert((s.i2t, s.t2i, s.stats));
             let grads = GradientsParams::from_grads(s.loss.backward(), &model);
             acc.accumulate(&model, grads);
         }

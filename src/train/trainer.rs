@@ -31,6 +31,7 @@ use super::config::{TowerDtype, TrainConfig, WeightBy};
 use super::data::{
     eval_plan, mining_label, plan_batch, sampler, BatchPlan, BatchSampler, EvalPlan, TextMode,
 };
+use super::health::{collapse_warning, RunShape, StatsMean};
 use super::inputs::{describe_skipped, Inputs};
 use super::metrics::{MetricsLog, StepMetrics};
 use super::objective::build_objective;
@@ -136,6 +137,10 @@ struct Trainer<'a> {
     steps_this_run: usize,
     /// Mean loss of the epoch that just ran (`None`: no step in it).
     epoch_loss: Option<f64>,
+    /// Mean learning statistics of the epoch that is running.
+    epoch_stats: StatsMean,
+    /// Collapse warnings raised so far.
+    warnings: Vec<String>,
     early_stopped: bool,
     interrupted: bool,
 }
@@ -255,6 +260,8 @@ impl<'a> Trainer<'a> {
             session_start: Instant::now(),
             steps_this_run: 0,
             epoch_loss: None,
+            epoch_stats: StatsMean::default(),
+            warnings: Vec::new(),
             early_stopped: false,
             interrupted: false,
         };
@@ -402,6 +409,7 @@ impl<'a> Trainer<'a> {
                 step: 0,
                 train_loss: None,
                 metrics: metric_map(&r),
+                train_stats: None,
             };
             obs.event(&Event::Epoch(rec.clone()));
             self.st.history.push(rec);
@@ -625,7 +633,7 @@ impl<'a> Trainer<'a> {
             loss: out.loss,
             loss_i2t: out.loss_i2t,
             loss_t2i: out.loss_t2i,
-            active_fraction: out.active_fraction,
+            stats: out.stats,
             lr: out.lr,
             grad_norm: out.grad_norm,
             pairs_per_s: out.pairs as f64 / dt,
@@ -634,6 +642,7 @@ impl<'a> Trainer<'a> {
         if let Some(log) = self.log.as_mut() {
             log.push(&m)?;
         }
+        self.epoch_stats.push(&out.stats);
         obs.event(&Event::Step(m));
         self.steps_this_run += 1;
         let stop_now = cfg.max_steps.is_some_and(|s| self.steps_this_run >= s);
@@ -702,8 +711,10 @@ impl<'a> Trainer<'a> {
             step: self.st.step,
             train_loss: self.epoch_loss.take(),
             metrics,
+            train_stats: std::mem::take(&mut self.epoch_stats).mean(),
         };
         obs.event(&Event::Epoch(rec.clone()));
+        self.warn_on_collapse(&rec, obs);
         self.st.history.push(rec);
         self.save_checkpoint(model, obs)?;
         let more = self.st.epoch < self.epochs;
@@ -722,6 +733,30 @@ impl<'a> Trainer<'a> {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// The collapse warning of an epoch ([`super::health::collapse_warning`]), shown and kept
+    /// for the report.
+    fn warn_on_collapse(&mut self, rec: &EpochRecord, obs: &mut dyn Observer) {
+        let Some(stats) = &rec.train_stats else {
+            return;
+        };
+        let cfg = self.cfg;
+        let miner = cfg.loss.miners().to_string();
+        let margin = match cfg.loss.loss() {
+            Ok(siam_losses::Loss::Triplet(t)) => Some(t.margin as f64),
+            _ => None,
+        };
+        let shape = RunShape {
+            loss: cfg.loss.name(),
+            miner: &miner,
+            margin,
+            lr: cfg.optim.lr,
+        };
+        if let Some(w) = collapse_warning(rec.epoch, stats, rec.train_loss, shape) {
+            obs.event(&Event::Warning(w.clone()));
+            self.warnings.push(w);
+        }
     }
 
     /// Phase 6: the model folder (the best epoch's weights if validated, else the last), its
@@ -774,6 +809,7 @@ impl<'a> Trainer<'a> {
             history: st.history.clone(),
             trainable_parameters: self.params.trainable_values,
             frozen_parameters: self.params.frozen_values,
+            warnings: self.warnings,
         })
     }
 }

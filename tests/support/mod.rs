@@ -23,14 +23,16 @@ pub fn device() -> burn::tensor::Device {
     siam::device::from_env()
 }
 
-/// A training observer that keeps the run's info lines.
+/// A training observer that keeps the run's info lines (`.0`) and warnings (`.1`).
 #[derive(Default)]
-pub struct Log(pub Vec<String>);
+pub struct Log(pub Vec<String>, pub Vec<String>);
 
 impl siam::train::Observer for Log {
     fn event(&mut self, e: &siam::train::Event) {
-        if let siam::train::Event::Info(s) = e {
-            self.0.push(s.clone());
+        match e {
+            siam::train::Event::Info(s) => self.0.push(s.clone()),
+            siam::train::Event::Warning(w) => self.1.push(w.clone()),
+            _ => {}
         }
     }
 }

@@ -43,7 +43,13 @@ use crate::weights::Weights;
 /// `ln 100`: open_clip clamps the learnable logit scale so `exp(scale) ≤ 100`.
 pub const MAX_LOGIT_SCALE: f32 = 4.605_170_2;
 
-/// Diagnostics that make collapse visible.
+/// Diagnostics that make collapse visible, gathered while the loss is computed (no extra pass
+/// over the matrix).
+///
+/// A model that learns shows a growing [`gap`](Self::gap) and, for margin losses, a falling
+/// active fraction. A collapsed one (every embedding at one point) shows positives and
+/// negatives scoring alike (`gap` ≈ 0) with every tuple active: a triplet loss then sits at
+/// its margin, since `mean(d(a,p) − d(a,n) + m) = m` over active triplets.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LossStats {
     /// Fraction of mined tuples with a non-zero loss (contrastive: fraction of rows where some
@@ -53,8 +59,26 @@ pub struct LossStats {
     pub mean_positive: f32,
     /// Mean distance (or similarity) over negative pairs used.
     pub mean_negative: f32,
+    /// How much closer positives are than negatives, in the distance's units and sign-free:
+    /// `mean_positive − mean_negative` for a similarity, `mean_negative − mean_positive` for a
+    /// distance. Positive when the model separates labels, 0 when it cannot tell them apart.
+    pub gap: f32,
     /// Number of tuples mined (triplets, pairs, or contrastive positive pairs).
     pub mined: usize,
+}
+
+impl LossStats {
+    /// The mean of two directions' statistics (image anchors and text anchors), each field
+    /// averaged with equal weight as the two directions' losses are; `mined` is the sum.
+    pub fn mean_of(a: &LossStats, b: &LossStats) -> LossStats {
+        LossStats {
+            active_fraction: 0.5 * (a.active_fraction + b.active_fraction),
+            mean_positive: 0.5 * (a.mean_positive + b.mean_positive),
+            mean_negative: 0.5 * (a.mean_negative + b.mean_negative),
+            gap: 0.5 * (a.gap + b.gap),
+            mined: a.mined + b.mined,
+        }
+    }
 }
 
 /// A loss tensor of shape `[1]` and its diagnostics.
@@ -114,6 +138,13 @@ impl Tally {
                 0.0
             }
         };
+        // Oriented means (smaller is closer): the gap is their difference, whatever the distance.
+        let oriented = |s: f64, n: usize| if n > 0 { (s / n as f64) as f32 } else { 0.0 };
+        let gap = if self.pos_n > 0 && self.neg_n > 0 {
+            oriented(self.neg_sum, self.neg_n) - oriented(self.pos_sum, self.pos_n)
+        } else {
+            0.0
+        };
         LossStats {
             active_fraction: if self.mined > 0 {
                 self.active as f32 / self.mined as f32
@@ -122,6 +153,7 @@ impl Tally {
             },
             mean_positive: mean(self.pos_sum, self.pos_n),
             mean_negative: mean(self.neg_sum, self.neg_n),
+            gap,
             mined: self.mined,
         }
     }
@@ -567,5 +599,87 @@ impl FromStr for Loss {
     /// with every default the loss owns.
     fn from_str(s: &str) -> Result<Self> {
         s.parse::<LossConfig>()?.init()
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    fn run(loss: &str, miner: &str, img: Tensor<2>, txt: Tensor<2>) -> LossOutput {
+        let loss: Loss = loss.parse().unwrap();
+        let miner: crate::HardnessSchedule = miner.parse().unwrap();
+        let (il, tl) = ([0, 0, 1, 1, 2, 2], [0, 1, 2]);
+        loss.forward(img, &il, txt, &tl, miner.miner_for_epoch(0), None)
+            .unwrap()
+    }
+
+    fn equal(rows: usize) -> Tensor<2> {
+        let v: Vec<f32> = (0..rows).flat_map(|_| [0.6f32, -0.8, 0.0, 0.0]).collect();
+        Tensor::from_data(TensorData::new(v, [rows, 4]), &crate::test_device())
+    }
+
+    #[test]
+    fn collapsed_embeddings_pin_the_triplet_loss_at_its_margin() {
+        let out = run("triplet", "all", equal(6), equal(3));
+        let s = out.stats;
+        assert_eq!(s.active_fraction, 1.0);
+        assert!(s.gap.abs() < 1e-6 && (s.mean_positive - 1.0).abs() < 1e-5);
+        let v = out.loss.into_data().try_into_vec_as::<f32>().unwrap()[0];
+        assert!((v - TripletLoss::DEFAULT_MARGIN).abs() < 1e-5, "{v}");
+    }
+
+    #[test]
+    fn separated_embeddings_have_a_positive_gap() {
+        // Image i and text i/2 coincide, labels apart: positives at cosine 1, negatives at 0.
+        let dev = crate::test_device();
+        let eye = |rows: Vec<usize>| {
+            let v: Vec<f32> = rows
+                .iter()
+                .flat_map(|&c| (0..4).map(move |j| if j == c { 1.0 } else { 0.0 }))
+                .collect();
+            Tensor::<2>::from_data(TensorData::new(v, [rows.len(), 4]), &dev)
+        };
+        for (loss, miner) in [
+            ("triplet", "all"),
+            ("pairwise", "all"),
+            ("contrastive", "none"),
+            ("multi-similarity", "all"),
+            ("sigmoid", "none"),
+        ] {
+            let s = run(loss, miner, eye(vec![0, 0, 1, 1, 2, 2]), eye(vec![0, 1, 2])).stats;
+            assert!((s.gap - 1.0).abs() < 1e-5, "{loss}: {s:?}");
+            assert!((s.mean_positive - 1.0).abs() < 1e-5, "{loss}: {s:?}");
+        }
+        // The gap keeps its sign for a distance: positives nearer than negatives.
+        let s = run(
+            "triplet:distance=euclidean",
+            "all",
+            eye(vec![0, 0, 1, 1, 2, 2]),
+            eye(vec![0, 1, 2]),
+        )
+        .stats;
+        assert!(s.gap > 1.0 && s.mean_positive < s.mean_negative, "{s:?}");
+    }
+
+    #[test]
+    fn two_directions_average() {
+        let a = LossStats {
+            active_fraction: 1.0,
+            mean_positive: 0.5,
+            mean_negative: 0.1,
+            gap: 0.4,
+            mined: 3,
+        };
+        let b = LossStats {
+            active_fraction: 0.5,
+            mean_positive: 0.3,
+            mean_negative: 0.3,
+            gap: 0.0,
+            mined: 5,
+        };
+        let m = LossStats::mean_of(&a, &b);
+        assert_eq!((m.active_fraction, m.gap, m.mined), (0.75, 0.2, 8));
     }
 }
