@@ -159,6 +159,7 @@ impl Recipe {
             image_labels: self.image_labels.clone(),
             texts,
             text_labels: self.text_labels.clone(),
+            weights: None,
         };
         let model = self.model.take().expect("model between steps");
         let (model, _) = self

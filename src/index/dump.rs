@@ -235,9 +235,15 @@ pub(crate) fn validate_dump(
     for (l, size) in sizes.iter_mut().enumerate() {
         g.magic(MAGIC_LAYER, &format!("layer {l}"))?;
         let points = g.usize()?;
-        if points > count - order.len() || points > g.left() / point_min {
+        if points > count - order.len() {
             return Err(format!(
-                "graph file: layer {l} claims {points} points, more than the file or hnsw.json ({count}) hold"
+                "graph file: layer {l} claims {points} points, more than hnsw.json ({count}) holds"
+            ));
+        }
+        if points > g.left() / point_min {
+            return Err(format!(
+                "graph file truncated: layer {l} claims {points} points, more than the {} bytes left hold",
+                g.left()
             ));
         }
         *size = points;
@@ -254,9 +260,15 @@ pub(crate) fn validate_dump(
             order.push(id);
             for nl in 0..LAYERS {
                 let k = g.usize()?;
-                if k > count || k > g.left() / neigh_min {
+                if k > count {
                     return Err(format!(
-                        "graph file: point {id} claims {k} neighbours in layer {nl}, more than the file or the {count} points hold"
+                        "graph file: point {id} claims {k} neighbours in layer {nl}, more than the {count} points"
+                    ));
+                }
+                if k > g.left() / neigh_min {
+                    return Err(format!(
+                        "graph file truncated: point {id} claims {k} neighbours in layer {nl}, more than the {} bytes left hold",
+                        g.left()
                     ));
                 }
                 for _ in 0..k {

@@ -80,6 +80,7 @@ impl MetricObjective {
     }
 
     /// Both directions through the memories; the contrastive loss one-directional in each.
+    #[allow(clippy::too_many_arguments)]
     fn score_with_memory(
         &self,
         memory: &Mutex<[CrossBatchMemory; 2]>,
