@@ -37,20 +37,8 @@ use siam::train::objective::build_objective;
 use siam::train::optim::{build_adamw, split_params, AdamWSettings};
 use siam::train::schedule::CosineSchedule;
 use siam::train::step::{Objective, Stepper, TrainBatch};
+use siam_data::formats::CIFAR10_LABELS;
 use siam_data::tokenizer::ClipTokenizer;
-
-const CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -132,7 +120,7 @@ impl Recipe {
             tokenizer: ClipTokenizer::builtin().expect("builtin tokenizer"),
             pixels,
             texts: (0..p)
-                .map(|i| format!("a photo of a {}.", CLASSES[i % CLASSES.len()]))
+                .map(|i| format!("a photo of a {}.", CIFAR10_LABELS[i % CIFAR10_LABELS.len()]))
                 .collect(),
             image_labels: (0..p * k).map(|i| i / k).collect(),
             text_labels: (0..p).collect(),

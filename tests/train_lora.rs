@@ -14,23 +14,9 @@ use siam::clip::lora::LoraSpec;
 use siam::clip::model::Clip;
 use siam::model::heads::HeadConfig;
 use siam::model::twin::{FreezePolicy, ImageInput, TextInput, TwinTowers};
-use siam::train::{train, Event, Observer, TrainConfig};
-use siam_data::dataset::Dataset;
+use siam::train::{train, TrainConfig};
 
-#[derive(Default)]
-struct Log(Vec<String>);
-
-impl Observer for Log {
-    fn event(&mut self, e: &Event) {
-        if let Event::Info(s) = e {
-            self.0.push(s.clone());
-        }
-    }
-}
-
-fn demo() -> Dataset {
-    siam_data::synthetic::demo(16, 64, 0)
-}
+use support::{demo, Log};
 
 fn spec() -> LoraSpec {
     "r:4,alpha:8,targets:attn,mlp".parse().unwrap()

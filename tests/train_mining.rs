@@ -9,23 +9,10 @@ use std::path::Path;
 
 use siam::train::checkpoint::load_state;
 use siam::train::config::MineEvery;
-use siam::train::{train, Event, Observer, TrainConfig};
-use siam_data::dataset::{Dataset, Split};
+use siam::train::{train, TrainConfig};
+use siam_data::dataset::Split;
 
-#[derive(Default)]
-struct Log(Vec<String>);
-
-impl Observer for Log {
-    fn event(&mut self, e: &Event) {
-        if let Event::Info(s) = e {
-            self.0.push(s.clone());
-        }
-    }
-}
-
-fn demo() -> Dataset {
-    siam_data::synthetic::demo(16, 64, 0)
-}
+use support::{demo, Log};
 
 fn cfg(out: &Path) -> TrainConfig {
     let mut c = TrainConfig {
