@@ -441,13 +441,14 @@ mod tests {
     use burn::tensor::Device;
 
     fn twin(seed: u64, device: &Device) -> TwinTowers {
-        device.seed(seed);
         let cfg = ClipConfig::tiny();
-        TwinTowers::new(
-            Clip::new(&cfg, device),
-            HeadConfig::linear(cfg.embed_dim, 16),
-            device,
-        )
+        crate::model::init::seeded(device, seed, || {
+            TwinTowers::new(
+                Clip::new(&cfg, device),
+                HeadConfig::linear(cfg.embed_dim, 16),
+                device,
+            )
+        })
     }
 
     fn flat(m: &TwinTowers) -> Vec<Vec<f32>> {

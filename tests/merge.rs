@@ -20,10 +20,10 @@ use support::{ok, siam};
 /// A random tiny model folder with linear heads into `joint` dimensions.
 fn save_model(dir: &Path, seed: u64, joint: usize) {
     let d = Device::flex();
-    d.seed(seed);
     let cfg = ClipConfig::tiny();
     let head = HeadConfig::linear(cfg.embed_dim, joint);
-    let model = TwinTowers::new(Clip::new(&cfg, &d), head, &d);
+    let model =
+        siam::model::init::seeded(&d, seed, || TwinTowers::new(Clip::new(&cfg, &d), head, &d));
     let mut card = clip_card(
         &cfg,
         InitialWeights::Random {

@@ -17,15 +17,16 @@ use siam::train::schedule::CosineSchedule;
 use siam::train::step::{Stepper, TrainBatch};
 
 fn model(device: &Device, train_scale: bool) -> TwinTowers {
-    device.seed(3);
     let cfg = ClipConfig::tiny();
-    TwinTowers::new(Clip::new(&cfg, device), HeadConfig::linear(64, 64), device)
-        .with_freeze(
-            FreezePolicy::LastBlocks(1),
-            FreezePolicy::LastBlocks(1),
-            train_scale,
-        )
-        .unwrap()
+    siam::model::init::seeded(device, 3, || {
+        TwinTowers::new(Clip::new(&cfg, device), HeadConfig::linear(64, 64), device)
+    })
+    .with_freeze(
+        FreezePolicy::LastBlocks(1),
+        FreezePolicy::LastBlocks(1),
+        train_scale,
+    )
+    .unwrap()
 }
 
 fn batch(range: std::ops::Range<usize>, px: &Tensor<4>, device: &Device) -> TrainBatch {

@@ -21,17 +21,16 @@ use siam::train::setup::bf16_notice;
 use siam::train::step::{Stepper, TrainBatch};
 
 fn twin(cfg: &ClipConfig, device: &Device) -> TwinTowers {
-    device.seed(7);
     let head = HeadConfig::linear(cfg.embed_dim, 16);
-    let model = TwinTowers::new(Clip::new(cfg, device), head, device);
-    // Parameters initialise lazily: draw them all now, right after the seed, so that two
-    // calls build the same weights whatever runs next.
-    model.visit(&mut DtypeCollector::default());
-    model
+    // Every parameter drawn at once, under siam's initialisation lock, so that two calls build
+    // the same weights whatever else runs.
+    siam::model::init::seeded(device, 7, || {
+        TwinTowers::new(Clip::new(cfg, device), head, device)
+    })
 }
 
 fn pixels(n: usize, side: usize, device: &Device) -> Tensor<4> {
-    device.seed(11);
+    let _lock = siam::model::init::lock_seeded(device, 11);
     Tensor::random([n, 3, side, side], Distribution::Normal(0.0, 1.0), device)
 }
 

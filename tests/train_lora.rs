@@ -69,11 +69,14 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn fresh_adapters_leave_the_model_exactly_as_it_was() {
     let device = siam::device::from_env();
     let c = ClipConfig::tiny();
-    let base = TwinTowers::new(
-        Clip::new(&c, &device),
-        HeadConfig::linear(c.embed_dim, 32),
-        &device,
-    );
+    // Drawn under siam's initialisation lock: the other tests here train at the same time.
+    let base = siam::model::init::seeded(&device, 3, || {
+        TwinTowers::new(
+            Clip::new(&c, &device),
+            HeadConfig::linear(c.embed_dim, 32),
+            &device,
+        )
+    });
     let lora = FreezePolicy::Lora(spec());
     let adapted = base.clone().with_lora(lora, lora, 3, &device).unwrap();
     assert!(adapted.has_lora() && !base.has_lora());

@@ -1096,7 +1096,7 @@ pub fn load_model(path: &Path, arch: Option<&str>, device: &Device) -> Result<Lo
     let Some(config) = config else {
         return Err(ImportError::NoArch { path: weights });
     };
-    let mut clip = Clip::new(&config, device);
+    let mut clip = crate::model::init::shell(|| Clip::new(&config, device));
     let report = apply_source(&mut clip, src, layout, &arch_name)?;
     Ok(LoadedModel {
         clip,

@@ -76,10 +76,12 @@ impl Encoder {
                     .as_ref()
                     .map(|_| "tokenizer.json".to_string()),
             );
+            let (image_head, text_head) =
+                super::init::shell(|| (card.image_head.init(device), card.text_head.init(device)));
             let model = TwinTowers {
                 clip: loaded.clip,
-                image_head: card.image_head.init(device),
-                text_head: card.text_head.init(device),
+                image_head,
+                text_head,
                 logit_bias: None,
             };
             (model, card, loaded.tokenizer_path)

@@ -121,14 +121,15 @@ pub struct ModelCard {
 }
 
 impl ModelCard {
-    /// A fresh TwinTowers of this card's architecture (random values, to be overwritten).
+    /// A fresh TwinTowers of this card's architecture (random values, to be overwritten),
+    /// drawn under [`super::init::shell`].
     pub fn init(&self, device: &Device) -> TwinTowers {
-        TwinTowers {
+        super::init::shell(|| TwinTowers {
             clip: Clip::new(&self.clip, device),
             image_head: self.image_head.init(device),
             text_head: self.text_head.init(device),
             logit_bias: None,
-        }
+        })
     }
 }
 

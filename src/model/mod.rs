@@ -3,6 +3,7 @@
 //! - [`twin`]: the twin towers, [`twin::TwinTowers`] (the CLIP towers of [`crate::clip`] + one head per tower)
 //!   and the freeze policies training applies to it;
 //! - [`heads`]: linear, CLIP-Adapter and identity heads;
+//! - [`init`]: reproducible random initialisation (one process-wide lock over burn's generator);
 //! - [`folder`]: the model folder `siam train` writes (`siam.json` + `model.safetensors`) and
 //!   every other command loads;
 //! - [`encoder`]: [`Encoder`], inference on any model siam can load (a model folder, a Hugging
@@ -15,6 +16,7 @@
 pub mod encoder;
 pub mod folder;
 pub mod heads;
+pub mod init;
 pub mod twin;
 
 pub use encoder::Encoder;

@@ -151,14 +151,15 @@ pub fn train_prompts(
             (l, n, phrase.clone())
         }
         None => {
-            device.seed(cfg.seed);
             let groups = if cfg.spec.class_specific {
                 classes.len()
             } else {
                 1
             };
             let n = cfg.spec.n_ctx;
-            let l = PromptLearner::random(groups, n, width, &device);
+            let l = crate::model::init::seeded(&device, cfg.seed, || {
+                PromptLearner::random(groups, n, width, &device)
+            });
             (l, n, vec!["X"; n].join(" "))
         }
     };

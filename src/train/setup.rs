@@ -3,7 +3,6 @@
 //! initialisation gets fresh ones), the model card it will write, and the fingerprint a
 //! checkpoint must share with the run that resumes it.
 
-use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -21,6 +20,7 @@ use crate::clip::model::Clip;
 use crate::dataset::{DatasetId, SplitRecord};
 use crate::model::folder::{self, InitialWeights, ModelCard};
 use crate::model::heads::{HeadConfig, ProjectionHead};
+use crate::model::init;
 use crate::model::twin::TwinTowers;
 
 /// The run's dataset and the record of its split: `--data` split by `--split-seed` (default
@@ -81,21 +81,6 @@ struct Start {
     initial: InitialWeights,
     tokenizer_src: Option<PathBuf>,
     heads: Option<(ProjectionHead, ProjectionHead, HeadConfig, HeadConfig)>,
-}
-
-/// Serialises seeding and random initialisation: burn's generator is per device and global, so
-/// two runs initialising at once in one process (tests) would interleave their draws.
-static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Initialises every lazily initialised parameter now, in module order.
-fn materialize<M: Module>(m: &M) {
-    struct Touch;
-    impl burn::module::ModuleVisitor for Touch {
-        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
-            let _ = p.val();
-        }
-    }
-    m.visit(&mut Touch);
 }
 
 fn load_start(
@@ -179,8 +164,7 @@ pub(super) fn prepare_model(
     device: &Device,
     obs: &mut dyn Observer,
 ) -> Result<Prepared, TrainError> {
-    let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    device.seed(cfg.seed);
+    let _lock = init::lock_seeded(device, cfg.seed);
     let start = load_start(cfg, device, obs)?;
     let (image_head, text_head, ih, th) = match start.heads {
         Some(heads) => heads,
@@ -200,9 +184,9 @@ pub(super) fn prepare_model(
         Some(p) => ClipTokenizer::from_file(p)?,
         None => ClipTokenizer::builtin()?,
     };
-    materialize(&start.clip);
-    materialize(&image_head);
-    materialize(&text_head);
+    init::materialize(&start.clip);
+    init::materialize(&image_head);
+    init::materialize(&text_head);
     let card = ModelCard {
         format: folder::FORMAT.into(),
         version: folder::VERSION,
