@@ -144,6 +144,25 @@ pub(crate) fn linear(d_in: usize, d_out: usize, std: f64, device: &Device) -> Li
     l
 }
 
+/// `fan_in^-1/2`: the bound of PyTorch's default `nn.Linear` init (Kaiming-uniform, a = sqrt 5).
+fn fan_in_bound(fan_in: usize) -> f64 {
+    (fan_in as f64).powf(-0.5)
+}
+
+/// A `Linear` with weight U(+-`w_bound`) and bias U(+-`b_bound`) (zero when `b_bound` is 0).
+fn uniform_linear(d_in: usize, d_out: usize, w_bound: f64, b_bound: f64, device: &Device) -> Linear {
+    let uniform = |b: f64| Initializer::Uniform { min: -b, max: b };
+    let mut l = LinearConfig::new(d_in, d_out)
+        .with_initializer(uniform(w_bound))
+        .init(device);
+    l.bias = Some(if b_bound > 0.0 {
+        uniform(b_bound).init([d_out], device)
+    } else {
+        Initializer::Zeros.init([d_out], device)
+    });
+    l
+}
+
 /// A LayerNorm with weight 1 and bias 0.
 pub(crate) fn layer_norm(d: usize, eps: f64, device: &Device) -> LayerNorm {
     LayerNormConfig::new(d).with_epsilon(eps).init(device)
@@ -343,6 +362,44 @@ impl Transformer {
                 mlp: Mlp {
                     c_fc: linear(spec.width, spec.mlp_width, fc_std, device),
                     c_proj: linear(spec.mlp_width, spec.width, proj_std, device),
+                    c_fc_lora: None,
+                    c_proj_lora: None,
+                    activation: spec.activation,
+                    matmul_dtype: MatmulDtype::F32,
+                },
+            })
+            .collect();
+        Self { resblocks }
+    }
+
+    /// Random init as PyTorch's module defaults, which is what open_clip's vision tower gets
+    /// (its `VisionTransformer.init_parameters` is a no-op): `nn.MultiheadAttention`'s
+    /// in-projection Xavier-uniform U(+-sqrt(6 / (width + 3 width))) with a zero bias, its
+    /// out-projection U(+-width^-1/2) with a zero bias, and each MLP `nn.Linear`
+    /// U(+-fan_in^-1/2) for weight and bias (Kaiming-uniform with a = sqrt 5); unit LayerNorms.
+    pub fn torch_default(spec: TransformerSpec, device: &Device) -> Self {
+        let w = spec.width;
+        let resblocks = (0..spec.layers)
+            .map(|_| ResidualAttentionBlock {
+                ln_1: layer_norm(w, spec.eps, device),
+                attn: SelfAttention {
+                    in_proj: uniform_linear(w, 3 * w, (6.0 / (4 * w) as f64).sqrt(), 0.0, device),
+                    out_proj: uniform_linear(w, w, fan_in_bound(w), 0.0, device),
+                    in_proj_lora: None,
+                    out_proj_lora: None,
+                    heads: spec.heads,
+                    matmul_dtype: MatmulDtype::F32,
+                },
+                ln_2: layer_norm(w, spec.eps, device),
+                mlp: Mlp {
+                    c_fc: uniform_linear(w, spec.mlp_width, fan_in_bound(w), fan_in_bound(w), device),
+                    c_proj: uniform_linear(
+                        spec.mlp_width,
+                        w,
+                        fan_in_bound(spec.mlp_width),
+                        fan_in_bound(spec.mlp_width),
+                        device,
+                    ),
                     c_fc_lora: None,
                     c_proj_lora: None,
                     activation: spec.activation,

@@ -37,7 +37,8 @@ pub struct VisionTransformer {
 
 impl VisionTransformer {
     /// Random init as open_clip: class token, positions and projection N(0, width^-1/2); the
-    /// blocks as [`Transformer::new`].
+    /// patch embedding and the blocks with PyTorch's module defaults
+    /// ([`Transformer::torch_default`]; open_clip leaves its vision blocks to them).
     pub fn new(cfg: &VitConfig, embed_dim: usize, eps: f64, device: &Device) -> Self {
         let w = cfg.width;
         let scale = (w as f64).powf(-0.5);
@@ -50,7 +51,7 @@ impl VisionTransformer {
             class_embedding: normal_param([w], scale, device),
             positional_embedding: normal_param([grid * grid + 1, w], scale, device),
             ln_pre: layer_norm(w, eps, device),
-            transformer: Transformer::new(
+            transformer: Transformer::torch_default(
                 TransformerSpec {
                     width: w,
                     layers: cfg.layers,
