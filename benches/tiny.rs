@@ -15,7 +15,7 @@
 //! Backend from `SIAM_TEST_DEVICE` (flex default, `tch` for libtorch). Environment:
 //! `SIAM_BENCH_STEPS` (timed steps per run, 20), `SIAM_BENCH_REPEATS` (3), `SIAM_BENCH_P` and
 //! `SIAM_BENCH_K` (6 and 4), `SIAM_PYTHON` (python3), `SIAM_BENCH_ONLY=siam` (skip PyTorch,
-//! for profiling).
+//! for profiling; `step`: the training steps alone, without the op timings).
 //!
 //! `cargo bench --bench tiny`
 
@@ -220,7 +220,8 @@ fn main() {
     let steps = env_usize("SIAM_BENCH_STEPS", 20);
     let repeats = env_usize("SIAM_BENCH_REPEATS", 3).max(1);
     let (p, k) = (env_usize("SIAM_BENCH_P", 6), env_usize("SIAM_BENCH_K", 4));
-    let only_siam = std::env::var("SIAM_BENCH_ONLY").as_deref() == Ok("siam");
+    let only = std::env::var("SIAM_BENCH_ONLY").unwrap_or_default();
+    let only_siam = only == "siam" || only == "step";
     let device = siam::device::from_env().autodiff();
     let backend = std::env::var("SIAM_TEST_DEVICE").unwrap_or_else(|_| "flex".into());
     let mut recipe = Recipe::new(&device, p, k);
@@ -253,6 +254,9 @@ fn main() {
         1000.0 * b / ms,
         median(ours_cpu)
     );
+    if only == "step" {
+        return;
+    }
     let (ln_us, gelu_us) = op_chains(&device, p * k * 65, 200);
     println!(
         "siam {backend} ops: LayerNorm fwd+bwd {ln_us:.0} us, QuickGELU fwd+bwd {gelu_us:.0} us"

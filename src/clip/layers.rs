@@ -150,7 +150,13 @@ fn fan_in_bound(fan_in: usize) -> f64 {
 }
 
 /// A `Linear` with weight U(+-`w_bound`) and bias U(+-`b_bound`) (zero when `b_bound` is 0).
-fn uniform_linear(d_in: usize, d_out: usize, w_bound: f64, b_bound: f64, device: &Device) -> Linear {
+fn uniform_linear(
+    d_in: usize,
+    d_out: usize,
+    w_bound: f64,
+    b_bound: f64,
+    device: &Device,
+) -> Linear {
     let uniform = |b: f64| Initializer::Uniform { min: -b, max: b };
     let mut l = LinearConfig::new(d_in, d_out)
         .with_initializer(uniform(w_bound))
@@ -392,7 +398,13 @@ impl Transformer {
                 },
                 ln_2: layer_norm(w, spec.eps, device),
                 mlp: Mlp {
-                    c_fc: uniform_linear(w, spec.mlp_width, fan_in_bound(w), fan_in_bound(w), device),
+                    c_fc: uniform_linear(
+                        w,
+                        spec.mlp_width,
+                        fan_in_bound(w),
+                        fan_in_bound(w),
+                        device,
+                    ),
                     c_proj: uniform_linear(
                         spec.mlp_width,
                         w,
@@ -514,6 +526,76 @@ impl Transformer {
 mod tests {
     use super::*;
     use burn::tensor::{TensorData, Tolerance};
+
+    /// Range and standard deviation of a parameter's values.
+    fn range_std<const D: usize>(p: &Param<Tensor<D>>) -> (f32, f32, f32) {
+        let v: Vec<f32> = p.val().into_data().try_to_vec::<f32>().unwrap();
+        let n = v.len() as f32;
+        let mean = v.iter().sum::<f32>() / n;
+        let std = (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n).sqrt();
+        let (lo, hi) = v
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        (lo, hi, std)
+    }
+
+    #[test]
+    fn vision_blocks_start_from_pytorchs_module_defaults() {
+        let d = Device::flex();
+        let spec = TransformerSpec {
+            width: 128,
+            layers: 1,
+            heads: 4,
+            mlp_width: 512,
+            activation: Activation::QuickGelu,
+            eps: 1e-5,
+        };
+        let t = Transformer::torch_default(spec, &d);
+        let b = &t.resblocks[0];
+        // U(-a, a) has standard deviation a / sqrt 3; ~16k-65k draws pin it within 3 %.
+        let check = |(lo, hi, std): (f32, f32, f32), a: f64, what: &str| {
+            let a = a as f32;
+            assert!(
+                lo >= -a && hi <= a,
+                "{what}: values in [{lo}, {hi}], bound {a}"
+            );
+            assert!(
+                hi > 0.95 * a && lo < -0.95 * a,
+                "{what}: does not fill its bound {a}"
+            );
+            let want = a / 3f32.sqrt();
+            assert!(
+                (std / want - 1.0).abs() < 0.03,
+                "{what}: std {std}, want {want}"
+            );
+        };
+        // nn.MultiheadAttention: Xavier-uniform in_proj [384, 128], Linear-default out_proj.
+        check(
+            range_std(&b.attn.in_proj.weight),
+            (6.0f64 / 512.0).sqrt(),
+            "in_proj",
+        );
+        check(
+            range_std(&b.attn.out_proj.weight),
+            128f64.powf(-0.5),
+            "out_proj",
+        );
+        check(range_std(&b.mlp.c_fc.weight), 128f64.powf(-0.5), "c_fc");
+        check(range_std(&b.mlp.c_proj.weight), 512f64.powf(-0.5), "c_proj");
+        // MHA zeroes its biases; nn.Linear draws them from U(+-fan_in^-1/2).
+        for (p, what) in [
+            (&b.attn.in_proj.bias, "in_proj"),
+            (&b.attn.out_proj.bias, "out_proj"),
+        ] {
+            let (lo, hi, _) = range_std(p.as_ref().unwrap());
+            assert_eq!((lo, hi), (0.0, 0.0), "{what} bias");
+        }
+        let (lo, hi, _) = range_std(b.mlp.c_fc.bias.as_ref().unwrap());
+        assert!(
+            lo < -0.05 && hi > 0.05 && hi <= 128f32.powf(-0.5),
+            "c_fc bias [{lo}, {hi}]"
+        );
+    }
 
     #[test]
     fn quick_gelu_and_gelu_by_hand() {
