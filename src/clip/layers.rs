@@ -360,22 +360,15 @@ impl Transformer {
         let w = spec.width as f64;
         let proj_std = w.powf(-0.5) * ((2 * spec.layers.max(1)) as f64).powf(-0.5);
         let fc_std = (2.0 * w).powf(-0.5);
-        let resblocks = (0..spec.layers)
-            .map(|_| ResidualAttentionBlock {
-                ln_1: layer_norm(spec.width, spec.eps, device),
-                attn: SelfAttention::new(spec.width, spec.heads, proj_std, device),
-                ln_2: layer_norm(spec.width, spec.eps, device),
-                mlp: Mlp {
-                    c_fc: linear(spec.width, spec.mlp_width, fc_std, device),
-                    c_proj: linear(spec.mlp_width, spec.width, proj_std, device),
-                    c_fc_lora: None,
-                    c_proj_lora: None,
-                    activation: spec.activation,
-                    matmul_dtype: MatmulDtype::F32,
-                },
-            })
-            .collect();
-        Self { resblocks }
+        let (d, h) = (spec.width, spec.mlp_width);
+        Self::blocks(spec, device, || {
+            [
+                linear(d, 3 * d, w.powf(-0.5), device),
+                linear(d, d, proj_std, device),
+                linear(d, h, fc_std, device),
+                linear(h, d, proj_std, device),
+            ]
+        })
     }
 
     /// Random init as PyTorch's module defaults, which is what open_clip's vision tower gets
@@ -384,39 +377,44 @@ impl Transformer {
     /// out-projection U(+-width^-1/2) with a zero bias, and each MLP `nn.Linear`
     /// U(+-fan_in^-1/2) for weight and bias (Kaiming-uniform with a = sqrt 5); unit LayerNorms.
     pub fn torch_default(spec: TransformerSpec, device: &Device) -> Self {
-        let w = spec.width;
+        let (d, h) = (spec.width, spec.mlp_width);
+        let (bd, bh) = (fan_in_bound(d), fan_in_bound(h));
+        Self::blocks(spec, device, || {
+            [
+                uniform_linear(d, 3 * d, (6.0 / (4 * d) as f64).sqrt(), 0.0, device),
+                uniform_linear(d, d, bd, 0.0, device),
+                uniform_linear(d, h, bd, bd, device),
+                uniform_linear(h, d, bh, bh, device),
+            ]
+        })
+    }
+
+    /// `spec.layers` blocks with unit LayerNorms and the linears `linears` makes for each, in
+    /// the order in_proj, out_proj, c_fc, c_proj.
+    fn blocks(spec: TransformerSpec, device: &Device, linears: impl Fn() -> [Linear; 4]) -> Self {
         let resblocks = (0..spec.layers)
-            .map(|_| ResidualAttentionBlock {
-                ln_1: layer_norm(w, spec.eps, device),
-                attn: SelfAttention {
-                    in_proj: uniform_linear(w, 3 * w, (6.0 / (4 * w) as f64).sqrt(), 0.0, device),
-                    out_proj: uniform_linear(w, w, fan_in_bound(w), 0.0, device),
-                    in_proj_lora: None,
-                    out_proj_lora: None,
-                    heads: spec.heads,
-                    matmul_dtype: MatmulDtype::F32,
-                },
-                ln_2: layer_norm(w, spec.eps, device),
-                mlp: Mlp {
-                    c_fc: uniform_linear(
-                        w,
-                        spec.mlp_width,
-                        fan_in_bound(w),
-                        fan_in_bound(w),
-                        device,
-                    ),
-                    c_proj: uniform_linear(
-                        spec.mlp_width,
-                        w,
-                        fan_in_bound(spec.mlp_width),
-                        fan_in_bound(spec.mlp_width),
-                        device,
-                    ),
-                    c_fc_lora: None,
-                    c_proj_lora: None,
-                    activation: spec.activation,
-                    matmul_dtype: MatmulDtype::F32,
-                },
+            .map(|_| {
+                let [in_proj, out_proj, c_fc, c_proj] = linears();
+                ResidualAttentionBlock {
+                    ln_1: layer_norm(spec.width, spec.eps, device),
+                    attn: SelfAttention {
+                        in_proj,
+                        out_proj,
+                        in_proj_lora: None,
+                        out_proj_lora: None,
+                        heads: spec.heads,
+                        matmul_dtype: MatmulDtype::F32,
+                    },
+                    ln_2: layer_norm(spec.width, spec.eps, device),
+                    mlp: Mlp {
+                        c_fc,
+                        c_proj,
+                        c_fc_lora: None,
+                        c_proj_lora: None,
+                        activation: spec.activation,
+                        matmul_dtype: MatmulDtype::F32,
+                    },
+                }
             })
             .collect();
         Self { resblocks }
