@@ -172,14 +172,7 @@ fn interrupted_lora_run_resumes_to_the_same_weights() {
     k.max_steps = None;
     k.resume = true;
     train(&k, &device, Some(demo()), &mut Log::default()).unwrap();
-    let losses = |p: &Path| {
-        siam::train::metrics::read(&p.join("metrics.jsonl"))
-            .unwrap()
-            .iter()
-            .map(|m| (m.step, m.loss))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(losses(&full), losses(&cut));
+    assert_eq!(support::step_losses(&full), support::step_losses(&cut));
     assert!(
         support::weights(&full) == support::weights(&cut),
         "resumed weights differ"

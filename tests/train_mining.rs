@@ -85,14 +85,7 @@ fn mined_negatives_join_the_batches_and_the_run_resumes() {
         "the resumed run mined again: {:?}",
         log.0
     );
-    let losses = |p: &Path| {
-        siam::train::metrics::read(&p.join("metrics.jsonl"))
-            .unwrap()
-            .iter()
-            .map(|m| (m.step, m.loss))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(losses(&full), losses(&cut));
+    assert_eq!(support::step_losses(&full), support::step_losses(&cut));
     assert!(
         support::weights(&full) == support::weights(&cut),
         "resumed weights differ"

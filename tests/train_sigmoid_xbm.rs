@@ -143,13 +143,10 @@ fn memory_resumes_exactly_and_runs_with_accumulation() {
         k.max_steps = None;
         k.resume = true;
         train(&k, &device, Some(demo()), &mut Log::default()).unwrap();
-        let losses = |p: &Path| {
-            siam::train::metrics::read(&p.join("metrics.jsonl"))
-                .unwrap()
-                .iter()
-                .map(|m| (m.step, m.loss))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(losses(&full), losses(&cut), "accum {accum}");
+        assert_eq!(
+            support::step_losses(&full),
+            support::step_losses(&cut),
+            "accum {accum}"
+        );
     }
 }

@@ -175,6 +175,16 @@ pub fn weights(dir: &Path) -> BTreeMap<String, RawTensor> {
     read_safetensors(&dir.join("model.safetensors"))
 }
 
+/// `(step, loss)` of every step a run logged in `dir/metrics.jsonl` (for comparing a resumed
+/// run with an uninterrupted one).
+pub fn step_losses(dir: &Path) -> Vec<(usize, f64)> {
+    siam::train::metrics::read(&dir.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|m| (m.step, m.loss))
+        .collect()
+}
+
 /// Runs the `siam` binary.
 pub fn siam(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_siam"))
