@@ -203,11 +203,19 @@ fn op_chains(device: &Device, rows: usize, reps: usize) -> (f64, f64) {
         1e6 * t.elapsed().as_secs_f64() / reps as f64
     };
     let ln_us = time(&|| {
-        let _ = ln.forward(x.clone()).sum().backward();
+        let _ = siam::clip::fused::layer_norm(&ln, x.clone(), 1e-5)
+            .sum()
+            .backward();
     });
     let gelu_us = time(&|| {
         let _ = activate(h.clone(), Activation::QuickGelu).sum().backward();
     });
+    let fc = burn::nn::LinearConfig::new(128, 512).init(device);
+    let proj = burn::nn::LinearConfig::new(512, 128).init(device);
+    let mlp_us = time(&|| {
+        let _ = proj.forward(fc.forward(x.clone())).sum().backward();
+    });
+    eprintln!("mlp linears fwd+bwd {mlp_us:.0} us");
     (ln_us, gelu_us)
 }
 

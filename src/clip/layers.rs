@@ -6,12 +6,13 @@
 //! optimiser's master weights), and only the matrix multiplies cast their operands to bf16.
 
 use super::config::Activation;
+use super::fused;
 use super::lora::{adapted, LoraAdapter, LoraSpec};
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, sigmoid, softmax};
+use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::module::{attention, conv2d, linear as linear_op};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{Device, FloatDType, Int, Tensor};
@@ -129,7 +130,7 @@ impl MatmulDtype {
 /// erf form `x * Phi(x)` (PyTorch `nn.GELU()`).
 pub fn activate<const D: usize>(x: Tensor<D>, act: Activation) -> Tensor<D> {
     match act {
-        Activation::QuickGelu => x.clone() * sigmoid(x.mul_scalar(1.702)),
+        Activation::QuickGelu => fused::quick_gelu(x),
         Activation::Gelu => gelu(x),
     }
 }
@@ -318,13 +319,19 @@ pub struct ResidualAttentionBlock {
     pub ln_2: LayerNorm,
     /// The MLP.
     pub mlp: Mlp,
+    /// Epsilon of `ln_1` and `ln_2` (burn's `LayerNorm` keeps its own private).
+    #[module(skip)]
+    pub eps: f64,
 }
 
 impl ResidualAttentionBlock {
     /// Forward on `[B, L, D]`.
     pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), causal);
-        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+        let x = x.clone()
+            + self
+                .attn
+                .forward(fused::layer_norm(&self.ln_1, x, self.eps), causal);
+        x.clone() + self.mlp.forward(fused::layer_norm(&self.ln_2, x, self.eps))
     }
 }
 
@@ -414,6 +421,7 @@ impl Transformer {
                         activation: spec.activation,
                         matmul_dtype: MatmulDtype::F32,
                     },
+                    eps: spec.eps,
                 }
             })
             .collect();

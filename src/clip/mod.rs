@@ -2,6 +2,7 @@
 //! and weight import from the Hugging Face and OpenAI/open_clip layouts.
 
 pub mod config;
+pub mod fused;
 pub mod import;
 pub mod layers;
 pub mod lora;

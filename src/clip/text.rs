@@ -12,6 +12,7 @@
 //! Python reference run at the full padded length.
 
 use super::config::TextConfig;
+use super::fused;
 use super::layers::{layer_norm, normal_param, MatmulDtype, Transformer, TransformerSpec};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm};
@@ -33,6 +34,9 @@ pub struct TextTransformer {
     /// Precision of `text_projection` (the blocks carry their own).
     #[module(skip)]
     pub matmul_dtype: MatmulDtype,
+    /// Epsilon of the tower's own LayerNorms (burn's `LayerNorm` keeps its own private).
+    #[module(skip)]
+    pub eps: f64,
 }
 
 impl TextTransformer {
@@ -65,6 +69,7 @@ impl TextTransformer {
                 device,
             ),
             matmul_dtype: MatmulDtype::F32,
+            eps,
         }
     }
 
@@ -129,8 +134,10 @@ impl TextTransformer {
         let idx = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), &device);
         // LayerNorm is per token: normalising only the pooled rows equals open_clip's order.
         let pooled = x.reshape([b * l, w]).select(0, idx);
-        self.matmul_dtype
-            .matmul(self.ln_final.forward(pooled), self.text_projection.val())
+        self.matmul_dtype.matmul(
+            fused::layer_norm(&self.ln_final, pooled, self.eps),
+            self.text_projection.val(),
+        )
     }
 
     /// Embedded prompts `[B, L, width]` (token embeddings, possibly with learned context vectors

@@ -7,6 +7,7 @@
 //! `h_l` are pre-norm residual attention blocks without a mask.
 
 use super::config::VitConfig;
+use super::fused;
 use super::layers::{layer_norm, normal_param, MatmulDtype, Transformer, TransformerSpec};
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -33,6 +34,9 @@ pub struct VisionTransformer {
     /// Precision of `conv1` and `proj` (the blocks carry their own).
     #[module(skip)]
     pub matmul_dtype: MatmulDtype,
+    /// Epsilon of the tower's own LayerNorms (burn's `LayerNorm` keeps its own private).
+    #[module(skip)]
+    pub eps: f64,
 }
 
 impl VisionTransformer {
@@ -65,6 +69,7 @@ impl VisionTransformer {
             ln_post: layer_norm(w, eps, device),
             proj: normal_param([w, embed_dim], scale, device),
             matmul_dtype: MatmulDtype::F32,
+            eps,
         }
     }
 
@@ -100,7 +105,7 @@ impl VisionTransformer {
             "image of {gh}x{gw} patches does not match the position table"
         );
         let x = Tensor::cat(vec![cls, x], 1) + pos.unsqueeze::<3>();
-        let x = self.ln_pre.forward(x);
+        let x = fused::layer_norm(&self.ln_pre, x, self.eps);
         self.transformer.forward_range(x, 0, n_blocks, false)
     }
 
@@ -113,8 +118,10 @@ impl VisionTransformer {
         let [b, _, w] = x.dims();
         // LayerNorm is per token, so normalising the pooled token alone equals pooling after.
         let cls = x.narrow(1, 0, 1).reshape([b, w]);
-        self.matmul_dtype
-            .matmul(self.ln_post.forward(cls), self.proj.val())
+        self.matmul_dtype.matmul(
+            fused::layer_norm(&self.ln_post, cls, self.eps),
+            self.proj.val(),
+        )
     }
 
     /// `[B, 3, H, W]` (CLIP-normalised pixels) to unnormalised embeddings `[B, embed_dim]`.

@@ -4,9 +4,9 @@
 //! tensor operations, each a full pass over the parameter and a fresh buffer; on a small model
 //! (heads trained from the feature cache) those passes dominate the step. On flex, whose
 //! tensors are host buffers handed over without a copy when uniquely owned, [`FusedAdamW`]
-//! does the same arithmetic in one loop, in place (split over rayon's threads for tensors of
-//! at least [`PAR_CHUNK`] x 2 elements, so both cores of a small machine share the pass over a
-//! large embedding table); on other backends (libtorch, CUDA) it runs
+//! does the same arithmetic in one vectorised loop, in place ([`siam_kernels::adamw_update`],
+//! split over rayon's threads in fixed chunks, so both cores of a small machine share the pass
+//! over a large embedding table); on other backends (libtorch, CUDA) it runs
 //! burn's `AdamW` unchanged. The state is burn's `AdamWState`, so checkpoints are the same.
 //!
 //! Per element, at step `t` (Loshchilov & Hutter 2019, as burn and PyTorch compute it):
@@ -18,15 +18,12 @@
 
 use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate, Optimizer};
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use rayon::prelude::*;
+use siam_kernels::AdamWStep;
 
 /// Elements per parallel chunk of the host passes over parameters and gradients (AdamW, the
 /// gradient norm, clipping): 16k f32 (64 KiB per array) is a few microseconds of work, well
 /// above rayon's cost of handing out a chunk, and a 128 x 512 weight is four chunks.
 pub(crate) const PAR_CHUNK: usize = 1 << 14;
-
-/// One chunk of (parameter, gradient, first moment, second moment).
-type Chunk<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
 
 /// AdamW with burn's semantics and state, fused on the flex backend.
 #[derive(Clone)]
@@ -90,40 +87,21 @@ impl Optimizer for FusedAdamW {
             ),
         };
         let (mut p, g, mut m, mut v) = (tensor.into_data(), grad.into_data(), m, v);
-        let (b1, b2, eps) = (self.beta_1, self.beta_2, self.epsilon);
-        let bc1 = 1f32 - b1.powi(time as i32);
-        let bc2 = 1f32 - b2.powi(time as i32);
-        let decay = (1.0 - lr * self.weight_decay as f64) as f32;
-        let lr = lr as f32;
-        {
-            let ps = p.as_mut_slice::<f32>().expect("f32 parameter");
-            let gs = g.as_slice::<f32>().expect("f32 gradient");
-            let ms = m.as_mut_slice::<f32>().expect("f32 moment");
-            let vs = v.as_mut_slice::<f32>().expect("f32 moment");
-            assert!(ps.len() == n && gs.len() == n && ms.len() == n && vs.len() == n);
-            let update = |(((ps, gs), ms), vs): Chunk<'_>| {
-                // Zipped slices carry no bounds checks, so the loop vectorises.
-                for (((p, &g), m), v) in ps.iter_mut().zip(gs).zip(ms.iter_mut()).zip(vs.iter_mut())
-                {
-                    let mi = b1 * *m + (1.0 - b1) * g;
-                    let vi = b2 * *v + (1.0 - b2) * (g * g);
-                    *m = mi;
-                    *v = vi;
-                    *p = *p * decay - lr * ((mi / bc1) / ((vi / bc2).sqrt() + eps));
-                }
-            };
-            if n < 2 * PAR_CHUNK {
-                update((((ps, gs), ms), vs));
-            } else {
-                // Element-wise, so the chunks are independent and the result does not depend
-                // on how many threads run them.
-                ps.par_chunks_mut(PAR_CHUNK)
-                    .zip(gs.par_chunks(PAR_CHUNK))
-                    .zip(ms.par_chunks_mut(PAR_CHUNK))
-                    .zip(vs.par_chunks_mut(PAR_CHUNK))
-                    .for_each(update);
-            }
-        }
+        assert_eq!(p.num_elements(), n, "parameter of {n} values");
+        siam_kernels::adamw_update(
+            p.as_mut_slice::<f32>().expect("f32 parameter"),
+            g.as_slice::<f32>().expect("f32 gradient"),
+            m.as_mut_slice::<f32>().expect("f32 moment"),
+            v.as_mut_slice::<f32>().expect("f32 moment"),
+            AdamWStep {
+                lr: lr as f32,
+                beta_1: self.beta_1,
+                beta_2: self.beta_2,
+                epsilon: self.epsilon,
+                weight_decay: self.weight_decay,
+                time,
+            },
+        );
         let momentum = AdaptiveMomentumState::new(
             time,
             Tensor::from_data(m, &device),

@@ -1,0 +1,23 @@
+//! Fused CPU kernels on plain `f32` slices for the operations that dominate a small CLIP's
+//! training step on burn's pure-Rust `flex` backend once its matrix products run at full speed:
+//! QuickGELU forward and backward, LayerNorm's backward, and AdamW's update.
+//!
+//! burn composes them from separate element-wise ops under autodiff (QuickGELU forward and
+//! backward is eight passes over the activations, each allocating its output, and the sigmoid's
+//! `exp` is libm's scalar `expf`); here each is one pass, vectorised for the CPU this runs on
+//! (AVX-512F, AVX2 + FMA, or the baseline target, picked at run time) and split over rayon's
+//! threads in fixed-size chunks, so results do not depend on the number of threads.
+//!
+//! The crate knows slices, not tensors: `siam::clip::fused` wraps these kernels as a burn backend
+//! extension with a hand-written autodiff backward.
+
+mod adamw;
+mod exp;
+mod layer_norm;
+mod quick_gelu;
+mod simd;
+
+pub use adamw::{adamw_update, AdamWStep};
+pub use exp::{exp, sigmoid};
+pub use layer_norm::layer_norm_backward;
+pub use quick_gelu::{quick_gelu, quick_gelu_backward, QUICK_GELU_ALPHA};
