@@ -186,9 +186,11 @@ fn pytorch(p: usize, k: usize, steps: usize) -> serde_json::Value {
     })
 }
 
-/// Microseconds for one forward + backward of a LayerNorm on `[rows, 128]` and of QuickGELU on
-/// `[rows, 512]` (the image tower's activations): the per-op cost of burn, outside siam's code.
-fn op_chains(device: &Device, rows: usize, reps: usize) -> (f64, f64) {
+/// Microseconds for one forward + backward of a LayerNorm on `[rows, 128]`, of QuickGELU on
+/// `[rows, 512]` (the image tower's activations) and of the MLP's two linears (128 -> 512 ->
+/// 128): the per-op cost as the towers run them (siam's fused LayerNorm and QuickGELU, burn's
+/// `Linear`).
+fn op_chains(device: &Device, rows: usize, reps: usize) -> (f64, f64, f64) {
     let ln = LayerNormConfig::new(128).init(device);
     let x = Tensor::<2>::random([rows, 128], Distribution::Normal(0.0, 1.0), device).require_grad();
     let h = Tensor::<2>::random([rows, 512], Distribution::Normal(0.0, 1.0), device).require_grad();
@@ -215,8 +217,7 @@ fn op_chains(device: &Device, rows: usize, reps: usize) -> (f64, f64) {
     let mlp_us = time(&|| {
         let _ = proj.forward(fc.forward(x.clone())).sum().backward();
     });
-    eprintln!("mlp linears fwd+bwd {mlp_us:.0} us");
-    (ln_us, gelu_us)
+    (ln_us, gelu_us, mlp_us)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -265,9 +266,9 @@ fn main() {
     if only == "step" {
         return;
     }
-    let (ln_us, gelu_us) = op_chains(&device, p * k * 65, 200);
+    let (ln_us, gelu_us, mlp_us) = op_chains(&device, p * k * 65, 200);
     println!(
-        "siam {backend} ops: LayerNorm fwd+bwd {ln_us:.0} us, QuickGELU fwd+bwd {gelu_us:.0} us"
+        "siam {backend} ops: LayerNorm fwd+bwd {ln_us:.0} us, QuickGELU fwd+bwd {gelu_us:.0} us, MLP linears fwd+bwd {mlp_us:.0} us"
     );
     if py.is_empty() {
         return;
@@ -289,10 +290,15 @@ fn main() {
             theirs / ms
         );
     }
-    let (pl, pg) = (col("ops_us", "layer_norm"), col("ops_us", "quick_gelu"));
+    let (pl, pg, pm) = (
+        col("ops_us", "layer_norm"),
+        col("ops_us", "quick_gelu"),
+        col("ops_us", "mlp_linears"),
+    );
     println!(
-        "PyTorch ops: LayerNorm fwd+bwd {pl:.0} us ({:.2}x siam), QuickGELU fwd+bwd {pg:.0} us ({:.2}x siam)",
+        "PyTorch ops: LayerNorm fwd+bwd {pl:.0} us ({:.2}x siam), QuickGELU fwd+bwd {pg:.0} us ({:.2}x siam), MLP linears fwd+bwd {pm:.0} us ({:.2}x siam)",
         pl / ln_us,
-        pg / gelu_us
+        pg / gelu_us,
+        pm / mlp_us
     );
 }

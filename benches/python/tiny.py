@@ -7,7 +7,8 @@ Prints one JSON object: for `padded` (open_clip's encode_text, texts padded to t
 context as open_clip trains) and `trimmed` (the same text tower run on the batch's real length,
 as siam does), milliseconds per step (`ms`) and process CPU seconds per wall second (`cpu`);
 and `ops_us`, microseconds for one LayerNorm and one QuickGELU forward + backward on the image
-tower's activations (per-op overhead, compared with burn's in benches/tiny.rs).
+tower's activations, and `mlp_linears` for the MLP's two linears (per-op cost, compared with
+burn's in benches/tiny.rs).
 
 The step (the same as siam's default `siam train --loss triplet` step):
 - open_clip `CLIP` from benches/python/tiny_clip.json (random init, QuickGELU), both towers
@@ -105,13 +106,16 @@ def timed(encode_text, ids):
 
 
 def op_chains(reps):
-    """Per-op overhead: LayerNorm and QuickGELU forward + backward on the image tower's shapes."""
+    """Per-op cost: LayerNorm, QuickGELU and the MLP's two linears (128 -> 512 -> 128) forward +
+    backward on the image tower's shapes."""
     ln = torch.nn.LayerNorm(128)
+    fc, proj = torch.nn.Linear(128, 512), torch.nn.Linear(512, 128)
     x = torch.randn(B * 65, 128, requires_grad=True)
     h = torch.randn(B * 65, 512, requires_grad=True)
     out = {}
     for name, f, t in [("layer_norm", lambda: ln(x).sum(), x),
-                       ("quick_gelu", lambda: (h * torch.sigmoid(1.702 * h)).sum(), h)]:
+                       ("quick_gelu", lambda: (h * torch.sigmoid(1.702 * h)).sum(), h),
+                       ("mlp_linears", lambda: proj(fc(x)).sum(), x)]:
         for _ in range(5):
             f().backward()
         s = time.perf_counter()
