@@ -21,3 +21,4 @@ pub use adamw::{adamw_update, AdamWStep};
 pub use exp::{exp, sigmoid};
 pub use layer_norm::layer_norm_backward;
 pub use quick_gelu::{quick_gelu, quick_gelu_backward, QUICK_GELU_ALPHA};
+pub use simd::CHUNK;

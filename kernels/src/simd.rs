@@ -6,9 +6,10 @@
 //! `"avx2,fma"`, and picks one by run-time detection (cached by the standard library), so LLVM
 //! vectorises the same source at 16, 8 or 4 lanes.
 
-/// Elements per task when a pass is split over threads: large enough that a task outweighs
-/// rayon's scheduling, small enough that two cores share a `[1560, 512]` activation.
-pub(crate) const CHUNK: usize = 1 << 14;
+/// Elements per task when a pass is split over threads: 16k f32 (64 KiB per array) is a few
+/// microseconds of work, well above rayon's cost of handing out a task, and small enough that
+/// two cores share a `[1560, 512]` activation or a 128 x 512 weight (four chunks).
+pub const CHUNK: usize = 1 << 14;
 
 /// Runs `$body` (an expression over the given bindings) compiled for AVX-512F, AVX2 + FMA or
 /// the baseline target, whichever is the best this CPU supports.

@@ -20,11 +20,6 @@ use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, Learnin
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use siam_kernels::AdamWStep;
 
-/// Elements per parallel chunk of the host passes over parameters and gradients (AdamW, the
-/// gradient norm, clipping): 16k f32 (64 KiB per array) is a few microseconds of work, well
-/// above rayon's cost of handing out a chunk, and a 128 x 512 weight is four chunks.
-pub(crate) const PAR_CHUNK: usize = 1 << 14;
-
 /// AdamW with burn's semantics and state, fused on the flex backend.
 #[derive(Clone)]
 pub struct FusedAdamW {
@@ -166,7 +161,7 @@ mod tests {
             .with_epsilon(1e-8)
             .with_weight_decay(0.1)
             .build();
-        let shape = [3 * PAR_CHUNK / 64 + 1, 64];
+        let shape = [3 * siam_kernels::CHUNK / 64 + 1, 64];
         let start = Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), &device);
         let (mut a, mut b) = (start.clone(), start);
         let (mut sa, mut sb) = (None, None);

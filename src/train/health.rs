@@ -10,8 +10,8 @@
 //! A run has collapsed ([`collapse_warning`]) when, over an epoch, the spread is below
 //! [`MIN_SPREAD`] while positives score no better than negatives (gap below [`MIN_GAP`]; a
 //! narrow cone that still ranks the labels is how the multi-similarity loss trains from random
-//! weights: spread 0.04, gap 0.02 and the best zero-shot accuracy of the losses on
-//! cifar10-dev after one epoch), or every tuple is active (at least [`PINNED_ACTIVE`]) while positives score
+//! weights: spread 0.04, gap 0.02 and the best zero-shot accuracy of the losses on cifar10-dev
+//! after one epoch), or every tuple is active (at least [`PINNED_ACTIVE`]) while positives score
 //! no better than negatives (gap below [`MIN_GAP`]): a triplet loss then sits at its margin,
 //! since the mean of `s(a,n) − s(a,p) + m` over active triplets is `m` when `s(a,p) = s(a,n)`.
 

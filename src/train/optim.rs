@@ -19,8 +19,9 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::fused_adamw::{FusedAdamW, PAR_CHUNK};
+use super::fused_adamw::FusedAdamW;
 use rayon::prelude::*;
+use siam_kernels::CHUNK;
 
 /// AdamW hyper-parameters (PyTorch's names and defaults, except the weight decay).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -168,13 +169,13 @@ impl ModuleVisitor for NormVisitor<'_> {
     }
 }
 
-/// `sum_i x_i^2`: [`chunk_sum_of_squares`] per chunk of [`PAR_CHUNK`] elements on rayon's
+/// `sum_i x_i^2`: [`chunk_sum_of_squares`] per chunk of [`CHUNK`] elements on rayon's
 /// threads, the chunks' sums added in order (the same value whatever the number of threads).
 fn sum_of_squares(x: &[f32]) -> f64 {
-    if x.len() < 2 * PAR_CHUNK {
+    if x.len() < 2 * CHUNK {
         return chunk_sum_of_squares(x);
     }
-    let parts: Vec<f64> = x.par_chunks(PAR_CHUNK).map(chunk_sum_of_squares).collect();
+    let parts: Vec<f64> = x.par_chunks(CHUNK).map(chunk_sum_of_squares).collect();
     parts.iter().sum()
 }
 
@@ -207,7 +208,7 @@ impl ModuleVisitor for ScaleVisitor<'_> {
             let mut data = g.into_data();
             let coef = self.coef as f32;
             let x = data.as_mut_slice::<f32>().expect("f32 gradient");
-            x.par_chunks_mut(PAR_CHUNK)
+            x.par_chunks_mut(CHUNK)
                 .for_each(|c| c.iter_mut().for_each(|v| *v *= coef));
             self.grads
                 .register(param.id, Tensor::<D>::from_data(data, &device));
@@ -335,7 +336,7 @@ mod tests {
         let device = Device::flex().autodiff();
         let lin = LinearConfig::new(300, 300).with_bias(false).init(&device);
         let n = 300 * 300;
-        assert!(n > 5 * PAR_CHUNK);
+        assert!(n > 5 * CHUNK);
         // loss = sum(W * c) with c_i = 1 + (i mod 2): grad = c, |grad|^2 = n/2 * (1 + 4).
         let c: Vec<f32> = (0..n).map(|i| 1.0 + (i % 2) as f32).collect();
         let c = Tensor::<2>::from_data(TensorData::new(c, [300, 300]), &device);
