@@ -1,4 +1,5 @@
-//! QuickGELU and LayerNorm as single operations with a hand-written backward pass.
+//! QuickGELU, LayerNorm, linear layers and multi-head attention as single operations with a
+//! hand-written backward pass.
 //!
 //! Under autodiff, burn composes both from element-wise primitives: QuickGELU `x * sigmoid(1.702
 //! x)` is three recorded ops whose backward adds five more passes over the activations, and
@@ -11,24 +12,31 @@
 //! elsewhere (libtorch, CUDA, other dtypes) by the composition of burn primitives in the trait's
 //! default bodies. Its `Autodiff` implementation records each forward as one graph node whose
 //! backward calls the backend's backward operation, so gradients never go through the composed
-//! graph. [`quick_gelu`] and [`layer_norm`] are the tensor-level entry points the towers use.
+//! graph. [`quick_gelu`], [`layer_norm`], [`linear`] and [`attention`] are the tensor-level
+//! entry points the towers use.
 //!
 //! The maths (QuickGELU: OpenAI CLIP `clip/model.py`; LayerNorm: Ba, Kiros & Hinton 2016):
 //! - `QuickGELU(x) = x s`, `s = sigmoid(1.702 x)`; `d/dx = s + 1.702 x s (1 - s)`.
 //! - LayerNorm over the last dimension: `xhat = (x - mean) / sqrt(var + eps)`, `y = gamma xhat +
 //!   beta`; with `g = dL/dy`, `h = g gamma`: `dL/dx = (h - mean(h) - xhat mean(h xhat)) /
 //!   sqrt(var + eps)`, `dL/dgamma = sum_rows g xhat`, `dL/dbeta = sum_rows g`.
+//! - Linear `y = x W + b`: `dx = dY W^T`, `dW = x^T dY`, `db = sum_rows dY`.
+//! - Attention (Vaswani et al. 2017) straight from the fused `[q | k | v]` projection, per
+//!   head: `P = softmax(s Q K^T)`, `s = dh^-1/2`, `O = P V`; backward `dV = P^T dO`, `dP = dO
+//!   V^T`, `dS = P (dP - rowsum(P dP))`, `dQ = s dS K`, `dK = s dS^T Q` (`P` recomputed).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::nn::LayerNorm;
-use burn::tensor::{Bytes, DType, Shape, Tensor};
-use siam_kernels::QUICK_GELU_ALPHA;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bytes, DType, Shape, Slice, Tensor, TensorData};
+use siam_kernels::{AttentionShape, LinearShape, QUICK_GELU_ALPHA};
 
 /// QuickGELU and LayerNorm forward and backward as backend operations.
 #[backend_extension(Flex, LibTorch: cfg(feature = "tch"), Cube: cfg(feature = "cuda"), Autodiff)]
@@ -62,6 +70,47 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         composed::layer_norm_backward::<Self>(x, gamma, grad, eps)
     }
+
+    /// `x W + b` for `x` `[n, d_in]`, `weight` `[d_in, d_out]`, `bias` `[d_out]`.
+    fn dense(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::linear(x, weight, Some(bias))
+    }
+
+    /// `(dL/dx, dL/dW, dL/db)` of [`FusedOps::dense`] given `grad = dL/dy`; the first two
+    /// only when asked for.
+    fn dense_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        need_x: bool,
+        need_weight: bool,
+    ) -> (
+        Option<FloatTensor<Self>>,
+        Option<FloatTensor<Self>>,
+        FloatTensor<Self>,
+    ) {
+        composed::dense_backward::<Self>(x, weight, grad, need_x, need_weight)
+    }
+
+    /// Self-attention over `heads` heads from the fused projection `qkv` `[B, L, 3D]` (columns
+    /// `[q | k | v]`), to `[B, L, D]` with the heads side by side; `causal` hides later keys.
+    fn attention_qkv(qkv: FloatTensor<Self>, heads: usize, causal: bool) -> FloatTensor<Self> {
+        composed::attention_qkv::<Self>(qkv, heads, causal)
+    }
+
+    /// `dL/dqkv` `[B, L, 3D]` of [`FusedOps::attention_qkv`] given `grad = dL/dout` `[B, L, D]`.
+    fn attention_qkv_backward(
+        qkv: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        heads: usize,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        composed::attention_qkv_backward::<Self>(qkv, grad, heads, causal)
+    }
 }
 
 /// QuickGELU through [`FusedOps`]: one recorded operation under autodiff.
@@ -87,9 +136,183 @@ pub fn layer_norm<const D: usize>(ln: &LayerNorm, x: Tensor<D>, eps: f64) -> Ten
     ))
 }
 
+/// `x W + b` through [`FusedOps`] (one recorded operation under autodiff): `x` `[n, d_in]`,
+/// `weight` `[d_in, d_out]` (burn's `Linear` layout), `bias` `[d_out]`.
+pub fn linear(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::dense(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+    ))
+}
+
+/// `[n, d_in] x [d_in, d_out]`.
+fn linear_shape(x: &Shape, weight: &Shape) -> LinearShape {
+    let ([rows, d_in], [w_in, d_out]) = (x.dims::<2>(), weight.dims::<2>());
+    assert_eq!(d_in, w_in, "linear: input width {d_in}, weight rows {w_in}");
+    LinearShape { rows, d_in, d_out }
+}
+
+/// Self-attention from the fused Q/K/V projection through [`FusedOps`]: `qkv` `[B, L, 3D]`
+/// (columns `[q | k | v]`, as `nn.MultiheadAttention`'s `in_proj`) to `[B, L, D]`, one recorded
+/// operation under autodiff. `D` must split into `heads`.
+pub fn attention(qkv: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::attention_qkv(
+        qkv.into_dispatch(),
+        heads,
+        causal,
+    ))
+}
+
+/// `[B, L, 3D]` split into `heads` heads.
+fn attention_shape(qkv: &Shape, heads: usize, causal: bool) -> AttentionShape {
+    let [batch, len, three_d] = qkv.dims::<3>();
+    assert!(
+        heads > 0 && three_d % (3 * heads) == 0,
+        "attention: width {three_d} is not 3 x {heads} heads"
+    );
+    AttentionShape {
+        batch,
+        len,
+        heads,
+        head_dim: three_d / 3 / heads,
+        causal,
+    }
+}
+
 /// The default bodies: compositions of burn primitives, for any backend and dtype.
 mod composed {
     use super::*;
+
+    #[allow(clippy::type_complexity)]
+    pub(super) fn dense_backward<B: Backend>(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        need_x: bool,
+        need_weight: bool,
+    ) -> (
+        Option<FloatTensor<B>>,
+        Option<FloatTensor<B>>,
+        FloatTensor<B>,
+    ) {
+        (
+            need_x.then(|| B::linear_x_backward(weight, grad.clone())),
+            need_weight.then(|| B::linear_weight_backward(x, grad.clone())),
+            B::linear_bias_backward(grad),
+        )
+    }
+
+    /// `qkv` `[B, L, 3D]` to Q, K, V `[B, H, L, dh]`.
+    fn split_heads<B: Backend>(qkv: FloatTensor<B>, s: AttentionShape) -> [FloatTensor<B>; 3] {
+        let (b, l, h, dh) = (s.batch, s.len, s.heads, s.head_dim);
+        let parts = B::float_permute(
+            B::float_reshape(qkv, Shape::new([b, l, 3, h, dh])),
+            &[2, 0, 3, 1, 4],
+        );
+        [0, 1, 2].map(|part| {
+            let mut slices = [Slice::from(..); 5];
+            slices[0] = Slice::from(part..part + 1);
+            B::float_reshape(
+                B::float_slice(parts.clone(), &slices),
+                Shape::new([b, h, l, dh]),
+            )
+        })
+    }
+
+    /// `[B, H, L, dh]` to `[B, L, H dh]`.
+    fn merge_heads<B: Backend>(o: FloatTensor<B>, s: AttentionShape) -> FloatTensor<B> {
+        B::float_reshape(
+            B::float_swap_dims(o, 1, 2),
+            Shape::new([s.batch, s.len, s.heads * s.head_dim]),
+        )
+    }
+
+    /// `softmax(s Q K^T)` `[B, H, L, L]`, later keys masked when causal.
+    fn probabilities<B: Backend>(
+        q: FloatTensor<B>,
+        k: FloatTensor<B>,
+        s: AttentionShape,
+    ) -> FloatTensor<B> {
+        let scale = (s.head_dim as f64).powf(-0.5);
+        let scores = B::float_mul_scalar(
+            B::float_matmul(q, B::float_swap_dims(k, 2, 3)),
+            scale.into(),
+        );
+        let full = scores.shape();
+        let scores = if s.causal {
+            let l = s.len;
+            let hidden: Vec<f32> = (0..l * l)
+                .map(|n| {
+                    if n % l > n / l {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let bias = B::float_from_data(TensorData::new(hidden, [1, 1, l, l]), &scores.device());
+            let bias = B::float_cast(bias, scores.dtype().into());
+            B::float_add(scores, B::float_expand(bias, full.clone()))
+        } else {
+            scores
+        };
+        let max = B::float_max_dim(scores.clone(), 3);
+        let e = B::float_exp(B::float_sub(scores, B::float_expand(max, full.clone())));
+        let total = B::float_sum_dim(e.clone(), 3);
+        B::float_div(e, B::float_expand(total, full))
+    }
+
+    pub(super) fn attention_qkv<B: Backend>(
+        qkv: FloatTensor<B>,
+        heads: usize,
+        causal: bool,
+    ) -> FloatTensor<B> {
+        let s = attention_shape(&qkv.shape(), heads, causal);
+        let [q, k, v] = split_heads::<B>(qkv, s);
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: causal,
+        };
+        merge_heads::<B>(B::attention(q, k, v, None, None, options), s)
+    }
+
+    pub(super) fn attention_qkv_backward<B: Backend>(
+        qkv: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        heads: usize,
+        causal: bool,
+    ) -> FloatTensor<B> {
+        let s = attention_shape(&qkv.shape(), heads, causal);
+        let (b, l, h, dh) = (s.batch, s.len, s.heads, s.head_dim);
+        let [q, k, v] = split_heads::<B>(qkv, s);
+        let p = probabilities::<B>(q.clone(), k.clone(), s);
+        let g = B::float_swap_dims(B::float_reshape(grad, Shape::new([b, l, h, dh])), 1, 2);
+        let dv = B::float_matmul(B::float_swap_dims(p.clone(), 2, 3), g.clone());
+        let dp = B::float_matmul(g, B::float_swap_dims(v, 2, 3));
+        let full = p.shape();
+        let dot = B::float_sum_dim(B::float_mul(p.clone(), dp.clone()), 3);
+        let ds = B::float_mul_scalar(
+            B::float_mul(p, B::float_sub(dp, B::float_expand(dot, full))),
+            (dh as f64).powf(-0.5).into(),
+        );
+        let dq = B::float_matmul(ds.clone(), k);
+        let dk = B::float_matmul(B::float_swap_dims(ds, 2, 3), q);
+        let one = Shape::new([1, b, h, l, dh]);
+        let stacked = B::float_cat(
+            [dq, dk, dv]
+                .into_iter()
+                .map(|t| B::float_reshape(t, one.clone()))
+                .collect(),
+            0,
+        );
+        // [3, B, H, L, dh] back to [B, L, 3, H, dh], the layout of `qkv`.
+        B::float_reshape(
+            B::float_permute(stacked, &[1, 3, 0, 2, 4]),
+            Shape::new([b, l, 3 * h * dh]),
+        )
+    }
 
     pub(super) fn quick_gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
         let s = B::sigmoid(B::float_mul_scalar(x.clone(), QUICK_GELU_ALPHA.into()));
@@ -196,6 +419,67 @@ impl FusedOps for Flex {
             flex_tensor(dbeta, d),
         )
     }
+
+    fn dense(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        let (Some(xv), Some(wv), Some(bv)) =
+            (f32_values(&x), f32_values(&weight), f32_values(&bias))
+        else {
+            return <Self as ModuleOps<Self>>::linear(x, weight, Some(bias));
+        };
+        let s = linear_shape(&x.shape(), &weight.shape());
+        let mut y = vec![0f32; s.rows * s.d_out];
+        siam_kernels::linear_forward(xv, wv, bv, s, &mut y);
+        flex_tensor(y, Shape::new([s.rows, s.d_out]))
+    }
+
+    fn dense_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        need_x: bool,
+        need_weight: bool,
+    ) -> (Option<FlexTensor>, Option<FlexTensor>, FlexTensor) {
+        let (Some(xv), Some(wv), Some(g)) =
+            (f32_values(&x), f32_values(&weight), f32_values(&grad))
+        else {
+            return composed::dense_backward::<Self>(x, weight, grad, need_x, need_weight);
+        };
+        let s = linear_shape(&x.shape(), &weight.shape());
+        let mut dx = need_x.then(|| vec![0f32; xv.len()]);
+        let mut dw = need_weight.then(|| vec![0f32; wv.len()]);
+        let mut db = vec![0f32; s.d_out];
+        siam_kernels::linear_backward(xv, wv, g, s, dx.as_deref_mut(), dw.as_deref_mut(), &mut db);
+        (
+            dx.map(|v| flex_tensor(v, x.shape())),
+            dw.map(|v| flex_tensor(v, weight.shape())),
+            flex_tensor(db, Shape::new([s.d_out])),
+        )
+    }
+
+    fn attention_qkv(qkv: FlexTensor, heads: usize, causal: bool) -> FlexTensor {
+        let Some(values) = f32_values(&qkv) else {
+            return composed::attention_qkv::<Self>(qkv, heads, causal);
+        };
+        let s = attention_shape(&qkv.shape(), heads, causal);
+        let mut out = vec![0f32; values.len() / 3];
+        siam_kernels::attention_forward(values, s, &mut out);
+        flex_tensor(out, Shape::new([s.batch, s.len, s.heads * s.head_dim]))
+    }
+
+    fn attention_qkv_backward(
+        qkv: FlexTensor,
+        grad: FlexTensor,
+        heads: usize,
+        causal: bool,
+    ) -> FlexTensor {
+        let (Some(values), Some(g)) = (f32_values(&qkv), f32_values(&grad)) else {
+            return composed::attention_qkv_backward::<Self>(qkv, grad, heads, causal);
+        };
+        let s = attention_shape(&qkv.shape(), heads, causal);
+        let mut dqkv = vec![0f32; values.len()];
+        siam_kernels::attention_backward(values, g, s, &mut dqkv);
+        flex_tensor(dqkv, qkv.shape())
+    }
 }
 
 #[cfg(feature = "tch")]
@@ -287,6 +571,95 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish((x, gamma, eps), output)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::layer_norm_affine(x, gamma, beta, eps)),
+        }
+    }
+
+    fn dense(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LinearBackward;
+
+        impl<B: Backend + FusedOps> Backward<B, 3> for LinearBackward {
+            /// The input and the weight.
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, weight) = ops.state;
+                let [px, pw, pb] = ops.parents;
+                let (dx, dw, db) = B::dense_backward(x, weight, grad, px.is_some(), pw.is_some());
+                for (parent, g) in [(px, dx), (pw, dw), (pb, Some(db))] {
+                    if let (Some(parent), Some(g)) = (parent, g) {
+                        grads.register::<B>(parent.id, g);
+                    }
+                }
+            }
+        }
+
+        let nodes = [x.node(), weight.node(), bias.node()];
+        let (x, weight, bias) = (
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+        );
+        match LinearBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let output = B::dense(x.clone(), weight.clone(), bias);
+                prep.finish((x, weight), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::dense(x, weight, bias)),
+        }
+    }
+
+    fn attention_qkv(qkv: FloatTensor<Self>, heads: usize, causal: bool) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AttentionBackward;
+
+        impl<B: Backend + FusedOps> Backward<B, 1> for AttentionBackward {
+            /// The fused projection, the number of heads and the mask flag (the backward
+            /// recomputes the attention weights from them).
+            type State = (FloatTensor<B>, usize, bool);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let grad = grads.consume::<B>(&ops.node);
+                if let [Some(parent)] = ops.parents {
+                    let (qkv, heads, causal) = ops.state;
+                    let dqkv = B::attention_qkv_backward(qkv, grad, heads, causal);
+                    grads.register::<B>(parent.id, dqkv);
+                }
+            }
+        }
+
+        match AttentionBackward
+            .prepare::<C>([qkv.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let input = qkv.into_primitive();
+                let output = B::attention_qkv(input.clone(), heads, causal);
+                prep.finish((input, heads, causal), output)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::attention_qkv(qkv.into_primitive(), heads, causal))
+            }
         }
     }
 }

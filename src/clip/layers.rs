@@ -13,9 +13,9 @@ use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::module::{attention, conv2d, linear as linear_op};
-use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
-use burn::tensor::{Device, FloatDType, Int, Tensor};
+use burn::tensor::module::{conv2d, linear as linear_op};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor};
 
 /// The float type of a tower's matrix multiplies (linears, attention scores and mixing, the
 /// patch-embedding convolution, the final projection).
@@ -82,7 +82,17 @@ impl MatmulDtype {
             return out.reshape(out_dims);
         }
         if self == Self::F32 {
-            return layer.forward(x);
+            return match &layer.bias {
+                // One recorded operation with a threaded product (`fused::linear`).
+                Some(bias) if D == 2 && x.dtype() == DType::F32 => {
+                    let [rows, d_in] = [dims[0], dims[D - 1]];
+                    let y = fused::linear(x.reshape([rows, d_in]), layer.weight.val(), bias.val());
+                    let mut out_dims = dims;
+                    out_dims[D - 1] = y.dims()[1];
+                    y.reshape(out_dims)
+                }
+                _ => layer.forward(x),
+            };
         }
         let out = linear_op(
             self.lower(x),
@@ -226,35 +236,25 @@ impl SelfAttention {
         let [b, l, d] = x.dims();
         let h = self.heads;
         let dh = d / h;
-        // [B, L, 3D] -> [3, B, H, L, Dh]: one copy lays q, k and v out head-major.
         let m = self.matmul_dtype;
-        let qkv = adapted(m, &self.in_proj, self.in_proj_lora.as_ref(), x)
-            .reshape([b, l, 3, h, dh])
-            .permute([2, 0, 3, 1, 4]);
-        let mut parts = qkv
-            .chunk(3, 0)
-            .into_iter()
-            .map(|t| t.reshape([b, h, l, dh]));
-        let (q, k, v) = (
-            parts.next().expect("3 chunks"),
-            parts.next().expect("3 chunks"),
-            parts.next().expect("3 chunks"),
-        );
+        let qkv = adapted(m, &self.in_proj, self.in_proj_lora.as_ref(), x);
         let o = match m {
-            MatmulDtype::F32 => attention(
-                q,
-                k,
-                v,
-                None,
-                None,
-                AttentionModuleOptions {
-                    scale: None,
-                    softcap: None,
-                    is_causal: causal,
-                },
-            ),
-            // Unfused, so that the scores and the softmax stay f32 (autocast's math path).
+            // One fused operation (`fused::attention`): no head split or merge copies.
+            MatmulDtype::F32 => fused::attention(qkv, h, causal),
+            // Unfused, so that the products run in bf16 while the scores and the softmax stay
+            // f32 (autocast's math path).
             MatmulDtype::Bf16 => {
+                // [B, L, 3D] -> [3, B, H, L, Dh]: one copy lays q, k and v out head-major.
+                let qkv = qkv.reshape([b, l, 3, h, dh]).permute([2, 0, 3, 1, 4]);
+                let mut parts = qkv
+                    .chunk(3, 0)
+                    .into_iter()
+                    .map(|t| t.reshape([b, h, l, dh]));
+                let (q, k, v) = (
+                    parts.next().expect("3 chunks"),
+                    parts.next().expect("3 chunks"),
+                    parts.next().expect("3 chunks"),
+                );
                 let scores = m
                     .matmul(q, k.swap_dims(2, 3))
                     .mul_scalar((dh as f64).powf(-0.5));
@@ -267,10 +267,10 @@ impl SelfAttention {
                 } else {
                     scores
                 };
-                m.matmul(softmax(scores, 3), v)
+                let o = m.matmul(softmax(scores, 3), v);
+                o.swap_dims(1, 2).reshape([b, l, d])
             }
         };
-        let o = o.swap_dims(1, 2).reshape([b, l, d]);
         adapted(m, &self.out_proj, self.out_proj_lora.as_ref(), o)
     }
 }
