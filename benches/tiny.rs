@@ -27,7 +27,7 @@ use burn::nn::LayerNormConfig;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use siam::clip::config::{Activation, ClipConfig};
-use siam::clip::layers::activate;
+use siam::clip::layers::{activate, MatmulDtype};
 use siam::clip::model::Clip;
 use siam::model::encoder::token_tensor;
 use siam::model::heads::HeadConfig;
@@ -188,8 +188,7 @@ fn pytorch(p: usize, k: usize, steps: usize) -> serde_json::Value {
 
 /// Microseconds for one forward + backward of a LayerNorm on `[rows, 128]`, of QuickGELU on
 /// `[rows, 512]` (the image tower's activations) and of the MLP's two linears (128 -> 512 ->
-/// 128): the per-op cost as the towers run them (siam's fused LayerNorm and QuickGELU, burn's
-/// `Linear`).
+/// 128): the per-op cost as the towers run them (siam's fused LayerNorm, QuickGELU and linear).
 fn op_chains(device: &Device, rows: usize, reps: usize) -> (f64, f64, f64) {
     let ln = LayerNormConfig::new(128).init(device);
     let x = Tensor::<2>::random([rows, 128], Distribution::Normal(0.0, 1.0), device).require_grad();
@@ -215,7 +214,11 @@ fn op_chains(device: &Device, rows: usize, reps: usize) -> (f64, f64, f64) {
     let fc = burn::nn::LinearConfig::new(128, 512).init(device);
     let proj = burn::nn::LinearConfig::new(512, 128).init(device);
     let mlp_us = time(&|| {
-        let _ = proj.forward(fc.forward(x.clone())).sum().backward();
+        let f32 = MatmulDtype::F32;
+        let _ = f32
+            .linear(&proj, f32.linear(&fc, x.clone()))
+            .sum()
+            .backward();
     });
     (ln_us, gelu_us, mlp_us)
 }

@@ -21,7 +21,7 @@
 use rayon::prelude::*;
 
 use crate::exp::exp;
-use crate::simd::vectorised;
+use crate::simd::{dot, max, sum_map, vectorised};
 use crate::strided::{product, Mat, View};
 
 /// The shape of one attention call.
@@ -221,13 +221,11 @@ impl Heads {
 fn softmax_rows(p: &mut [f32], shape: AttentionShape) {
     for (i, row) in p.chunks_exact_mut(shape.len).enumerate() {
         let (seen, hidden) = row.split_at_mut(shape.keys(i));
-        let max = seen.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sum = 0f32;
+        let top = max(seen);
         for x in seen.iter_mut() {
-            *x = exp(*x - max);
-            sum += *x;
+            *x = exp(*x - top);
         }
-        let r = 1.0 / sum;
+        let r = 1.0 / sum_map(seen, |x| x);
         seen.iter_mut().for_each(|x| *x *= r);
         hidden.fill(0.0);
     }
@@ -237,9 +235,9 @@ fn softmax_rows(p: &mut [f32], shape: AttentionShape) {
 #[inline(always)]
 fn softmax_backward(p: &[f32], dp: &mut [f32], l: usize, scale: f32) {
     for (p, dp) in p.chunks_exact(l).zip(dp.chunks_exact_mut(l)) {
-        let dot: f32 = p.iter().zip(dp.iter()).map(|(p, g)| p * g).sum();
+        let pg = dot(p, dp);
         for (g, &p) in dp.iter_mut().zip(p) {
-            *g = scale * p * (*g - dot);
+            *g = scale * p * (*g - pg);
         }
     }
 }

@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use crate::simd::{vectorised, CHUNK};
+use crate::simd::{dot, sum3, sum_map, vectorised, CHUNK};
 
 /// Writes `dx` (same length as `x`) and returns `(dgamma, dbeta)` (each `gamma.len()` long)
 /// for a LayerNorm over rows of `gamma.len()` values.
@@ -84,15 +84,14 @@ fn rows(
         .zip(grad.chunks_exact(d))
         .zip(dx.chunks_exact_mut(d))
     {
-        let mu = x.iter().sum::<f32>() * inv_d;
-        let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() * inv_d;
+        let mu = sum_map(x, |v| v) * inv_d;
+        let var = sum_map(x, |v| (v - mu) * (v - mu)) * inv_d;
         let r = 1.0 / (var + eps).sqrt();
-        let (mut sum_h, mut sum_hx) = (0f32, 0f32);
+        // h = g gamma; the sums are over the row, in sixteen lanes (`simd::sum3`).
+        let sum_h = dot(g, gamma);
+        let sum_hx = sum3(g, gamma, x, |g, gamma, x| g * gamma * (x - mu) * r);
         for i in 0..d {
             let xhat = (x[i] - mu) * r;
-            let h = g[i] * gamma[i];
-            sum_h += h;
-            sum_hx += h * xhat;
             dgamma[i] += g[i] * xhat;
             dbeta[i] += g[i];
         }
