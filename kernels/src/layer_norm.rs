@@ -89,7 +89,7 @@ fn rows(
         let r = 1.0 / (var + eps).sqrt();
         // h = g gamma; the sums are over the row, in sixteen lanes (`simd::sum3`).
         let sum_h = dot(g, gamma);
-        let sum_hx = sum3(g, gamma, x, |g, gamma, x| g * gamma * (x - mu) * r);
+        let sum_hx = r * sum3(g, gamma, x, |g, gamma, x| g * gamma * (x - mu));
         for i in 0..d {
             let xhat = (x[i] - mu) * r;
             dgamma[i] += g[i] * xhat;

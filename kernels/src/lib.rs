@@ -1,7 +1,7 @@
 //! Fused CPU kernels on plain `f32` slices for the operations that dominate a small CLIP's
 //! training step on burn's pure-Rust `flex` backend once its matrix products run at full speed:
 //! QuickGELU forward and backward, LayerNorm's backward, linear layers, multi-head attention from
-//! the fused Q/K/V projection, and AdamW's update.
+//! the fused Q/K/V projection, AdamW's update and the gradient norm's sum of squares.
 //!
 //! burn composes them from separate element-wise ops under autodiff (QuickGELU forward and
 //! backward is eight passes over the activations, each allocating its output, and the sigmoid's
@@ -20,6 +20,7 @@ mod linear;
 mod quick_gelu;
 mod simd;
 mod strided;
+mod sum_of_squares;
 
 pub use adamw::{adamw_update, AdamWStep};
 pub use attention::{attention_backward, attention_forward, AttentionShape};
@@ -28,6 +29,7 @@ pub use layer_norm::layer_norm_backward;
 pub use linear::{linear_backward, linear_forward, LinearShape};
 pub use quick_gelu::{quick_gelu, quick_gelu_backward, QUICK_GELU_ALPHA};
 pub use simd::CHUNK;
+pub use sum_of_squares::sum_of_squares;
 
 /// A deterministic pseudo-random vector in [-1, 1) for the kernels' tests.
 #[cfg(test)]

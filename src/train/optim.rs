@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fused_adamw::FusedAdamW;
 use rayon::prelude::*;
-use siam_kernels::CHUNK;
+use siam_kernels::{sum_of_squares, CHUNK};
 
 /// AdamW hyper-parameters (PyTorch's names and defaults, except the weight decay).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -167,29 +167,6 @@ impl ModuleVisitor for NormVisitor<'_> {
             None => s,
         });
     }
-}
-
-/// `sum_i x_i^2`: [`chunk_sum_of_squares`] per chunk of [`CHUNK`] elements on rayon's
-/// threads, the chunks' sums added in order (the same value whatever the number of threads).
-fn sum_of_squares(x: &[f32]) -> f64 {
-    if x.len() < 2 * CHUNK {
-        return chunk_sum_of_squares(x);
-    }
-    let parts: Vec<f64> = x.par_chunks(CHUNK).map(chunk_sum_of_squares).collect();
-    parts.iter().sum()
-}
-
-/// `sum_i x_i^2`, with sixteen f32 partial sums (which the compiler vectorises) added in f64.
-fn chunk_sum_of_squares(x: &[f32]) -> f64 {
-    let mut acc = [0f32; 16];
-    let mut chunks = x.chunks_exact(16);
-    for c in &mut chunks {
-        for (a, v) in acc.iter_mut().zip(c) {
-            *a += v * v;
-        }
-    }
-    let tail: f64 = chunks.remainder().iter().map(|&v| (v * v) as f64).sum();
-    acc.iter().map(|&a| a as f64).sum::<f64>() + tail
 }
 
 struct ScaleVisitor<'a> {
